@@ -1,0 +1,17 @@
+"""imfilt: filter images by convolution and in the Fourier domain.
+
+The library works on numpy arrays of shape (H, W, C), float32 in [0, 1] units.
+"""
+
+__version__ = "0.1.0"
+
+from .convolve import convolve
+from .engine import Engine, get_engine
+from .errors import ImfiltError, InputError, KernelError, UsageError
+from .io import read_image, write_image
+from .kernels import Kernel, load_kernel, load_kernels
+
+__all__ = [
+    "Engine", "ImfiltError", "InputError", "Kernel", "KernelError", "UsageError", "convolve", "get_engine",
+    "load_kernel", "load_kernels", "read_image", "write_image",
+]

@@ -1,0 +1,54 @@
+"""The commands: each parses its own options into operations and hands them to cli.run."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import Batch, _choices, app, batch_command, run
+
+Boundary = _choices("Boundary", ("reflect", "mirror", "nearest", "wrap", "constant"))
+Size = _choices("Size", ("same", "valid", "full"))
+Method = _choices("Method", ("auto", "direct", "separable", "fft"))
+Normalize = _choices("Normalize", ("none", "sum", "softmax"))
+Scale = _choices("Scale", ("auto", "clip", "abs", "stretch", "offset"))
+Alpha = _choices("Alpha", ("premultiply", "keep", "drop"))
+
+
+@app.command("apply")
+@batch_command
+def apply(
+    batch: Batch,
+    kernel: Annotated[list[str], typer.Option(
+        "-k", "--kernel", help="Built-in name[:key=value,...], kernel file (.txt, .mat, .npy) or 'WxH: v,v,...'. "
+        "Repeat for one feature map per kernel.", show_default=False)],
+    correlate: Annotated[bool, typer.Option("--correlate", help="Cross-correlate (do not flip the kernel).")] = False,
+    boundary: Annotated[Boundary, typer.Option(help="How the image is extended past its border.")] = Boundary.reflect,
+    cval: Annotated[float, typer.Option(help="The value outside the image for --boundary constant.")] = 0.0,
+    size: Annotated[Size, typer.Option(help="same: as the input; valid: where the kernel fits; full: every overlap.")] = Size.same,
+    method: Annotated[Method, typer.Option(help="All give the same numbers; auto picks the fastest.")] = Method.auto,
+    normalize: Annotated[Optional[Normalize], typer.Option(
+        help="Divide the kernel by its sum, or softmax it.  [default: as the kernel file says, else none]")] = None,
+    scale: Annotated[Scale, typer.Option(
+        help="Float responses -> pixels. auto: clip, or abs for zero-sum kernels (edges).")] = Scale.auto,
+    alpha: Annotated[Alpha, typer.Option(help="premultiply: no colour bleeds from under transparency.")] = Alpha.premultiply,
+    split_channels: Annotated[bool, typer.Option("--split-channels", help="One grey file per colour channel ({channel} in --name).")] = False,
+) -> None:
+    """Convolve each colour channel with each kernel: one output per kernel.
+
+    Example:  imfilt apply samples/chelsea.png -k sobel -o chelsea.sobel.png
+    """
+    from .kernels import load_kernels
+    from .ops import Apply
+
+    kernels = [k for spec in kernel for k in load_kernels(spec)]  # bad kernels: exit 2 before any image
+    if normalize is not None:
+        kernels = [k.normalized(normalize.value) for k in kernels]
+    ops = [Apply(k, mode=boundary.value, cval=cval, size=size.value, method=method.value, correlate=correlate,
+                 gray=batch.gray, alpha=alpha.value) for k in kernels]
+    if method.value == "separable":
+        from .convolve import rank_one_factors
+
+        for k in kernels:
+            if any(rank_one_factors(p) is None for p in k.parts):
+                raise typer.BadParameter(f"kernel {k.name} is not separable (rank > 1)", param_hint="--method")
+    run(batch, ops, scale=scale.value, split_channels=split_channels)

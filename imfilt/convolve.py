@@ -1,0 +1,154 @@
+"""Convolution of each colour channel with a kernel: direct, separable or by FFT.
+
+Everything is reduced to one correlation: out[i] = sum_m c[m] · x[i + m - anchor], with
+c = the kernel (``correlate=True``, anchor = n // 2) or the flipped kernel (true convolution,
+anchor = n - 1 - n // 2, which is scipy.ndimage.convolve's placement for even sizes too).
+The three methods compute that same sum, so they give the same numbers to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .engine import Engine, get_engine
+from .errors import UsageError
+from .kernels import Kernel
+
+MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
+SIZES = ("same", "valid", "full")
+METHODS = ("auto", "direct", "separable", "fft")
+
+_NDIMAGE_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
+_PAD_MODE = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+
+# Crossovers measured with benchmarks/bench_convolve.py on a 2-core machine (README, "Speed").
+DIRECT_MAX_TAPS = 25  # dense kernels up to 5x5 run direct; larger ones by FFT
+SEPARABLE_MAX_TAPS = 40  # rank-1 kernels run as two 1-D passes up to kh + kw taps, then FFT
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def rank_one_factors(weights: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray] | None:
+    """(column, row) with weights = outer(column, row) when the kernel has rank 1, else None."""
+    u, s, vt = np.linalg.svd(weights)
+    if s[0] == 0 or (len(s) > 1 and s[1] > rtol * s[0]):
+        return None
+    return u[:, 0] * s[0], vt[0]
+
+
+def choose_method(shape: tuple[int, int], separable: bool) -> str:
+    """The cost model behind --method auto."""
+    taps_2d, taps_1d = shape[0] * shape[1], shape[0] + shape[1]
+    if separable and taps_1d <= SEPARABLE_MAX_TAPS and min(shape) > 1:
+        return "separable"
+    if taps_2d <= DIRECT_MAX_TAPS:
+        return "direct"
+    return "fft"
+
+
+def _pad(engine: Engine, planes, before: tuple[int, int], after: tuple[int, int], mode: str, cval: float):
+    width = ((0, 0), (before[0], after[0]), (before[1], after[1]))
+    if mode == "constant":
+        return engine.xp.pad(planes, width, mode="constant", constant_values=cval)
+    return engine.xp.pad(planes, width, mode=_PAD_MODE[mode])
+
+
+def _direct(engine, planes, c, anchor, mode, cval):
+    origin = (anchor[0] - c.shape[0] // 2, anchor[1] - c.shape[1] // 2)
+    weights = engine.asarray(c.astype(np.float32))
+    out = engine.xp.empty_like(planes)
+
+    def one(i):
+        engine.ndi.correlate(planes[i], weights, output=out[i], mode=_NDIMAGE_MODE[mode], cval=cval, origin=origin)
+
+    engine.map(one, range(planes.shape[0]))
+    return out
+
+
+def _separable(engine, planes, c, anchor, mode, cval):
+    column, row = rank_one_factors(c)
+    origin = (anchor[0] - c.shape[0] // 2, anchor[1] - c.shape[1] // 2)
+    column, row = engine.asarray(column.astype(np.float32)), engine.asarray(row.astype(np.float32))
+    # Outside the image the first pass sees cval everywhere, so the second must see cval·sum(column).
+    cval_rows = cval * float(column.sum())
+    out = engine.xp.empty_like(planes)
+    ndmode = _NDIMAGE_MODE[mode]
+
+    def one(i):
+        engine.ndi.correlate1d(planes[i], column, axis=0, output=out[i], mode=ndmode, cval=cval, origin=origin[0])
+        engine.ndi.correlate1d(out[i], row, axis=1, output=out[i], mode=ndmode, cval=cval_rows, origin=origin[1])
+
+    engine.map(one, range(planes.shape[0]))
+    return out
+
+
+def _fft(engine, planes, c, anchor, mode, cval):
+    """Linear correlation by FFT of the padded planes: the boundary is the padding, never the FFT's wrap."""
+    kh, kw = c.shape
+    padded = _pad(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
+    ph, pw = padded.shape[1:]
+    shape = (engine.fft.next_fast_len(ph), engine.fft.next_fast_len(pw))
+    flipped = engine.asarray(np.ascontiguousarray(c[::-1, ::-1], dtype=np.float32))
+    spectrum = engine.fft.rfft2(padded, s=shape, axes=(-2, -1))
+    spectrum *= engine.fft.rfft2(flipped, s=shape)
+    full = engine.fft.irfft2(spectrum, s=shape, axes=(-2, -1))
+    # circular convolution with the flipped kernel: index i + n - 1 holds the valid sum at i
+    return engine.xp.ascontiguousarray(full[:, kh - 1 : ph, kw - 1 : pw], dtype=np.float32)
+
+
+_METHODS = {"direct": _direct, "separable": _separable, "fft": _fft}
+
+
+def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="reflect", cval=0.0,
+                     size="same", method="auto", correlate=False):
+    """Planes (C, H, W) of the engine -> filtered planes; the core that every method shares."""
+    c = np.asarray(weights, dtype=np.float64)
+    if not correlate:
+        c = c[::-1, ::-1]
+    kh, kw = c.shape
+    factors = rank_one_factors(c)
+    if method == "auto":
+        method = choose_method(c.shape, factors is not None)
+    if method == "separable" and factors is None:
+        raise UsageError("--method separable needs a kernel of rank 1 (an outer product of two vectors)")
+    if size == "full":
+        planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval)
+    if size == "same":
+        anchor = (kh - 1 - kh // 2, kw - 1 - kw // 2) if not correlate else (kh // 2, kw // 2)
+        return _METHODS[method](engine, planes, c, anchor, mode, cval)
+    h, w = planes.shape[1] - kh + 1, planes.shape[2] - kw + 1
+    if h < 1 or w < 1:
+        raise UsageError(f"--size valid: the {kh}x{kw} kernel does not fit in the {planes.shape[1]}x{planes.shape[2]} image")
+    # anchor 0: out[i] = sum_m c[m] x[i + m]; the first h x w values are the valid ones
+    return _METHODS[method](engine, planes, c, (0, 0), mode, cval)[:, :h, :w]
+
+
+def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "reflect", cval: float = 0.0,
+             size: str = "same", method: str = "auto", correlate: bool = False, normalize: str = "none",
+             engine: Engine | str = "cpu") -> np.ndarray:
+    """Convolve each channel of an (H, W, C) or (H, W) image with a kernel; float32 out.
+
+    ``mode`` is the boundary (scipy's names; ``wrap`` = scipy's 'grid-wrap'), ``size`` the output
+    extent (same | valid | full), ``method`` auto | direct | separable | fft.
+    """
+    _check_choice("mode", mode, MODES)
+    _check_choice("size", size, SIZES)
+    _check_choice("method", method, METHODS)
+    engine = get_engine(engine) if isinstance(engine, str) else engine
+    if not isinstance(kernel, Kernel):
+        kernel = Kernel("kernel", kernel)
+    kernel = kernel.normalized(normalize)
+    image = np.asarray(image, dtype=np.float32)
+    flat = image.ndim == 2
+    planes = engine.asarray(np.ascontiguousarray(np.moveaxis(image[..., None] if flat else image, -1, 0)))
+    responses = [correlate_planes(engine, planes, part, mode=mode, cval=cval, size=size, method=method,
+                                  correlate=correlate) for part in kernel.parts]
+    if kernel.magnitude:
+        out = engine.xp.sqrt(sum(r * r for r in responses))
+    else:
+        out = responses[0]
+    out = engine.to_host(out)
+    return out[0] if flat else np.ascontiguousarray(np.moveaxis(out, 0, -1))

@@ -1,0 +1,146 @@
+"""Engines hand the operations their array modules: xp, ndi (ndimage) and fft.
+
+Operations are written once against an Engine; the CPU and GPU engines differ only in the
+modules they carry and in host/device transfers (see ../shared/STYLE.md, convention 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import EngineUnavailable
+
+ENGINES = ("auto", "cpu", "gpu")
+FFT_BACKENDS = ("scipy", "pyfftw")
+_FFT_FUNCTIONS = ("rfft2", "irfft2", "fft2", "ifft2", "rfftn", "irfftn")
+NO_GPU = "no CUDA device: install imfilt[gpu] on a machine with a GPU, or use --engine cpu"
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    xp: ModuleType
+    ndi: ModuleType
+    fft: Any  # namespace with rfft2, irfft2, fft2, ifft2, fftshift, ifftshift, next_fast_len
+    threads: int = 1
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False, compare=False)
+
+    def asarray(self, array) -> Any:
+        """Host array -> engine array (a device copy on the GPU)."""
+        return self.xp.asarray(array)
+
+    def to_host(self, array) -> np.ndarray:
+        return array.get() if hasattr(array, "get") else np.asarray(array)
+
+    def map(self, fn: Callable, items) -> list:
+        """Run fn over items; the CPU engine uses its threads (ndimage releases the GIL)."""
+        if self._pool is None:
+            return [fn(item) for item in items]
+        return list(self._pool.map(fn, items))
+
+
+def _scipy_fft_namespace(threads: int, backend_name: str) -> SimpleNamespace:
+    """scipy.fft bound to a worker count and, for "pyfftw", FFTW registered as its backend."""
+    import scipy.fft as sfft
+
+    backend = "scipy"
+    if backend_name == "pyfftw":
+        import pyfftw
+        import pyfftw.interfaces.scipy_fft as backend
+
+        pyfftw.config.PLANNER_EFFORT = "FFTW_MEASURE"  # ESTIMATE plans were slower than scipy
+        pyfftw.interfaces.cache.enable()
+        pyfftw.interfaces.cache.set_keepalive_time(60)
+        _load_fftw_wisdom(pyfftw)
+
+    def bind(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with sfft.set_backend(backend, only=True):
+                return fn(*args, workers=threads, **kwargs)
+
+        return call
+
+    namespace = SimpleNamespace(**{name: bind(getattr(sfft, name)) for name in _FFT_FUNCTIONS})
+    namespace.fftshift, namespace.ifftshift = sfft.fftshift, sfft.ifftshift
+    namespace.next_fast_len = functools.partial(sfft.next_fast_len, real=True)
+    return namespace
+
+
+def fftw_wisdom_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imfilt" / "fftw-wisdom.bin"
+
+
+def _load_fftw_wisdom(pyfftw) -> None:
+    try:
+        pyfftw.import_wisdom(tuple(fftw_wisdom_path().read_bytes().split(b"\0\0")))
+    except (OSError, ValueError):
+        pass  # no wisdom yet: plans are made as needed
+
+
+def save_fftw_wisdom() -> None:
+    """Keep FFTW's plans for the next run (planning with MEASURE takes seconds)."""
+    import pyfftw
+
+    path = fftw_wisdom_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0\0".join(pyfftw.export_wisdom()))
+
+
+def default_fft_backend() -> str:
+    return os.environ.get("IMFILT_FFT", "scipy")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_engine(threads: int | None = None, fft_backend: str | None = None) -> Engine:
+    import scipy.ndimage as ndi
+
+    threads = threads or os.cpu_count() or 1
+    fft_backend = fft_backend or default_fft_backend()
+    if fft_backend not in FFT_BACKENDS:
+        raise EngineUnavailable(f"unknown FFT backend {fft_backend!r}: choose from {', '.join(FFT_BACKENDS)}")
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="imfilt") if threads > 1 else None
+    return Engine("cpu", np, ndi, _scipy_fft_namespace(threads, fft_backend), threads, pool)
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_engine() -> Engine:
+    """cupy, cupyx.scipy.ndimage and cupyx.scipy.fft: imported only when asked for."""
+    try:
+        import cupy
+        import cupyx.scipy.fft as cufft
+        import cupyx.scipy.ndimage as cundi
+    except ImportError as exc:
+        raise EngineUnavailable(NO_GPU) from exc
+    try:
+        if not cupy.is_available():
+            raise EngineUnavailable(NO_GPU)
+    except RuntimeError as exc:  # CUDARuntimeError when the driver is missing
+        raise EngineUnavailable(NO_GPU) from exc
+    fft = SimpleNamespace(**{name: getattr(cufft, name) for name in _FFT_FUNCTIONS})
+    fft.fftshift, fft.ifftshift = cufft.fftshift, cufft.ifftshift
+    fft.next_fast_len = functools.partial(cufft.next_fast_len, real=True)
+    return Engine("gpu", cupy, cundi, fft)
+
+
+def get_engine(name: str = "auto", threads: int | None = None) -> Engine:
+    """Engine by name: auto takes the GPU when cupy and a CUDA device are present."""
+    if name == "cpu":
+        return cpu_engine(threads)
+    if name == "gpu":
+        return gpu_engine()
+    if name == "auto":
+        try:
+            return gpu_engine()
+        except EngineUnavailable:
+            return cpu_engine(threads)
+    raise EngineUnavailable(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")

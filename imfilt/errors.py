@@ -1,0 +1,21 @@
+"""The library's own errors; only the CLI turns them into messages and exit codes."""
+
+
+class ImfiltError(Exception):
+    """Base class: the message is one line a user can act on."""
+
+
+class UsageError(ImfiltError):
+    """A bad option value or kernel: nothing is processed (exit 2)."""
+
+
+class KernelError(UsageError):
+    """A kernel that cannot be read or used; the message names the file, line and column."""
+
+
+class InputError(ImfiltError):
+    """One input that cannot be read or written: the rest of a batch goes on (exit 1)."""
+
+
+class EngineUnavailable(UsageError):
+    """The requested engine cannot run on this machine."""

@@ -1,0 +1,323 @@
+"""Kernels: a small checked dataclass, the built-in registry, and the parsers.
+
+A kernel spec is a built-in name with optional parameters (``gaussian:sigma=2``), a file
+(text, libvips ``.mat`` or ``.npy``) or an inline ImageMagick matrix (``"3x3: 0,-1,0,..."``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import KernelError
+
+NORMALIZE = ("none", "sum", "softmax")
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """A 2-D weight matrix, or a stack of them whose responses combine as a gradient magnitude.
+
+    ``weights`` has shape (kh, kw), or (n, kh, kw) with ``magnitude=True``: the response is
+    sqrt(sum_i (image * weights[i])²), as for ``sobel``.
+    """
+
+    name: str
+    weights: np.ndarray
+    magnitude: bool = False
+
+    def __post_init__(self):
+        w = np.array(self.weights, dtype=np.float64)
+        if w.ndim != (3 if self.magnitude else 2) or w.size == 0:
+            raise KernelError(f"kernel {self.name}: must be a non-empty 2-D matrix, got shape {w.shape}")
+        if not np.isfinite(w).all():
+            raise KernelError(f"kernel {self.name}: contains NaN or infinity")
+        w.flags.writeable = False
+        object.__setattr__(self, "weights", w)
+
+    @property
+    def parts(self) -> tuple[np.ndarray, ...]:
+        return tuple(self.weights) if self.magnitude else (self.weights,)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weights.shape[-2:]
+
+    @property
+    def sum(self) -> float:
+        return float(sum(part.sum() for part in self.parts))
+
+    def normalized(self, how: str) -> Kernel:
+        """sum: divide by the sum (refused when it is 0); softmax: a probability density."""
+        if how == "none":
+            return self
+        if how == "sum":
+            sums = [part.sum() for part in self.parts]
+            if any(abs(s) < 1e-12 * max(1.0, np.abs(p).sum()) for s, p in zip(sums, self.parts)):
+                raise KernelError(f"kernel {self.name}: its sum is 0, so it cannot be normalized by its sum")
+            parts = [part / s for part, s in zip(self.parts, sums)]
+        elif how == "softmax":
+            parts = [np.exp(part - part.max()) / np.exp(part - part.max()).sum() for part in self.parts]
+        else:
+            raise KernelError(f"unknown normalization {how!r}: choose from {', '.join(NORMALIZE)}")
+        return Kernel(self.name, np.array(parts if self.magnitude else parts[0]), self.magnitude)
+
+
+# --- built-in kernels: module constants from 1-D factors, and small factories -------------
+
+_SMOOTH = np.array([1.0, 2.0, 1.0])
+_DIFF = np.array([1.0, 0.0, -1.0])  # convolved (flipped), it responds + to a rising edge
+SOBEL_X = np.outer(_SMOOTH, _DIFF)
+SOBEL_Y = SOBEL_X.T
+PREWITT_X = np.outer(np.ones(3), _DIFF)
+SCHARR_X = np.outer([3.0, 10.0, 3.0], _DIFF)
+SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=float)
+LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=float)
+EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=float)
+OUTLINE = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=float)
+IDENTITY = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=float)
+
+
+def box(size: int = 3) -> np.ndarray:
+    """size x size ones normalized by 1/size²."""
+    if size < 1:
+        raise KernelError(f"box: size must be >= 1, got {size}")
+    return np.full((size, size), 1.0 / size**2)
+
+
+def gaussian(sigma: float = 1.0, truncate: float = 4.0) -> np.ndarray:
+    """Normalized to sum 1 with radius int(truncate·sigma + 0.5), as scipy.ndimage.gaussian_filter."""
+    if sigma <= 0:
+        raise KernelError(f"gaussian: sigma must be > 0, got {sigma}")
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    g /= g.sum()
+    return np.outer(g, g)
+
+
+def _constant(matrix: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: matrix
+
+
+def _gradient(x_kernel: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: np.stack([x_kernel, x_kernel.T])
+
+
+# name -> (factory, is gradient magnitude, one-line description)
+BUILTINS: dict[str, tuple[Callable[..., np.ndarray], bool, str]] = {
+    "identity": (_constant(IDENTITY), False, "leaves the image unchanged"),
+    "box": (box, False, "mean of a size x size window (size=3)"),
+    "gaussian": (gaussian, False, "Gaussian blur (sigma=1, truncate=4), as scipy.ndimage"),
+    "sharpen": (_constant(SHARPEN), False, "5 at the centre, -1 at the 4 neighbours"),
+    "laplacian": (_constant(LAPLACIAN), False, "4-neighbour Laplacian (zero sum)"),
+    "outline": (_constant(OUTLINE), False, "8-neighbour edge detector (zero sum)"),
+    "emboss": (_constant(EMBOSS), False, "relief lit from the top left"),
+    "sobel": (_gradient(SOBEL_X), True, "gradient magnitude sqrt(gx² + gy²) of the Sobel pair"),
+    "sobel-x": (_constant(SOBEL_X), False, "horizontal derivative (+ where it gets brighter to the right)"),
+    "sobel-y": (_constant(SOBEL_Y), False, "vertical derivative (+ where it gets brighter downwards)"),
+    "prewitt": (_gradient(PREWITT_X), True, "gradient magnitude of the Prewitt pair"),
+    "prewitt-x": (_constant(PREWITT_X), False, "horizontal Prewitt derivative"),
+    "prewitt-y": (_constant(PREWITT_X.T), False, "vertical Prewitt derivative"),
+    "scharr": (_gradient(SCHARR_X), True, "gradient magnitude of the Scharr pair"),
+}
+
+
+def builtin(name: str, **params: float) -> Kernel:
+    if name not in BUILTINS:
+        raise KernelError(f"unknown kernel {name!r}: choose from {', '.join(BUILTINS)}, a file, or 'WxH: v,v,...'")
+    factory, magnitude, _ = BUILTINS[name]
+    try:
+        weights = factory(**params)
+    except TypeError:
+        raise KernelError(f"kernel {name}: unknown parameter in {sorted(params)}") from None
+    label = name + "".join(f"-{k}{v:g}" for k, v in params.items())
+    return Kernel(label, weights, magnitude)
+
+
+def _parse_params(name: str, text: str) -> dict[str, float]:
+    params = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise KernelError(f"kernel {name}: parameter {item!r} should be key=number") from None
+        if not eq:
+            raise KernelError(f"kernel {name}: parameter {item!r} should be key=number")
+        params[key.strip()] = int(number) if key.strip() == "size" else number
+    return params
+
+
+# --- parsers -----------------------------------------------------------------------------
+
+_INLINE = re.compile(r"^\s*(\d+)(?:x(\d+))?\s*:(.*)$", re.S)
+_NUMBER_SPLIT = re.compile(r"[,\s]+")
+
+
+def _number(token: str, where: str) -> float:
+    try:
+        value = float(Fraction(token)) if "/" in token else float(token)
+    except (ValueError, ZeroDivisionError):
+        raise KernelError(f"{where}: {token!r} is not a number") from None
+    if not np.isfinite(value):
+        raise KernelError(f"{where}: {token!r} is not a finite number")
+    return value
+
+
+def parse_inline(spec: str) -> Kernel:
+    """ImageMagick's '3x3: 0,-1,0,-1,5,-1,0,-1,0' (or '3: ...' for a square)."""
+    match = _INLINE.match(spec)
+    width = int(match.group(1))
+    height = int(match.group(2) or width)
+    tokens = [t for t in _NUMBER_SPLIT.split(match.group(3).strip()) if t]
+    if len(tokens) != width * height:
+        raise KernelError(f"kernel {spec!r}: {width}x{height} needs {width * height} values, got {len(tokens)}")
+    values = [_number(t, f"kernel {spec!r}, value {i + 1}") for i, t in enumerate(tokens)]
+    return Kernel(f"{width}x{height}", np.array(values).reshape(height, width))
+
+
+def _tokens(line: str) -> list[tuple[str, int]]:
+    """(token, 1-based column) for each number on a line."""
+    return [(m.group(), m.start() + 1) for m in re.finditer(r"[^,\s]+", line)]
+
+
+def _read_text(path: Path) -> list[str]:
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise KernelError(f"{path}: not a text kernel file (binary data)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise KernelError(f"{path}: not a text kernel file (not UTF-8)") from None
+    return text.splitlines()  # handles CRLF
+
+
+def _matrix_rows(path: Path, numbered: list[tuple[int, str]]) -> np.ndarray:
+    """Rows of numbers -> matrix; errors name the line and column."""
+    rows, width = [], None
+    for lineno, line in numbered:
+        row = [_number(tok, f"{path}:{lineno}:{col}") for tok, col in _tokens(line)]
+        if width is not None and len(row) != width:
+            raise KernelError(f"{path}:{lineno}: row has {len(row)} values, the rows above have {width}")
+        width = len(row)
+        rows.append(row)
+    if not rows:
+        raise KernelError(f"{path}: no kernel matrix in the file")
+    return np.array(rows)
+
+
+def parse_text(path: Path) -> Kernel:
+    """The kernels/*.txt format: optional `key: value` headers, then rows of numbers."""
+    headers: dict[str, str] = {}
+    body: list[tuple[int, str]] = []
+    ended_block = False
+    for lineno, raw in enumerate(_read_text(path), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            ended_block = bool(body)
+            continue
+        key, colon, value = line.partition(":")
+        if colon and re.fullmatch(r"[A-Za-z_][\w-]*", key.strip()):
+            if body:
+                raise KernelError(f"{path}:{lineno}:1: header line after the matrix")
+            if key.strip().lower() not in ("name", "scale", "normalize"):
+                raise KernelError(f"{path}:{lineno}:1: unknown header {key.strip()!r} (name, scale, normalize)")
+            headers[key.strip().lower()] = value.strip()
+            continue
+        if ended_block:
+            raise KernelError(f"{path}:{lineno}:1: a second matrix block; one kernel per file")
+        body.append((lineno, line))
+    weights = _matrix_rows(path, body)
+    if "scale" in headers:
+        weights = weights * _number(headers["scale"], f"{path}: scale")
+    kernel = Kernel(headers.get("name", path.stem), weights)
+    normalize = headers.get("normalize", "none")
+    if normalize not in NORMALIZE:
+        raise KernelError(f"{path}: normalize: {normalize!r} is not one of {', '.join(NORMALIZE)}")
+    return kernel.normalized(normalize)
+
+
+def parse_vips(path: Path) -> Kernel:
+    """libvips matrix file: first line `width height [scale [offset]]`, then the rows."""
+    numbered = [(n, l.split("#", 1)[0].strip()) for n, l in enumerate(_read_text(path), start=1)]
+    numbered = [(n, l) for n, l in numbered if l]
+    if not numbered:
+        raise KernelError(f"{path}: empty matrix file")
+    lineno, header = numbered[0]
+    fields = [_number(tok, f"{path}:{lineno}:{col}") for tok, col in _tokens(header)]
+    if not 2 <= len(fields) <= 4 or fields[0] != int(fields[0]) or fields[1] != int(fields[1]):
+        raise KernelError(f"{path}:{lineno}: libvips header should be 'width height [scale [offset]]'")
+    width, height = int(fields[0]), int(fields[1])
+    scale = fields[2] if len(fields) > 2 else 1.0
+    if len(fields) > 3 and fields[3] != 0:
+        raise KernelError(f"{path}:{lineno}: a matrix offset is not supported; use --scale offset")
+    if scale == 0:
+        raise KernelError(f"{path}:{lineno}: scale must not be 0")
+    weights = _matrix_rows(path, numbered[1:])
+    if weights.shape != (height, width):
+        raise KernelError(f"{path}: header says {width}x{height}, the matrix is {weights.shape[1]}x{weights.shape[0]}")
+    return Kernel(path.stem, weights / scale)
+
+
+def _looks_like_vips(path: Path) -> bool:
+    """A text file whose first row is 'w h [scale [offset]]' followed by exactly h rows of w."""
+    try:
+        lines = [l.split("#", 1)[0].strip() for l in _read_text(path)]
+    except KernelError:
+        return False
+    lines = [l for l in lines if l]
+    if not lines:
+        return False
+    head = [t for t, _ in _tokens(lines[0])]
+    if not 2 <= len(head) <= 4 or not all(t.isdigit() for t in head[:2]):
+        return False
+    width, height = int(head[0]), int(head[1])
+    rows = lines[1:]
+    return len(rows) == height and all(len(_tokens(r)) == width for r in rows)
+
+
+def load_kernels(spec: str) -> list[Kernel]:
+    """A spec -> kernels: one, or N for a bank (.npy of shape (N, kh, kw))."""
+    if _INLINE.match(spec):
+        return [parse_inline(spec)]
+    path = Path(spec)
+    if path.suffix.lower() == ".npy" or path.exists():
+        if not path.is_file():
+            raise KernelError(f"{path}: no such kernel file")
+        if path.suffix.lower() == ".npy":
+            return _load_npy(path)
+        if path.suffix.lower() == ".mat" or _looks_like_vips(path):
+            return [parse_vips(path)]
+        return [parse_text(path)]
+    name, _, params = spec.partition(":")
+    if name not in BUILTINS and ("/" in spec or "." in name):
+        raise KernelError(f"{spec}: no such kernel file")
+    return [builtin(name, **_parse_params(name, params))]
+
+
+def _load_npy(path: Path) -> list[Kernel]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise KernelError(f"{path}: not a readable .npy array ({exc})") from None
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise KernelError(f"{path}: a kernel must hold real numbers, got {array.dtype}")
+    if array.ndim == 2:
+        return [Kernel(path.stem, array)]
+    if array.ndim == 3:
+        return [Kernel(f"{path.stem}{i}", k) for i, k in enumerate(array)]
+    raise KernelError(f"{path}: a kernel .npy must be 2-D (kh, kw) or a bank (n, kh, kw), got shape {array.shape}")
+
+
+def load_kernel(spec: str) -> Kernel:
+    """One kernel from a built-in name, a file or an inline matrix."""
+    kernels = load_kernels(spec)
+    if len(kernels) != 1:
+        raise KernelError(f"{spec}: holds a bank of {len(kernels)} kernels; use load_kernels")
+    return kernels[0]

@@ -1,0 +1,98 @@
+"""Per-image operations: what one command does to one loaded image, on an engine.
+
+An operation is a small frozen dataclass (so it can travel to worker processes and Dask
+workers); ``run`` takes a Loaded image and returns the result with its alpha and a few facts
+for the --json record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .convolve import choose_method, convolve, rank_one_factors
+from .engine import Engine
+from .io import Loaded
+from .kernels import Kernel
+
+ALPHA_MODES = ("premultiply", "keep", "drop")
+LUMA_601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Result:
+    pixels: np.ndarray  # float32 (H, W, C), alpha last when ``alpha``
+    alpha: bool
+    auto_scale: str  # what --scale auto means for this result
+    facts: dict = field(default_factory=dict)
+
+
+def split_alpha(loaded: Loaded) -> tuple[np.ndarray, np.ndarray | None]:
+    if loaded.alpha:
+        return loaded.pixels[..., :-1], loaded.pixels[..., -1:]
+    return loaded.pixels, None
+
+
+def luminance(colour: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of RGB; a single channel is returned as it is."""
+    if colour.shape[2] == 1:
+        return colour
+    return (colour[..., :3] @ LUMA_601)[..., None]
+
+
+@dataclass(frozen=True)
+class Apply:
+    """`imfilt apply`: convolve each channel with one kernel."""
+
+    kernel: Kernel
+    mode: str = "reflect"
+    cval: float = 0.0
+    size: str = "same"
+    method: str = "auto"
+    correlate: bool = False
+    gray: bool = False
+    alpha: str = "premultiply"
+
+    @property
+    def name(self) -> str:
+        return self.kernel.name
+
+    @property
+    def resolved_method(self) -> str:
+        if self.method != "auto":
+            return self.method
+        return choose_method(self.kernel.shape, all(rank_one_factors(p) is not None for p in self.kernel.parts))
+
+    def _filter(self, pixels: np.ndarray, engine: Engine, kernel: Kernel | None = None) -> np.ndarray:
+        return convolve(pixels, kernel or self.kernel, mode=self.mode, cval=self.cval, size=self.size,
+                        method=self.method, correlate=self.correlate, engine=engine)
+
+    def _carry(self, plane: np.ndarray, engine: Engine) -> np.ndarray:
+        """A channel passed through unchanged, but cropped or padded as --size makes the result."""
+        delta = np.zeros(self.kernel.shape)
+        delta[self.kernel.shape[0] // 2, self.kernel.shape[1] // 2] = 1.0
+        return convolve(plane, Kernel("delta", delta), mode=self.mode, cval=self.cval, size=self.size,
+                        method="direct", correlate=self.correlate, engine=engine)
+
+    def run(self, loaded: Loaded, engine: Engine) -> Result:
+        colour, alpha = split_alpha(loaded)
+        if self.gray:
+            colour = luminance(colour)
+        auto_scale = "clip" if self.kernel.sum > 1e-9 and not self.kernel.magnitude else "abs"
+        facts = {"kernel": self.kernel.name, "method": self.resolved_method}
+        if alpha is None or self.alpha == "drop":
+            return Result(self._filter(colour, engine), False, auto_scale, facts)
+        if self.alpha == "keep":
+            out = np.concatenate([self._filter(colour, engine), self._carry(alpha, engine)], axis=-1)
+            return Result(out, True, auto_scale, facts)
+        # premultiply: colour·α and α are filtered together and divided back, so colour
+        # hidden under transparent pixels does not bleed out. A kernel whose sum is not
+        # positive (an edge detector) has no meaningful filtered α: divide by α itself.
+        filtered = self._filter(np.concatenate([colour * alpha, alpha], axis=-1), engine)
+        premultiplied, weight = filtered[..., :-1], filtered[..., -1:]
+        if auto_scale == "abs":
+            weight = self._carry(alpha, engine)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.where(weight > 1e-6, premultiplied / weight, 0.0).astype(np.float32)
+        return Result(np.concatenate([out, weight], axis=-1), True, auto_scale, facts)

@@ -1,0 +1,277 @@
+"""Inputs -> jobs -> outputs: planning, running (here, in worker processes or on Dask), reporting.
+
+Planning happens in the calling process and catches what would make the whole run wrong
+(name clashes, unknown formats) before any image is read. A job is one input and the
+outputs made from it; it is plain data, so it runs the same in a worker or on a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .engine import get_engine
+from .errors import InputError, UsageError
+from .io import FORMATS, Loaded, check_output_format, load, write_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".npy"}
+DEFAULT_TEMPLATE = "{stem}.{op}{ext}"
+SPLIT_TEMPLATE = "{stem}.{op}.{channel}{ext}"
+CHANNEL_NAMES = {1: "y", 2: "ya", 3: "rgb", 4: "rgba"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every output of a run is written and where it is computed."""
+
+    depth: int | None = None  # None: the input's
+    scale: str = "auto"
+    engine: str = "cpu"
+    threads: int | None = None
+    max_pixels: int | None = None
+    split_channels: bool = False
+    stdout_suffix: str = ".png"
+
+
+@dataclass(frozen=True)
+class Output:
+    path: str  # "-" for standard output
+    op: Any  # an operation from imfilt.ops / imfilt.frequency
+    skip: bool = False  # exists and --skip-existing
+
+
+@dataclass(frozen=True)
+class Job:
+    source: str  # a path, or "-" for the bytes read from standard input
+    outputs: tuple[Output, ...]
+    settings: Settings
+    data: bytes | None = None  # standard input's bytes
+
+
+# --- planning ------------------------------------------------------------------------------
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> list[str]:
+    """Files, folders (their images), unexpanded globs and "-" -> a list of sources."""
+    sources: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if item == "-" or path.is_file():
+            sources.append(item)
+        elif path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            sources.extend(sorted(str(p) for p in found if p.is_file() and _is_image(p)))
+        elif glob.has_magic(item) and not path.exists():
+            sources.extend(sorted(p for p in glob.glob(item, recursive=recursive) if Path(p).is_file()))
+        else:
+            sources.append(item)  # missing: reported as that input's failure
+    return sources
+
+
+def read_list(stream, nul: bool) -> list[str]:
+    """Paths from --from: one a line, or NUL-separated with -0 (names may hold newlines)."""
+    text = stream.read()
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    items = text.split("\0") if nul else text.splitlines()
+    return [item for item in items if item]
+
+
+def _output_path(source: str, op, channel: str | None, out: str | None, out_dir: str | None,
+                 template: str, suffix: str | None) -> str:
+    if out is not None:
+        return out
+    stem, ext = ("stdin", ".png") if source == "-" else (Path(source).stem, Path(source).suffix.lower())
+    if ext not in FORMATS or ext == ".gif":
+        ext = ".png"
+    ext = suffix or ext
+    name = template.format(stem=stem, op=op.name, ext=ext, channel=channel or "")
+    folder = Path(out_dir) if out_dir is not None else (Path.cwd() if source == "-" else Path(source).parent)
+    return str(folder / name)
+
+
+def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None = None,
+         out_dir: str | None = None, template: str | None = None, suffix: str | None = None,
+         overwrite: bool = False, skip_existing: bool = False) -> list[Job]:
+    """One job per input; every output named and checked before any image is read."""
+    if out is not None and len(sources) * len(ops) > 1:
+        raise UsageError("-o names one output: with several inputs or kernels use --out-dir (and --name)")
+    if settings.split_channels and out is not None:
+        raise UsageError("--split-channels writes one file per channel: use --out-dir (and --name)")
+    template = template or (SPLIT_TEMPLATE if settings.split_channels else DEFAULT_TEMPLATE)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    jobs, seen = [], {}
+    for source in sources:
+        outputs = []
+        for op in ops:
+            path = _output_path(source, op, "{channel}" if settings.split_channels else None, out,
+                                out_dir, template, suffix)
+            if path != "-":
+                check_output_format(path, settings.depth)
+                key = os.path.normcase(os.path.abspath(path))
+                if key in seen:
+                    raise UsageError(f"{seen[key]} and {source} would both write {path}: change --name")
+                seen[key] = source
+            outputs.append(Output(path, op, skip=skip_existing and path != "-" and _exists(path, settings)))
+        jobs.append(Job(source, tuple(outputs), settings))
+    if not overwrite and not skip_existing:
+        _check_overwrites(jobs)
+    return jobs
+
+
+def _exists(path: str, settings: Settings) -> bool:
+    """For --split-channels an output is there when its first channel's file is."""
+    return Path(path.replace("{channel}", "r" if settings.split_channels else "")).exists() or Path(path).exists()
+
+
+def _check_overwrites(jobs: list[Job]) -> None:
+    for job in jobs:
+        for output in job.outputs:
+            if output.path != "-" and "{channel}" not in output.path and Path(output.path).exists():
+                raise UsageError(f"{output.path}: exists; use --overwrite to replace it or --skip-existing")
+
+
+# --- running one job -----------------------------------------------------------------------
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]]:
+    """--split-channels: one grey file per colour channel (r, g, b; y for grey), alpha dropped."""
+    colour = pixels[..., :-1] if alpha else pixels
+    names = "rgb" if colour.shape[2] == 3 else [f"c{i}" for i in range(colour.shape[2])]
+    if colour.shape[2] == 1:
+        names = ["y"]
+    return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
+
+
+def run_job(job: Job) -> list[dict]:
+    """Read one input, compute each output, write each atomically; one record per output.
+
+    An InputError (bad image, output over its input) fails this job only.
+    """
+    settings = job.settings
+    records = [_record(job, o, skipped=True) for o in job.outputs if o.skip]
+    todo = [o for o in job.outputs if not o.skip]
+    if not todo:
+        return records
+    for output in todo:
+        if output.path != "-" and job.source != "-" and _same_file(output.path, job.source):
+            raise InputError(f"{job.source}: the output {output.path} is the input itself; not overwritten")
+    engine = get_engine(settings.engine, settings.threads)
+    loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
+                          name="<stdin>" if job.source == "-" else job.source)
+    depth = settings.depth or loaded.depth
+    for output in todo:
+        start = time.perf_counter()
+        result = output.op.run(loaded, engine)
+        scale = result.auto_scale if settings.scale == "auto" else settings.scale
+        suffix = settings.stdout_suffix if output.path == "-" else None
+        files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
+                 else [(output.path, result.pixels, result.alpha)])
+        for path, pixels, alpha in files:
+            write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix)
+        seconds = time.perf_counter() - start
+        records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
+    return records
+
+
+def _record(job: Job, output: Output, *, skipped: bool = False, result=None, engine=None, seconds=0.0) -> dict:
+    record = {"input": job.source, "output": output.path, "op": output.op.name, "skipped": skipped}
+    if result is not None:
+        record.update(result.facts)
+        record.update(engine=engine, seconds=round(seconds, 4), shape=list(result.pixels.shape))
+    return record
+
+
+# --- running many jobs ---------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Counts what was done and what failed, and owns the exit code (as black's Report)."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self) -> str:
+        parts = [f"{self.done} done"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed: {', '.join(self.failed)}")
+        return ", ".join(parts)
+
+
+def _worker_init() -> None:
+    """Ctrl-C is the parent's to handle: a worker finishes the output it is writing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:
+    """A failure costs only this job: its one-line message goes back with it."""
+    try:
+        return job, run_job(job), None
+    except InputError as exc:
+        return job, None, str(exc)
+    except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
+        return job, None, f"{job.source}: {exc}"
+    except MemoryError:
+        return job, None, f"{job.source}: not enough memory for this image"
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch
+        return job, None, f"{job.source}: {type(exc).__name__}: {exc}"
+
+
+def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None) -> Iterator[tuple]:
+    """Yield (job, records, error) as jobs finish: here, in worker processes, or on Dask."""
+    if scheduler:
+        from .distributed import run_on_dask
+
+        yield from run_on_dask(jobs, scheduler)
+    elif workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _safe_run(job)
+    else:
+        yield from _run_in_processes(jobs, workers)
+
+
+def _run_in_processes(jobs: list[Job], workers: int) -> Iterator[tuple]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # One BLAS/FFT thread per worker (jobs carry threads=1 too), so N workers do not fight
+    # over the cores; spawned workers read these limits as they start.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_worker_init) as pool:
+        futures = [pool.submit(_safe_run, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
