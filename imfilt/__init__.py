@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 from .convolve import convolve
 from .engine import Engine, get_engine
 from .errors import ImfiltError, InputError, KernelError, UsageError
+from .frequency import apply_mask, frequency_mask, lowpass, spectrum
 from .io import read_image, write_image
 from .kernels import Kernel, load_kernel, load_kernels
 
 __all__ = [
-    "Engine", "ImfiltError", "InputError", "Kernel", "KernelError", "UsageError", "convolve", "get_engine",
+    "Engine", "ImfiltError", "apply_mask", "frequency_mask", "lowpass", "spectrum", "InputError", "Kernel", "KernelError", "UsageError", "convolve", "get_engine",
     "load_kernel", "load_kernels", "read_image", "write_image",
 ]

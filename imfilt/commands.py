@@ -52,3 +52,55 @@ def apply(
             if any(rank_one_factors(p) is None for p in k.parts):
                 raise typer.BadParameter(f"kernel {k.name} is not separable (rank > 1)", param_hint="--method")
     run(batch, ops, scale=scale.value, split_channels=split_channels)
+
+
+Window = _choices("Window", ("none", "hann"))
+Profile = _choices("Profile", ("ideal", "gaussian", "butterworth"))
+
+
+@app.command("spectrum")
+@batch_command
+def spectrum(
+    batch: Batch,
+    window: Annotated[Window, typer.Option(help="hann tapers the borders, removing the bright cross they cause.")] = Window.none,
+    phase: Annotated[bool, typer.Option("--phase", help="Write the phase instead of the log-magnitude.")] = False,
+) -> None:
+    """Write the centred log-magnitude spectrum log(1 + |F|) of each channel.
+
+    Zero frequency sits at row H//2, column W//2. Images scale by the maximum over all
+    channels; .npy holds the values themselves.
+
+    Example:  imfilt spectrum samples/stripes.png -o stripes.spectrum.png
+    """
+    from .frequency import Spectrum
+
+    run(batch, [Spectrum(window=window.value, phase=phase, gray=batch.gray)])
+
+
+@app.command("lowpass")
+@batch_command
+def lowpass(
+    batch: Batch,
+    radius: Annotated[float, typer.Option("--radius", "-R", min=0, help="Radius in pixels of the spectrum picture.",
+                                          show_default=False)],
+    profile: Annotated[Profile, typer.Option(help="ideal: a sharp circle; gaussian and butterworth: soft edges.")] = Profile.ideal,
+    order: Annotated[float, typer.Option(min=0.01, help="Order of the Butterworth profile.")] = 2.0,
+    highpass: Annotated[bool, typer.Option("--highpass", help="Keep what is outside the circle instead.")] = False,
+    band: Annotated[Optional[float], typer.Option(min=0, help="Inner radius: keep INNER < d <= RADIUS (band-pass).")] = None,
+    mask_out: Annotated[Optional[str], typer.Option(help="Also write the mask as an image (white = kept).")] = None,
+) -> None:
+    """Filter in the frequency domain: keep the frequencies inside a circle of --radius.
+
+    Cutting the high frequencies is a blur; --json reports the fraction of coefficients kept.
+
+    Example:  imfilt lowpass samples/astronaut.png --radius 30 -o astronaut.lowpass.png
+    """
+    from .frequency import Lowpass
+    from .io import check_output_format
+
+    if band is not None and band >= radius:
+        raise typer.BadParameter(f"the inner radius {band:g} must be below --radius {radius:g}", param_hint="--band")
+    if mask_out is not None:
+        check_output_format(mask_out, None)
+    run(batch, [Lowpass(radius, profile=profile.value, order=order, highpass=highpass, band=band, gray=batch.gray,
+                        mask_out=mask_out)])

@@ -197,27 +197,41 @@ def _from_pillow(image: Image.Image) -> Loaded:
 # --- writing -------------------------------------------------------------------------------
 
 
+def _stretch(x: np.ndarray) -> np.ndarray:
+    low, high = float(x.min()), float(x.max())
+    return (x - low) / (high - low) if high > low else np.zeros_like(x)
+
+
+def _peak(x: np.ndarray) -> np.ndarray:
+    high = float(x.max())
+    return x / high if high > 0 else np.zeros_like(x)
+
+
+# float response -> [0, 1] before the clip; "peak" and "phase" are what the spectrum uses
+SCALERS = {
+    "clip": lambda x: x,
+    "auto": lambda x: x,
+    "abs": np.abs,
+    "offset": lambda x: x + 0.5,
+    "stretch": _stretch,
+    "peak": _peak,
+    "phase": lambda x: (x + np.pi) / (2 * np.pi),
+}
+
+
 def to_storage(pixels: np.ndarray, depth: int, scale: str = "clip", alpha: bool = False) -> np.ndarray:
     """Float responses -> the values stored at a bit depth (float32 for 32: unscaled).
 
-    clip: clip to [0, 1]; abs: |x| then clip; stretch: min..max to the full range; offset: x + ½.
-    The alpha channel, if any, is only clipped.
+    clip: clip to [0, 1]; abs: |x| then clip; stretch: min..max to the full range; offset: x + ½;
+    peak: x / max. Scaling spans all colour channels; the alpha channel is only clipped.
     """
     if depth == 32:
         return np.ascontiguousarray(pixels, dtype=np.float32)
-    colour = pixels[..., :-1] if alpha else pixels
-    if scale == "abs":
-        colour = np.abs(colour)
-    elif scale == "offset":
-        colour = colour + 0.5
-    elif scale == "stretch":
-        low, high = float(colour.min()), float(colour.max())
-        colour = (colour - low) / (high - low) if high > low else np.zeros_like(colour)
-    elif scale not in ("clip", "auto"):
+    if scale not in SCALERS:
         raise UsageError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    colour = SCALERS[scale](pixels[..., :-1] if alpha else pixels)
     out = np.concatenate([colour, pixels[..., -1:]], axis=-1) if alpha else colour
-    maxval = _MAXVAL[depth]
-    out = np.rint(np.clip(out, 0.0, 1.0) * maxval)
+    out = np.rint(np.clip(out, 0.0, 1.0) * _MAXVAL[depth])
     return out.astype(np.uint8 if depth == 8 else np.uint16)
 
 

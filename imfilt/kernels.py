@@ -85,8 +85,9 @@ IDENTITY = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=float)
 
 def box(size: int = 3) -> np.ndarray:
     """size x size ones normalized by 1/size²."""
-    if size < 1:
-        raise KernelError(f"box: size must be >= 1, got {size}")
+    if size < 1 or size != int(size):
+        raise KernelError(f"box: size must be a whole number >= 1, got {size:g}")
+    size = int(size)
     return np.full((size, size), 1.0 / size**2)
 
 
@@ -150,7 +151,7 @@ def _parse_params(name: str, text: str) -> dict[str, float]:
             raise KernelError(f"kernel {name}: parameter {item!r} should be key=number") from None
         if not eq:
             raise KernelError(f"kernel {name}: parameter {item!r} should be key=number")
-        params[key.strip()] = int(number) if key.strip() == "size" else number
+        params[key.strip()] = number
     return params
 
 

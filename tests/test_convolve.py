@@ -1,0 +1,201 @@
+"""Convolution: hand-computed tiny cases, scipy.ndimage references, and properties."""
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import scipy.signal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import imfilt
+from imfilt.convolve import MODES, choose_method, rank_one_factors
+from imfilt.errors import UsageError
+from imfilt.kernels import builtin, load_kernel
+
+SCIPY_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
+NP_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+METHODS = ["direct", "separable", "fft"]
+
+
+def reference(image, kernel, mode, cval=0.0, correlate=False, size="same"):
+    """Float64 reference per channel: scipy.ndimage for 'same', pad + scipy.signal otherwise."""
+    image = np.asarray(image, dtype=np.float64)
+    out = []
+    for c in range(image.shape[2]):
+        x = image[..., c]
+        if size == "same":
+            fn = ndi.correlate if correlate else ndi.convolve
+            out.append(fn(x, kernel, mode=SCIPY_MODE[mode], cval=cval))
+            continue
+        k = kernel[::-1, ::-1] if correlate else kernel
+        if size == "full":
+            pad = ((k.shape[0] - 1,) * 2, (k.shape[1] - 1,) * 2)
+            extra = {"constant_values": cval} if mode == "constant" else {}
+            x = np.pad(x, pad, mode=NP_PAD[mode], **extra)
+        out.append(scipy.signal.convolve2d(x, k, mode="valid"))
+    return np.stack(out, axis=-1)
+
+
+# --- hand-computed cases: orientation and borders ------------------------------------------
+
+ROW = np.array([[1.0, 2.0, 3.0, 4.0]])[..., None]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("correlate, expected", [
+    (False, [4.0, 7.0, 10.0, 12.0]),  # out[i] = 1·x[i+1] + 2·x[i]; x[4] reflects to 4
+    (True, [3.0, 5.0, 8.0, 11.0]),  # out[i] = 1·x[i-1] + 2·x[i]; x[-1] reflects to 1
+])
+def test_even_kernel_on_a_row_by_hand(method, correlate, expected, engine):
+    """A 1x2 kernel [1, 2] on [1, 2, 3, 4]: pins the flip and the anchor of even kernels."""
+    out = imfilt.convolve(ROW, np.array([[1.0, 2.0]]), method=method, correlate=correlate, engine=engine)
+    np.testing.assert_allclose(out[0, :, 0], expected, atol=1e-5)
+
+
+GRID = np.arange(1.0, 10.0).reshape(3, 3, 1)
+CORNER = np.array([[1.0, 0, 0], [0, 0, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_corner_delta_shifts_by_hand(method, engine):
+    """Convolving with a top-left delta moves the image up-left; correlating moves it down-right."""
+    conv = imfilt.convolve(GRID, CORNER, mode="constant", method=method, engine=engine)[..., 0]
+    corr = imfilt.convolve(GRID, CORNER, mode="constant", method=method, correlate=True, engine=engine)[..., 0]
+    np.testing.assert_allclose(conv, [[5, 6, 0], [8, 9, 0], [0, 0, 0]], atol=1e-5)
+    np.testing.assert_allclose(corr, [[0, 0, 0], [0, 1, 2], [0, 4, 5]], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("reflect", [1, 1, 2, 3, 4, 4]),
+    ("mirror", [2, 1, 2, 3, 4, 3]),
+    ("nearest", [1, 1, 2, 3, 4, 4]),
+    ("wrap", [4, 1, 2, 3, 4, 1]),
+    ("constant", [9, 1, 2, 3, 4, 9]),
+])
+@pytest.mark.parametrize("method", ["direct", "fft"])
+def test_boundary_modes_by_hand(mode, expected, method):
+    """--size full with a centred 1x3 delta shows the extension one pixel past each side."""
+    out = imfilt.convolve(ROW, np.array([[0.0, 1.0, 0.0]]), mode=mode, cval=9.0, size="full", method=method)
+    np.testing.assert_allclose(out[0, :, 0], expected, atol=1e-5)
+
+
+def test_valid_and_full_sizes():
+    """A 16x16 kernel over 256x256 gives 241x241 (valid) and 271x271 (full)."""
+    image = np.zeros((256, 256, 3), np.float32)
+    kernel = np.ones((16, 16))
+    assert imfilt.convolve(image, kernel, size="valid").shape == (241, 241, 3)
+    assert imfilt.convolve(image, kernel, size="full").shape == (271, 271, 3)
+
+
+def test_valid_kernel_larger_than_image_is_an_error():
+    with pytest.raises(UsageError, match="does not fit"):
+        imfilt.convolve(np.zeros((4, 4, 1)), np.ones((5, 5)), size="valid")
+
+
+# --- references on a real photo -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["direct", "fft"])
+def test_dense_kernel_matches_scipy_on_a_photo(chelsea, mode, method, engine):
+    """An asymmetric 7x6 kernel on a 451x300 photo equals scipy.ndimage.convolve in float64."""
+    kernel = np.random.default_rng(3).standard_normal((7, 6))
+    out = imfilt.convolve(chelsea, kernel, mode=mode, cval=0.25, method=method, engine=engine)
+    np.testing.assert_allclose(out, reference(chelsea, kernel, mode, cval=0.25), atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["box:size=5", "gaussian:sigma=2", "sobel-x", "sobel-y"])
+@pytest.mark.parametrize("method", METHODS)
+def test_separable_kernels_match_scipy_on_a_photo(chelsea, name, method):
+    kernel = load_kernel(name)
+    out = imfilt.convolve(chelsea, kernel, method=method)
+    np.testing.assert_allclose(out, reference(chelsea, kernel.weights, "reflect"), atol=2e-5)
+
+
+def test_gaussian_matches_scipy_gaussian_filter(chelsea):
+    """gaussian:sigma=s is scipy.ndimage.gaussian_filter with truncate=4."""
+    out = imfilt.convolve(chelsea, builtin("gaussian", sigma=3.0))
+    expected = ndi.gaussian_filter(chelsea.astype(np.float64), sigma=(3, 3, 0), mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_sobel_is_the_gradient_magnitude(chelsea):
+    gx = reference(chelsea, builtin("sobel-x").weights, "reflect")
+    gy = reference(chelsea, builtin("sobel-y").weights, "reflect")
+    np.testing.assert_allclose(imfilt.convolve(chelsea, builtin("sobel")), np.hypot(gx, gy), atol=5e-5)
+
+
+def test_sobel_x_is_positive_on_a_rising_edge():
+    """Orientation: brighter to the right gives a positive sobel-x, zero sobel-y."""
+    ramp = np.tile(np.arange(8.0), (8, 1))[..., None]
+    assert (imfilt.convolve(ramp, builtin("sobel-x"))[2:-2, 2:-2] > 0).all()
+    np.testing.assert_allclose(imfilt.convolve(ramp, builtin("sobel-y"))[2:-2, 2:-2], 0, atol=1e-5)
+
+
+# --- the cost model ----------------------------------------------------------------------
+
+
+def test_auto_picks_by_rank_and_size():
+    assert choose_method((3, 3), separable=False) == "direct"
+    assert choose_method((31, 31), separable=False) == "fft"
+    assert choose_method((9, 9), separable=True) == "separable"
+    assert choose_method((63, 63), separable=True) == "fft"
+    assert rank_one_factors(builtin("gaussian", sigma=2).weights) is not None
+    assert rank_one_factors(builtin("sharpen").weights) is None
+
+
+def test_separable_refuses_rank_two():
+    with pytest.raises(UsageError, match="rank 1"):
+        imfilt.convolve(np.zeros((5, 5, 1)), builtin("sharpen"), method="separable")
+
+
+# --- properties --------------------------------------------------------------------------
+
+shapes = st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 3))
+kshapes = st.tuples(st.integers(1, 6), st.integers(1, 6))
+
+
+@st.composite
+def cases(draw):
+    h, w, c = draw(shapes)
+    kh, kw = draw(kshapes)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    image = rng.random((h, w, c)).astype(np.float32)
+    rank_one = draw(st.booleans())
+    kernel = np.outer(rng.standard_normal(kh), rng.standard_normal(kw)) if rank_one else rng.standard_normal((kh, kw))
+    size = draw(st.sampled_from(["same", "full"] + (["valid"] if kh <= h and kw <= w else [])))
+    return image, kernel, rank_one, draw(st.sampled_from(MODES)), size, draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases(), st.floats(-1, 1))
+def test_every_method_equals_the_float64_reference(case, cval):
+    """direct = separable = FFT = scipy in float64, for any boundary, size and orientation."""
+    image, kernel, rank_one, mode, size, correlate = case
+    expected = reference(image, kernel, mode, cval=cval, correlate=correlate, size=size)
+    tolerance = 1e-4 * max(1.0, np.abs(kernel).sum())
+    for method in ["direct", "fft"] + (["separable"] if rank_one else []):
+        out = imfilt.convolve(image, kernel, mode=mode, cval=cval, size=size, method=method, correlate=correlate)
+        np.testing.assert_allclose(out, expected, atol=tolerance, err_msg=method)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases(), st.floats(-3, 3), st.floats(-3, 3))
+def test_linearity(case, a, b):
+    """conv(a·x + b·y) = a·conv(x) + b·conv(y) for boundaries that add (not a nonzero cval)."""
+    image, kernel, _, mode, size, correlate = case
+    other = np.random.default_rng(0).random(image.shape).astype(np.float32)
+    kwargs = dict(mode=mode, size=size, correlate=correlate, method="fft")
+    left = imfilt.convolve(a * image + b * other, kernel, **kwargs)
+    right = a * imfilt.convolve(image, kernel, **kwargs) + b * imfilt.convolve(other, kernel, **kwargs)
+    np.testing.assert_allclose(left, right, atol=1e-4 * max(1.0, np.abs(kernel).sum()) * (abs(a) + abs(b) + 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases())
+def test_zeros_in_zeros_out(case):
+    image, kernel, _, mode, size, correlate = case
+    for method in ("direct", "fft"):
+        out = imfilt.convolve(np.zeros_like(image), kernel, mode=mode, size=size, correlate=correlate, method=method)
+        assert not out.any()
