@@ -35,7 +35,8 @@ FORMATS = {
 }
 # Fast PNG encoding: zlib level 1 with the Z_RLE strategy was 3-8x faster than Pillow's default
 # at a similar size (benchmarks/bench_io.py, README "Speed").
-PNG_OPTIONS = {"compress_level": 1, "compress_type": 3}
+# WebP is written lossless, JPEG at quality 95: a filter's result should not be smeared by the encoder.
+SAVE_OPTIONS = {"PNG": {"compress_level": 1, "compress_type": 3}, "JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
 _MAXVAL = {8: 255, 16: 65535}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UMASK = os.umask(0)
@@ -94,6 +95,8 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
             loaded = _load_npy(data)
         elif data[:8] == _PNG_SIGNATURE and data[24:25] == b"\x10" and data[25] in (2, 4, 6):
             loaded = _load_png16(data, limit)
+        elif data[:4] in (b"II*\0", b"MM\0*"):
+            loaded = _load_tiff(data, limit)
         else:
             loaded = _load_pillow(data, limit)
     except InputError as exc:
@@ -141,9 +144,6 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # its warning zone is an error too
             image = Image.open(io.BytesIO(data))
-            if image.format == "TIFF" and _is_deep_colour_tiff(image):
-                _check_pixels(*image.size, limit)
-                return _load_tifffile(data)
             image.load()
     finally:
         Image.MAX_IMAGE_PIXELS = previous
@@ -151,23 +151,24 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
     return _from_pillow(image)
 
 
-def _is_deep_colour_tiff(image: Image.Image) -> bool:
-    bits = image.tag_v2.get(258, (8,))
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return len(bits) > 1 and max(bits) > 8
-
-
-def _load_tifffile(data: bytes) -> Loaded:
+def _load_tiff(data: bytes, limit: int) -> Loaded:
+    """Deep (16-bit or float) TIFFs through tifffile; 8-bit ones through Pillow, for EXIF and LZW."""
     import tifffile
 
-    array = tifffile.imread(io.BytesIO(data))
-    if array.ndim == 2:
-        array = array[..., None]
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            page = tiff.pages.first
+            _check_pixels(page.imagewidth, page.imagelength, limit)
+            if page.bitspersample <= 8 and page.sampleformat != 3:
+                return _load_pillow(data, limit)
+            array = page.asarray()
+    except tifffile.TiffFileError as exc:
+        raise InputError(f"truncated or corrupt TIFF ({exc})") from None
+    array = array[..., None] if array.ndim == 2 else array
+    alpha = array.shape[2] in (2, 4)
     if array.dtype == np.uint16:
-        return Loaded(array.astype(np.float32) / 65535, 16, array.shape[2] in (2, 4))
-    if array.dtype == np.uint8:
-        return Loaded(array.astype(np.float32) / 255, 8, array.shape[2] in (2, 4))
-    return Loaded(array.astype(np.float32), 32, array.shape[2] in (2, 4))
+        return Loaded(array.astype(np.float32) / 65535, 16, alpha)
+    return Loaded(array.astype(np.float32), 32, alpha)
 
 
 _CONVERT = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "PA": "RGBA", "RGBa": "RGBA",
@@ -251,12 +252,12 @@ def encode(stored: np.ndarray, suffix: str, alpha: bool, out: BinaryIO) -> None:
 def _encode_pillow(stored: np.ndarray, kind: str, alpha: bool, out: BinaryIO) -> None:
     channels = stored.shape[2]
     if stored.dtype == np.uint16:  # single channel 16-bit
-        image = Image.fromarray(stored[..., 0].astype("<u2"), mode="I;16")
+        image = Image.fromarray(np.ascontiguousarray(stored[..., 0], dtype="<u2"))  # mode I;16
     else:
         if kind in ("JPEG", "BMP") and alpha:  # these formats hold no alpha: it is dropped
             stored, channels = stored[..., :-1], channels - 1
         image = Image.fromarray(stored[..., 0] if channels == 1 else np.ascontiguousarray(stored))
-    image.save(out, format=kind, **(PNG_OPTIONS if kind == "PNG" else {"quality": 95} if kind == "JPEG" else {}))
+    image.save(out, format=kind, **SAVE_OPTIONS.get(kind, {}))
 
 
 def _encode_png16(stored: np.ndarray, alpha: bool, out: BinaryIO) -> None:
@@ -272,8 +273,10 @@ def _encode_tifffile(stored: np.ndarray, alpha: bool, out: BinaryIO) -> None:
 
     photometric = "minisblack" if stored.shape[2] <= 2 else "rgb"
     extras = {"extrasamples": ("unassalpha",)} if alpha else {}
-    tifffile.imwrite(out, stored[..., 0] if stored.shape[2] == 1 else stored, photometric=photometric,
+    buffer = io.BytesIO()  # tifffile wants a named file or a BytesIO, not a bare descriptor
+    tifffile.imwrite(buffer, stored[..., 0] if stored.shape[2] == 1 else stored, photometric=photometric,
                      planarconfig="contig", compression="zlib", compressionargs={"level": 1}, **extras)
+    out.write(buffer.getbuffer())
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:

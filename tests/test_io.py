@@ -1,0 +1,146 @@
+"""Image I/O: modes, bit depths, orientation, bad files, atomic writes."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imfilt.errors import InputError
+from imfilt.io import atomic_write, load, read_image, to_storage, write_image
+
+
+def test_rgb_png_reads_to_float_in_unit_range(small_rgb):
+    loaded = load(small_rgb)
+    expected = np.asarray(Image.open(small_rgb), dtype=np.float32) / 255
+    assert loaded.depth == 8 and not loaded.alpha and loaded.pixels.dtype == np.float32
+    np.testing.assert_array_equal(loaded.pixels, expected)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".bmp", ".webp"])
+def test_lossless_8bit_round_trip(tmp_path, small_rgb, suffix):
+    pixels = read_image(small_rgb)
+    target = tmp_path / f"out{suffix}"
+    write_image(target, pixels, depth=8)
+    np.testing.assert_array_equal(read_image(target), pixels)  # WebP is written lossless
+
+
+@pytest.mark.parametrize("suffix, channels", [(".png", 3), (".png", 4), (".png", 1), (".tif", 3), (".tif", 2)])
+def test_16bit_round_trip_keeps_16bit_precision(tmp_path, suffix, channels):
+    values = np.random.default_rng(1).integers(0, 65536, (9, 7, channels)).astype(np.float32) / 65535
+    target = tmp_path / f"deep{suffix}"
+    write_image(target, values, depth=16, alpha=channels in (2, 4))
+    loaded = load(target)
+    assert loaded.depth == 16 and loaded.pixels.shape == (9, 7, channels)
+    np.testing.assert_allclose(loaded.pixels, values, atol=1e-7)
+
+
+def test_float_tiff_keeps_values_unscaled(tmp_path):
+    values = np.random.default_rng(2).standard_normal((5, 6, 3)).astype(np.float32)
+    write_image(tmp_path / "f.tif", values, depth=32)
+    loaded = load(tmp_path / "f.tif")
+    assert loaded.depth == 32
+    np.testing.assert_array_equal(loaded.pixels, values)
+
+
+def test_npy_output_is_raw_float32(tmp_path):
+    values = np.array([[[-0.5, 2.0, 0.25]]], np.float32)
+    write_image(tmp_path / "x.npy", values)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), values)
+
+
+@pytest.mark.parametrize("mode, channels, alpha", [
+    ("P", 3, False), ("1", 1, False), ("L", 1, False), ("LA", 2, True), ("RGBA", 4, True), ("CMYK", 3, False),
+])
+def test_modes_are_converted(tmp_path, mode, channels, alpha):
+    image = Image.new("RGB", (6, 4), (200, 100, 50)).convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    image.save(path)
+    loaded = load(path)
+    assert loaded.pixels.shape == (4, 6, channels) and loaded.alpha == alpha
+
+
+def test_cmyk_is_read_as_rgb_not_rgba(tmp_path):
+    Image.new("CMYK", (3, 2), (0, 255, 255, 0)).save(tmp_path / "red.jpg")  # pure red in CMYK
+    pixels = read_image(tmp_path / "red.jpg")
+    assert pixels.shape[2] == 3
+    assert pixels[..., 0].mean() > 0.9 and pixels[..., 1].mean() < 0.1
+
+
+def test_palette_with_transparency_keeps_alpha(tmp_path):
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    image.putpixel((0, 0), 1)
+    image.save(tmp_path / "p.png", transparency=1)
+    loaded = load(tmp_path / "p.png")
+    assert loaded.alpha and loaded.pixels[0, 0, 3] == 0 and loaded.pixels[1, 1, 3] == 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """Orientation 6 (rotate 90° clockwise to display): a 4x2 stored image shows as 2x4."""
+    image = Image.new("RGB", (4, 2), (0, 0, 0))
+    image.putpixel((0, 0), (255, 255, 255))  # stored top-left -> displayed top-right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "o.png", exif=exif)
+    pixels = read_image(tmp_path / "o.png")
+    assert pixels.shape[:2] == (4, 2) and pixels[0, 1, 0] == 1.0
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"hello, I am text", "not an image"),
+    (None, "truncated or corrupt"),
+])
+def test_bad_files_are_input_errors_naming_the_file(tmp_path, small_rgb, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(small_rgb.read_bytes()[:200] if content is None else content)
+    with pytest.raises(InputError, match=message) as info:
+        load(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load(tmp_path / "nope.png")
+
+
+def test_decompression_bomb_header_is_refused_unless_allowed(tmp_path):
+    """A 10000x10000 PNG header is over a 50M-pixel limit; --max-pixels lifts it deliberately."""
+    Image.new("L", (10000, 10000)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match="safety limit"):
+        load(tmp_path / "big.png", max_pixels=50_000_000)
+    with pytest.raises(InputError, match="safety limit"):  # the warning zone is an error too
+        load(tmp_path / "big.png", max_pixels=60_000_000)
+    assert load(tmp_path / "big.png", max_pixels=100_000_000).pixels.shape == (10000, 10000, 1)
+
+
+@pytest.mark.parametrize("scale, expected", [
+    ("clip", [0, 0, 128, 255]),
+    ("abs", [128, 0, 128, 255]),
+    ("offset", [0, 128, 255, 255]),
+    ("stretch", [0, 85, 170, 255]),
+])
+def test_scaling_to_8bit(scale, expected):
+    values = np.array([[[-0.5], [0.0], [0.5], [1.5]]], np.float32).reshape(1, 4, 1)
+    if scale == "stretch":
+        values = np.array([0.0, 1.0, 2.0, 3.0], np.float32).reshape(1, 4, 1)
+    assert to_storage(values, 8, scale)[0, :, 0].tolist() == expected
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    def failing(f):
+        f.write(b"half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "out.png", failing)
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_to_stdout_buffer(monkeypatch, small_rgb):
+    buffer = io.BytesIO()
+    monkeypatch.setattr("sys.stdout", type("S", (), {"buffer": buffer})())
+    write_image("-", read_image(small_rgb), suffix=".png")
+    assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
