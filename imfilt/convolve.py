@@ -21,9 +21,12 @@ METHODS = ("auto", "direct", "separable", "fft")
 _NDIMAGE_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
 _PAD_MODE = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 
-# Crossovers measured with benchmarks/bench_convolve.py on a 2-core machine (README, "Speed").
+# Crossovers measured with `benchmarks/bench.py crossover` on a 2-core machine (README, "Speed"):
+# on 2048x2048 RGB, direct 3x3 took 0.09 s and 5x5 0.18 s against FFT's flat ~0.18 s; two 1-D
+# passes took 0.15-0.19 s up to 11x11 and 0.23 s at 15x15, where FFT was 0.19 s.
 DIRECT_MAX_TAPS = 25  # dense kernels up to 5x5 run direct; larger ones by FFT
-SEPARABLE_MAX_TAPS = 40  # rank-1 kernels run as two 1-D passes up to kh + kw taps, then FFT
+SEPARABLE_MIN_TAPS = 10  # a rank-1 3x3 is still faster direct than as two passes
+SEPARABLE_MAX_TAPS = 22  # rank-1 kernels run as two passes up to 11x11 (kh + kw taps), then FFT
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -42,7 +45,7 @@ def rank_one_factors(weights: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarra
 def choose_method(shape: tuple[int, int], separable: bool) -> str:
     """The cost model behind --method auto."""
     taps_2d, taps_1d = shape[0] * shape[1], shape[0] + shape[1]
-    if separable and taps_1d <= SEPARABLE_MAX_TAPS and min(shape) > 1:
+    if separable and taps_2d >= SEPARABLE_MIN_TAPS and taps_1d <= SEPARABLE_MAX_TAPS and min(shape) > 1:
         return "separable"
     if taps_2d <= DIRECT_MAX_TAPS:
         return "direct"

@@ -139,6 +139,7 @@ def test_auto_picks_by_rank_and_size():
     assert choose_method((3, 3), separable=False) == "direct"
     assert choose_method((31, 31), separable=False) == "fft"
     assert choose_method((9, 9), separable=True) == "separable"
+    assert choose_method((3, 3), separable=True) == "direct"
     assert choose_method((63, 63), separable=True) == "fft"
     assert rank_one_factors(builtin("gaussian", sigma=2).weights) is not None
     assert rank_one_factors(builtin("sharpen").weights) is None
