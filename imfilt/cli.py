@@ -145,8 +145,12 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     if batch.output == "-" and batch.json:
         raise UsageError("--json and -o - both write to standard output: choose one")
     sources = _sources(batch)
-    output = batch.output
-    if output is None and sources == ["-"] and batch.out_dir is None:
+    output, out_dir = batch.output, batch.out_dir
+    if batch.scheduler:  # Dask workers run elsewhere: give them paths that do not depend on our folder
+        sources = [s if s == "-" else os.path.abspath(s) for s in sources]
+        output = output if output in (None, "-") else os.path.abspath(output)
+        out_dir = out_dir and os.path.abspath(out_dir)
+    if output is None and sources == ["-"] and out_dir is None:
         output = "-"  # a pipe in, a pipe out
         if sys.stdout.isatty():
             raise UsageError("standard input given but no output: use -o FILE, or redirect standard output")
@@ -158,7 +162,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
                         max_pixels=batch.max_pixels, split_channels=split_channels, stdout_suffix=stdout_suffix)
     if "-" in sources and sys.stdin.isatty():
         raise UsageError("- reads an image from standard input, but it is a terminal")
-    jobs = plan(sources, ops, settings, out=output, out_dir=batch.out_dir, template=batch.name,
+    jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing)
     if any(job.source == "-" for job in jobs):
         data = sys.stdin.buffer.read()

@@ -20,13 +20,13 @@ def run_on_dask(jobs: list, address: str) -> Iterator[tuple]:
     from .pipeline import _safe_run
 
     try:
-        client = Client(address, timeout="10s", set_as_default=False)
+        client = Client(address, timeout="5s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     with client:
         futures = client.map(_safe_run, jobs, pure=False)
         try:
-            for future in as_completed(futures):
+            for future in as_completed(futures, loop=client.loop):  # our client, not a global one
                 yield future.result()
         except BaseException:
             client.cancel(futures)

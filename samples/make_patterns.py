@@ -1,8 +1,10 @@
-"""Generate the small test patterns in samples/ (run from the repository root).
+"""Generate the small test patterns in samples/ (run from the repository root). All 256x256 grey.
 
-stripes.png: three bands, top to bottom, of vertical stripes at 8, 16 and 32 cycles across;
-stripes-rotated.png: one stripe pattern at 30 degrees, whose spectrum peaks turn with it;
-checkerboard.png: 16-pixel squares. All 256x256 grey, 8-bit.
+stripes-mixed.png: three stripe patterns added up: 8 cycles across, 24 cycles down and a
+  diagonal of (12, 12) cycles; its spectrum is three pairs of dots around the centre.
+stripes.png: vertical stripes, 16 cycles across: two dots on the centre row.
+stripes-rotated.png: the same stripes turned 30 degrees: the dots turn with them.
+checkerboard.png: 16-pixel squares: dots on a grid of odd harmonics.
 """
 
 from pathlib import Path
@@ -11,22 +13,20 @@ import numpy as np
 from PIL import Image
 
 SIZE = 256
+Y, X = np.mgrid[0:SIZE, 0:SIZE] / SIZE
 
 
-def stripes() -> np.ndarray:
-    x = np.arange(SIZE)
-    bands = [0.5 + 0.5 * np.cos(2 * np.pi * cycles * x / SIZE) for cycles in (8, 16, 32)]
-    rows = np.array_split(np.arange(SIZE), 3)
-    image = np.empty((SIZE, SIZE))
-    for band, index in zip(bands, rows):
-        image[index, :] = band
-    return image
+def wave(cycles_x: float, cycles_y: float) -> np.ndarray:
+    return np.cos(2 * np.pi * (cycles_x * X + cycles_y * Y))
 
 
-def rotated_stripes(degrees: float = 30.0, cycles: float = 16.0) -> np.ndarray:
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
+def stripes(degrees: float = 0.0, cycles: float = 16.0) -> np.ndarray:
     theta = np.deg2rad(degrees)
-    return 0.5 + 0.5 * np.cos(2 * np.pi * cycles * (x * np.cos(theta) + y * np.sin(theta)) / SIZE)
+    return 0.5 + 0.5 * wave(cycles * np.cos(theta), cycles * np.sin(theta))
+
+
+def stripes_mixed() -> np.ndarray:
+    return 0.5 + (wave(8, 0) + wave(0, 24) + wave(12, 12)) / 6
 
 
 def checkerboard(square: int = 16) -> np.ndarray:
@@ -34,7 +34,10 @@ def checkerboard(square: int = 16) -> np.ndarray:
     return ((x // square + y // square) % 2).astype(float)
 
 
+PATTERNS = {"stripes-mixed": stripes_mixed, "stripes": stripes, "stripes-rotated": lambda: stripes(30.0),
+            "checkerboard": checkerboard}
+
 if __name__ == "__main__":
     folder = Path(__file__).parent
-    for name, image in [("stripes", stripes()), ("stripes-rotated", rotated_stripes()), ("checkerboard", checkerboard())]:
-        Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    for name, make in PATTERNS.items():
+        Image.fromarray(np.rint(make() * 255).astype(np.uint8)).save(folder / f"{name}.png")

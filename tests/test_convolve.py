@@ -97,11 +97,23 @@ def test_valid_kernel_larger_than_image_is_an_error():
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", ["direct", "fft"])
-def test_dense_kernel_matches_scipy_on_a_photo(chelsea, mode, method, engine):
-    """An asymmetric 7x6 kernel on a 451x300 photo equals scipy.ndimage.convolve in float64."""
+@pytest.mark.parametrize("channels", [3, 1])
+def test_dense_kernel_matches_scipy_on_a_photo(chelsea, mode, method, channels, engine):
+    """An asymmetric 7x6 kernel on a 451x300 photo equals scipy.ndimage.convolve in float64.
+
+    One channel runs in row bands on the CPU's threads: the seams must not show."""
+    image = chelsea[..., :channels]
     kernel = np.random.default_rng(3).standard_normal((7, 6))
-    out = imfilt.convolve(chelsea, kernel, mode=mode, cval=0.25, method=method, engine=engine)
-    np.testing.assert_allclose(out, reference(chelsea, kernel, mode, cval=0.25), atol=2e-5)
+    out = imfilt.convolve(image, kernel, mode=mode, cval=0.25, method=method, engine=engine)
+    np.testing.assert_allclose(out, reference(image, kernel, mode, cval=0.25), atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_separable_in_bands_matches_scipy(chelsea, mode):
+    image = chelsea[..., :1]
+    kernel = np.outer([1.0, 2.0, 0.5, -1.0], [0.5, 1.0, 3.0])
+    out = imfilt.convolve(image, kernel, mode=mode, cval=0.5, method="separable")
+    np.testing.assert_allclose(out, reference(image, kernel, mode, cval=0.5), atol=2e-5)
 
 
 @pytest.mark.parametrize("name", ["box:size=5", "gaussian:sigma=2", "sobel-x", "sobel-y"])

@@ -1,0 +1,76 @@
+"""Rebuild the README's pictures with the real CLI (run from the repository root).
+
+Each picture is a row of panels: the imfilt outputs themselves, pasted side by side with a label.
+"""
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+OUT = ROOT / "docs"
+
+
+def imfilt(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "imfilt", *args, "--overwrite", "-q"], check=True)
+
+
+def zoomed(path: Path, size: int = 64) -> Image.Image:
+    """The centre of a spectrum, blown up with square pixels so single-pixel peaks show."""
+    image = Image.open(path).convert("RGB")
+    cx, cy = image.width // 2, image.height // 2
+    return image.crop((cx - size // 2, cy - size // 2, cx + size // 2, cy + size // 2)).resize((256, 256), Image.NEAREST)
+
+
+def row(panels: list[tuple[str, Path]], target: Path, height: int = 220) -> None:
+    images = []
+    for label, path in panels:
+        image = path if isinstance(path, Image.Image) else Image.open(path).convert("RGB")
+        image = image.resize((round(image.width * height / image.height), height))
+        ImageDraw.Draw(image).rectangle((0, 0, 8 + 7 * len(label), 16), fill=(0, 0, 0))
+        ImageDraw.Draw(image).text((4, 2), label, fill=(255, 255, 255))
+        images.append(image)
+    canvas = Image.new("RGB", (sum(i.width for i in images) + 4 * (len(images) - 1), height), (255, 255, 255))
+    x = 0
+    for image in images:
+        canvas.paste(image, (x, 0))
+        x += image.width + 4
+    canvas.save(target, optimize=True)
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp())
+    cat = SAMPLES / "chelsea.png"
+    for kernel in ("box:size=5", "sobel", "sharpen", "gaussian:sigma=3"):
+        imfilt("apply", str(cat), "-k", kernel, "--out-dir", str(tmp))
+    row([("chelsea.png", cat), ("-k box:size=5", tmp / "chelsea.box-size5.png"), ("-k sobel", tmp / "chelsea.sobel.png"),
+         ("-k sharpen", tmp / "chelsea.sharpen.png"), ("-k gaussian:sigma=3", tmp / "chelsea.gaussian-sigma3.png")],
+        OUT / "tour-apply.png")
+
+    for name in ("astronaut", "stripes-mixed", "stripes", "stripes-rotated"):
+        imfilt("spectrum", str(SAMPLES / f"{name}.png"), "--gray", "--window", "hann" if "stripes" in name else "none",
+               "--out-dir", str(tmp))
+    imfilt("spectrum", str(SAMPLES / "astronaut.png"), "--gray", "--window", "hann", "--out-dir", str(tmp),
+           "--name", "{stem}.hann{ext}")
+    row([("astronaut.png", SAMPLES / "astronaut.png"), ("spectrum --gray", tmp / "astronaut.spectrum.png"),
+         ("--window hann", tmp / "astronaut.hann.png"), ("stripes-mixed.png", SAMPLES / "stripes-mixed.png"),
+         ("its spectrum (centre, 4x)", zoomed(tmp / "stripes-mixed.spectrum.png"))], OUT / "tour-spectrum.png", height=256)
+    row([("stripes.png", SAMPLES / "stripes.png"), ("spectrum (centre, 4x)", zoomed(tmp / "stripes.spectrum.png")),
+         ("stripes-rotated.png", SAMPLES / "stripes-rotated.png"),
+         ("spectrum (centre, 4x)", zoomed(tmp / "stripes-rotated.spectrum.png"))], OUT / "tour-rotation.png", height=256)
+
+    astronaut = str(SAMPLES / "astronaut.png")
+    for radius in ("60", "20"):
+        imfilt("lowpass", astronaut, "--radius", radius, "--mask-out", str(tmp / f"mask{radius}.png"), "--out-dir", str(tmp))
+    imfilt("lowpass", astronaut, "--radius", "20", "--highpass", "--out-dir", str(tmp))
+    row([("mask R=60", tmp / "mask60.png"), ("lowpass --radius 60", tmp / "astronaut.lowpass60.png"),
+         ("mask R=20", tmp / "mask20.png"), ("lowpass --radius 20", tmp / "astronaut.lowpass20.png"),
+         ("--radius 20 --highpass", tmp / "astronaut.highpass20.png")], OUT / "tour-lowpass.png")
+
+
+if __name__ == "__main__":
+    main()
