@@ -179,4 +179,4 @@ def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "ref
     else:
         out = responses[0]
     out = engine.to_host(out)
-    return out[0] if flat else np.ascontiguousarray(np.moveaxis(out, 0, -1))
+    return out[0] if flat else np.moveaxis(out, 0, -1)  # (H, W, C) view of planar memory, as io reads

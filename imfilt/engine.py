@@ -6,6 +6,7 @@ modules they carry and in host/device transfers (see ../shared/STYLE.md, convent
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ def _scipy_fft_namespace(threads: int, backend_name: str) -> SimpleNamespace:
         pyfftw.interfaces.cache.enable()
         pyfftw.interfaces.cache.set_keepalive_time(60)
         _load_fftw_wisdom(pyfftw)
+        atexit.register(save_fftw_wisdom)
 
     def bind(fn):
         @functools.wraps(fn)
@@ -91,9 +93,14 @@ def save_fftw_wisdom() -> None:
     """Keep FFTW's plans for the next run (planning with MEASURE takes seconds)."""
     import pyfftw
 
+    from .io import atomic_write
+
     path = fftw_wisdom_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\0\0".join(pyfftw.export_wisdom()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(b"\0\0".join(pyfftw.export_wisdom())))
+    except OSError:
+        pass  # a read-only home: plans are simply made again next time
 
 
 def default_fft_backend() -> str:

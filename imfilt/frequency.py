@@ -28,7 +28,7 @@ def _planes(engine: Engine, image: np.ndarray):
 
 
 def _to_image(engine: Engine, planes) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(engine.to_host(planes), 0, -1), dtype=np.float32)
+    return np.moveaxis(engine.to_host(planes).astype(np.float32, copy=False), 0, -1)
 
 
 def _mirror_half(half, width: int, xp, negate: bool = False):
@@ -37,8 +37,8 @@ def _mirror_half(half, width: int, xp, negate: bool = False):
     full = xp.empty(half.shape[:-1] + (width,), dtype=half.dtype)
     full[..., :kept] = half
     if width > kept:
-        cols = np.arange(kept, width)
-        rows = (-np.arange(height)) % height
+        cols = xp.arange(kept, width)
+        rows = (-xp.arange(height)) % height
         mirrored = half[..., rows[:, None], (width - cols)[None, :]]
         full[..., kept:] = -mirrored if negate else mirrored
     return full

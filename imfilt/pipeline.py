@@ -22,7 +22,6 @@ from .io import FORMATS, Loaded, check_output_format, load, write_image
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".npy"}
 DEFAULT_TEMPLATE = "{stem}.{op}{ext}"
 SPLIT_TEMPLATE = "{stem}.{op}.{channel}{ext}"
-CHANNEL_NAMES = {1: "y", 2: "ya", 3: "rgb", 4: "rgba"}
 
 
 @dataclass(frozen=True)
@@ -130,8 +129,10 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
 
 
 def _exists(path: str, settings: Settings) -> bool:
-    """For --split-channels an output is there when its first channel's file is."""
-    return Path(path.replace("{channel}", "r" if settings.split_channels else "")).exists() or Path(path).exists()
+    """For --split-channels an output is there when its first channel's file is (r, y or c0)."""
+    if not settings.split_channels:
+        return Path(path).exists()
+    return any(Path(path.replace("{channel}", first)).exists() for first in ("r", "y", "c0"))
 
 
 def _check_overwrites(jobs: list[Job]) -> None:
@@ -154,9 +155,7 @@ def _same_file(a: str, b: str) -> bool:
 def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]]:
     """--split-channels: one grey file per colour channel (r, g, b; y for grey), alpha dropped."""
     colour = pixels[..., :-1] if alpha else pixels
-    names = "rgb" if colour.shape[2] == 3 else [f"c{i}" for i in range(colour.shape[2])]
-    if colour.shape[2] == 1:
-        names = ["y"]
+    names = {1: "y", 3: "rgb"}.get(colour.shape[2]) or [f"c{i}" for i in range(colour.shape[2])]
     return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
 
 
@@ -185,7 +184,7 @@ def run_job(job: Job) -> list[dict]:
         files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
                  else [(output.path, result.pixels, result.alpha)])
         for path, pixels, alpha in files:
-            write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix)
+            write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
         seconds = time.perf_counter() - start
         records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
     return records

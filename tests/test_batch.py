@@ -120,6 +120,16 @@ def test_recursive_folders_and_globs(tmp_path):
     assert len(os.listdir(tmp_path / "c")) == 2
 
 
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """script(1) gives imfilt a terminal: the bar shows done/total; on a pipe nothing is drawn."""
+    make_photos(tmp_path / "in", 4)
+    command = f"{BIN / 'imfilt'} apply {tmp_path / 'in'} -k box --out-dir {tmp_path / 'out'} -j 1"
+    on_terminal = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True)
+    assert "4/4" in on_terminal.stdout and "img/s" in on_terminal.stdout
+    on_pipe = subprocess.run(command + " --overwrite", shell=True, capture_output=True, text=True)
+    assert on_pipe.stderr == "imfilt: 4 done\n" and on_pipe.stdout == ""
+
+
 def test_ctrl_c_keeps_finished_outputs_and_leaves_no_partial_file(tmp_path):
     make_photos(tmp_path / "in", 40, size=(400, 400))
     process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=4", "--out-dir",

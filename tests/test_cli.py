@@ -185,3 +185,12 @@ def test_binary_output_is_never_written_to_a_terminal(small_rgb):
     run = subprocess.run(["script", "-qec", f"{sys.executable} -m imfilt apply {small_rgb} -k box -o -", "/dev/null"],
                          capture_output=True)
     assert b"refusing to write image data to a terminal" in run.stdout and b"\x89PNG" not in run.stdout
+
+
+def test_start_up_imports_neither_dask_nor_scipy_signal(small_rgb, tmp_path):
+    """Dask is imported only with --scheduler; scipy.signal (~0.8 s) never on the CLI's path."""
+    code = ("import sys; from typer.testing import CliRunner; from imfilt.cli import app; "
+            f"r = CliRunner().invoke(app, ['apply', {str(small_rgb)!r}, '-k', 'gaussian:sigma=9', '-o', {str(tmp_path / 'o.png')!r}]); "
+            "print(r.exit_code, 'distributed' in sys.modules, 'dask' in sys.modules, 'scipy.signal' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.split() == ["0", "False", "False", "False"], run.stderr

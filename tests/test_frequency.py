@@ -133,3 +133,17 @@ def test_lowpass_band_must_be_inside_the_radius(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "i.png")
     result = runner.invoke(app, ["lowpass", str(tmp_path / "i.png"), "--radius", "3", "--band", "5"])
     assert result.exit_code == 2 and "--band" in result.stderr
+
+
+def test_pyfftw_backend_gives_the_same_numbers(chelsea, tmp_path, monkeypatch):
+    """pyfftw registered as scipy.fft's backend: same results, and its plans are kept as wisdom."""
+    from imfilt.engine import cpu_engine, save_fftw_wisdom
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fftw = cpu_engine(None, "pyfftw")
+    image = chelsea[:64, :80]
+    np.testing.assert_allclose(imfilt.lowpass(image, 10, engine=fftw), imfilt.lowpass(image, 10), atol=1e-6)
+    np.testing.assert_allclose(imfilt.convolve(image, np.ones((9, 9)) / 81, method="fft", engine=fftw),
+                               imfilt.convolve(image, np.ones((9, 9)) / 81, method="fft"), atol=1e-6)
+    save_fftw_wisdom()
+    assert (tmp_path / "imfilt" / "fftw-wisdom.bin").stat().st_size > 0

@@ -144,3 +144,32 @@ def test_write_to_stdout_buffer(monkeypatch, small_rgb):
     monkeypatch.setattr("sys.stdout", type("S", (), {"buffer": buffer})())
     write_image("-", read_image(small_rgb), suffix=".png")
     assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_writer_round_trips_through_an_independent_decoder(dtype, channels):
+    """imfilt's PNG writer, read back by pypng (which unfilters and inflates on its own)."""
+    import png as pypng
+
+    from imfilt.png import encode_png
+
+    values = np.random.default_rng(channels).integers(0, np.iinfo(dtype).max + 1, (13, 17, channels)).astype(dtype)
+    buffer = io.BytesIO()
+    encode_png(values, buffer)
+    width, height, rows, info = pypng.Reader(bytes=buffer.getvalue()).asDirect()
+    decoded = np.vstack([np.asarray(r) for r in rows]).reshape(height, width, channels)
+    assert info["bitdepth"] == (16 if dtype == np.uint16 else 8)
+    np.testing.assert_array_equal(decoded, values)
+
+
+def test_png_bytes_do_not_depend_on_the_thread_count():
+    """Several deflate blocks (a 1500x1500 RGB image is ~6.75 MB of scanlines): same bytes on 1 or 2 threads."""
+    from imfilt.png import encode_png
+
+    values = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3)).astype(np.uint8)
+    one, two = io.BytesIO(), io.BytesIO()
+    encode_png(values, one, threads=1)
+    encode_png(values, two, threads=2)
+    assert one.getvalue() == two.getvalue()
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(one.getvalue()))), values)
