@@ -5,7 +5,7 @@ import inspect
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Annotated, Callable, Optional
 
@@ -166,7 +166,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing)
     if any(job.source == "-" for job in jobs):
         data = sys.stdin.buffer.read()
-        jobs = [job if job.source != "-" else type(job)(job.source, job.outputs, job.settings, data) for job in jobs]
+        jobs = [replace(job, data=data) if job.source == "-" else job for job in jobs]
     if batch.engine.value == "gpu":
         from .engine import gpu_engine
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,36 +84,38 @@ def read_list(stream, nul: bool) -> list[str]:
     return [item for item in items if item]
 
 
-def _output_path(source: str, op, channel: str | None, out: str | None, out_dir: str | None,
-                 template: str, suffix: str | None) -> str:
+def _output_path(source: str, op, split: bool, out: str | None, out_dir: str | None, template: str) -> str:
+    """-o as given, else the template in --out-dir (or beside the input); the input's format."""
     if out is not None:
         return out
     stem, ext = ("stdin", ".png") if source == "-" else (Path(source).stem, Path(source).suffix.lower())
-    if ext not in FORMATS or ext == ".gif":
-        ext = ".png"
-    ext = suffix or ext
-    name = template.format(stem=stem, op=op.name, ext=ext, channel=channel or "")
+    if ext not in FORMATS:
+        ext = ".png"  # e.g. a GIF, which imfilt reads but does not write
+    try:  # {channel} stays for run_job to fill in, one file per channel
+        name = template.format(stem=stem, op=op.name, ext=ext, channel="{channel}" if split else "")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"--name {template!r}: use the fields {{stem}} {{op}} {{ext}} {{channel}} ({exc})") from None
     folder = Path(out_dir) if out_dir is not None else (Path.cwd() if source == "-" else Path(source).parent)
     return str(folder / name)
 
 
 def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None = None,
-         out_dir: str | None = None, template: str | None = None, suffix: str | None = None,
-         overwrite: bool = False, skip_existing: bool = False) -> list[Job]:
+         out_dir: str | None = None, template: str | None = None, overwrite: bool = False,
+         skip_existing: bool = False) -> list[Job]:
     """One job per input; every output named and checked before any image is read."""
+    split = settings.split_channels
     if out is not None and len(sources) * len(ops) > 1:
         raise UsageError("-o names one output: with several inputs or kernels use --out-dir (and --name)")
-    if settings.split_channels and out is not None:
+    if split and out is not None:
         raise UsageError("--split-channels writes one file per channel: use --out-dir (and --name)")
-    template = template or (SPLIT_TEMPLATE if settings.split_channels else DEFAULT_TEMPLATE)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    template = template or (SPLIT_TEMPLATE if split else DEFAULT_TEMPLATE)
+    if split and "{channel}" not in template:
+        raise UsageError(f"--name {template!r}: --split-channels needs {{channel}} in the name")
     jobs, seen = [], {}
     for source in sources:
         outputs = []
         for op in ops:
-            path = _output_path(source, op, "{channel}" if settings.split_channels else None, out,
-                                out_dir, template, suffix)
+            path = _output_path(source, op, split, out, out_dir, template)
             if path != "-":
                 check_output_format(path, settings.depth)
                 key = os.path.normcase(os.path.abspath(path))
@@ -125,6 +126,8 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
         jobs.append(Job(source, tuple(outputs), settings))
     if not overwrite and not skip_existing:
         _check_overwrites(jobs)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     return jobs
 
 
@@ -175,7 +178,6 @@ def run_job(job: Job) -> list[dict]:
     engine = get_engine(settings.engine, settings.threads)
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
-    depth = settings.depth or loaded.depth
     for output in todo:
         start = time.perf_counter()
         result = output.op.run(loaded, engine)
@@ -184,10 +186,17 @@ def run_job(job: Job) -> list[dict]:
         files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
                  else [(output.path, result.pixels, result.alpha)])
         for path, pixels, alpha in files:
+            depth = settings.depth or _fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
             write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
         seconds = time.perf_counter() - start
         records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
     return records
+
+
+def _fitting_depth(depth: int, suffix: str) -> int:
+    """The input's depth where the format holds it, else the deepest it holds (16-bit -> JPEG: 8)."""
+    held = FORMATS[suffix][1]
+    return depth if depth in held else max(held)
 
 
 def _record(job: Job, output: Output, *, skipped: bool = False, result=None, engine=None, seconds=0.0) -> dict:

@@ -194,3 +194,23 @@ def test_start_up_imports_neither_dask_nor_scipy_signal(small_rgb, tmp_path):
             "print(r.exit_code, 'distributed' in sys.modules, 'dask' in sys.modules, 'scipy.signal' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.stdout.split() == ["0", "False", "False", "False"], run.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name", "{stem}.{colour}{ext}"], "use the fields"),
+    (["--split-channels", "--name", "{stem}.{op}{ext}"], "needs {channel}"),
+    (["-k", "sharpen"], "-o names one output"),
+])
+def test_bad_output_naming_is_refused_up_front(small_rgb, tmp_path, args, message):
+    extra = ["-o", tmp_path / "x.png"] if "-o names" in message else ["--out-dir", tmp_path / "out"]
+    result = imfilt("apply", small_rgb, "-k", "box", *args, *extra)
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_16bit_input_to_jpeg_is_written_at_8_bits(tmp_path):
+    from imfilt.io import write_image
+
+    write_image(tmp_path / "deep.png", np.full((4, 4, 3), 0.5, np.float32), depth=16)
+    assert imfilt("apply", tmp_path / "deep.png", "-k", "box", "-o", tmp_path / "o.jpg").exit_code == 0
+    assert Image.open(tmp_path / "o.jpg").mode == "RGB"
