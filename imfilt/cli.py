@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .engine import get_engine
 from .errors import UsageError
 from .io import check_output_format
 from .pipeline import Report, Settings, execute, expand_inputs, plan, read_list
@@ -167,10 +168,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     if any(job.source == "-" for job in jobs):
         data = sys.stdin.buffer.read()
         jobs = [replace(job, data=data) if job.source == "-" else job for job in jobs]
-    if batch.engine.value == "gpu":
-        from .engine import gpu_engine
-
-        gpu_engine()  # a clear error now, not one per image
+    get_engine(settings.engine, settings.threads)  # no GPU, or a bad IMFILT_FFT: one clear error now, exit 2
     report = Report()
     try:
         _report_jobs(batch, jobs, workers, report)

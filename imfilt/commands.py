@@ -45,12 +45,6 @@ def apply(
         kernels = [k.normalized(normalize.value) for k in kernels]
     ops = [Apply(k, mode=boundary.value, cval=cval, size=size.value, method=method.value, correlate=correlate,
                  gray=batch.gray, alpha=alpha.value) for k in kernels]
-    if method.value == "separable":
-        from .convolve import rank_one_factors
-
-        for k in kernels:
-            if any(rank_one_factors(p) is None for p in k.parts):
-                raise typer.BadParameter(f"kernel {k.name} is not separable (rank > 1)", param_hint="--method")
     run(batch, ops, scale=scale.value, split_channels=split_channels)
 
 

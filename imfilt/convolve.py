@@ -29,7 +29,7 @@ SEPARABLE_MIN_TAPS = 10  # a rank-1 3x3 is still faster direct than as two passe
 SEPARABLE_MAX_TAPS = 22  # rank-1 kernels run as two passes up to 11x11 (kh + kw taps), then FFT
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
@@ -40,6 +40,17 @@ def rank_one_factors(weights: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarra
     if s[0] == 0 or (len(s) > 1 and s[1] > rtol * s[0]):
         return None
     return u[:, 0] * s[0], vt[0]
+
+
+def resolve_method(weights: np.ndarray, method: str = "auto") -> str:
+    """The method that will run: auto by the cost model; separable only for a rank-1 kernel."""
+    check_choice("method", method, METHODS)
+    separable = rank_one_factors(np.asarray(weights, dtype=np.float64)) is not None
+    if method == "auto":
+        return choose_method(np.shape(weights), separable)
+    if method == "separable" and not separable:
+        raise UsageError("--method separable needs a kernel of rank 1 (an outer product of two vectors)")
+    return method
 
 
 def choose_method(shape: tuple[int, int], separable: bool) -> str:
@@ -137,11 +148,7 @@ def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="refle
     if not correlate:
         c = c[::-1, ::-1]
     kh, kw = c.shape
-    factors = rank_one_factors(c)
-    if method == "auto":
-        method = choose_method(c.shape, factors is not None)
-    if method == "separable" and factors is None:
-        raise UsageError("--method separable needs a kernel of rank 1 (an outer product of two vectors)")
+    method = resolve_method(c, method)
     if size == "full":
         planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval)
     if size == "same":
@@ -162,9 +169,8 @@ def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "ref
     ``mode`` is the boundary (scipy's names; ``wrap`` = scipy's 'grid-wrap'), ``size`` the output
     extent (same | valid | full), ``method`` auto | direct | separable | fft.
     """
-    _check_choice("mode", mode, MODES)
-    _check_choice("size", size, SIZES)
-    _check_choice("method", method, METHODS)
+    check_choice("mode", mode, MODES)
+    check_choice("size", size, SIZES)
     engine = get_engine(engine) if isinstance(engine, str) else engine
     if not isinstance(kernel, Kernel):
         kernel = Kernel("kernel", kernel)

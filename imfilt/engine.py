@@ -114,7 +114,7 @@ def cpu_engine(threads: int | None = None, fft_backend: str | None = None) -> En
     threads = threads or os.cpu_count() or 1
     fft_backend = fft_backend or default_fft_backend()
     if fft_backend not in FFT_BACKENDS:
-        raise EngineUnavailable(f"unknown FFT backend {fft_backend!r}: choose from {', '.join(FFT_BACKENDS)}")
+        raise EngineUnavailable(f"unknown FFT backend {fft_backend!r} (IMFILT_FFT): choose from {', '.join(FFT_BACKENDS)}")
     pool = ThreadPoolExecutor(threads, thread_name_prefix="imfilt") if threads > 1 else None
     return Engine("cpu", np, ndi, _scipy_fft_namespace(threads, fft_backend), threads, pool)
 

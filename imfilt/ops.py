@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .convolve import choose_method, convolve, rank_one_factors
+from .convolve import MODES, SIZES, check_choice, convolve, resolve_method
 from .engine import Engine
 from .io import Loaded
 from .kernels import Kernel
@@ -54,18 +54,23 @@ class Apply:
     gray: bool = False
     alpha: str = "premultiply"
 
+    def __post_init__(self):  # a bad option is refused when the operation is made, before any image
+        check_choice("alpha", self.alpha, ALPHA_MODES)
+        check_choice("mode", self.mode, MODES)
+        check_choice("size", self.size, SIZES)
+        resolve_method(self.kernel.parts[0], self.method)  # separable on a rank > 1 kernel raises
+
     @property
     def name(self) -> str:
         return self.kernel.name
 
     @property
     def resolved_method(self) -> str:
-        if self.method != "auto":
-            return self.method
-        return choose_method(self.kernel.shape, all(rank_one_factors(p) is not None for p in self.kernel.parts))
+        """What --method auto becomes for this kernel; a UsageError for separable on rank > 1."""
+        return resolve_method(self.kernel.parts[0], self.method)
 
-    def _filter(self, pixels: np.ndarray, engine: Engine, kernel: Kernel | None = None) -> np.ndarray:
-        return convolve(pixels, kernel or self.kernel, mode=self.mode, cval=self.cval, size=self.size,
+    def _filter(self, pixels: np.ndarray, engine: Engine) -> np.ndarray:
+        return convolve(pixels, self.kernel, mode=self.mode, cval=self.cval, size=self.size,
                         method=self.method, correlate=self.correlate, engine=engine)
 
     def _carry(self, plane: np.ndarray, engine: Engine) -> np.ndarray:
