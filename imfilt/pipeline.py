@@ -246,6 +246,8 @@ def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:
         return job, None, str(exc)
     except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
         return job, None, f"{job.source}: {exc}"
+    except BrokenPipeError:
+        raise  # standard output's reader went away: the whole run ends (exit 141), not this job
     except MemoryError:
         return job, None, f"{job.source}: not enough memory for this image"
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch
