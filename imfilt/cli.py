@@ -188,8 +188,9 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
 
 
 def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
+    finished = 0
     with _progress(batch, len(jobs)) as advance:
-        for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler):
+        for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast):
             if error:
                 report.failed.append(job.source)
                 err.print(error, markup=False)
@@ -199,9 +200,9 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
                 if batch.json:
                     print(json.dumps(record, ensure_ascii=False), flush=True)
             advance()
-            if error and batch.fail_fast:
-                err.print("imfilt: stopped at the first failure (--fail-fast)", markup=False)
-                break
+            finished += 1
+    if report.failed and batch.fail_fast and finished < len(jobs):
+        err.print("imfilt: stopped at the first failure (--fail-fast)", markup=False)
 
 
 class _progress:

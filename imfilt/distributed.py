@@ -12,12 +12,12 @@ from typing import Iterator
 from .errors import UsageError
 
 
-def run_on_dask(jobs: list, address: str) -> Iterator[tuple]:
+def run_on_dask(jobs: list, address: str, fail_fast: bool = False) -> Iterator[tuple]:
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise UsageError("--scheduler needs dask.distributed: pip install 'imfilt[distributed]'") from None
-    from .pipeline import _safe_run
+    from .pipeline import _safe_run, as_finished
 
     try:
         client = Client(address, timeout="5s", set_as_default=False)
@@ -25,9 +25,4 @@ def run_on_dask(jobs: list, address: str) -> Iterator[tuple]:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     with client:
         futures = client.map(_safe_run, jobs, pure=False)
-        try:
-            for future in as_completed(futures, loop=client.loop):  # our client, not a global one
-                yield future.result()
-        except BaseException:
-            client.cancel(futures)
-            raise
+        yield from as_finished(futures, as_completed(futures, loop=client.loop), fail_fast)  # our client, not a global one

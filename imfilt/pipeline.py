@@ -212,7 +212,7 @@ def _record(job: Job, output: Output, *, skipped: bool = False, result=None, eng
 
 @dataclass
 class Report:
-    """Counts what was done and what failed, and owns the exit code (as black's Report)."""
+    """Counts outputs written and skipped, and inputs failed; owns the exit code (as black's Report)."""
 
     done: int = 0
     skipped: int = 0
@@ -223,11 +223,11 @@ class Report:
         return 1 if self.failed else 0
 
     def summary(self) -> str:
-        parts = [f"{self.done} done"]
+        parts = [f"{self.done} written"]
         if self.skipped:
-            parts.append(f"{self.skipped} skipped")
+            parts.append(f"{self.skipped} skipped (exist)")
         if self.failed:
-            parts.append(f"{len(self.failed)} failed: {', '.join(self.failed)}")
+            parts.append(f"{len(self.failed)} input{'s' if len(self.failed) > 1 else ''} failed: {', '.join(self.failed)}")
         return ", ".join(parts)
 
 
@@ -254,20 +254,51 @@ def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:
         return job, None, f"{job.source}: {type(exc).__name__}: {exc}"
 
 
-def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None) -> Iterator[tuple]:
-    """Yield (job, records, error) as jobs finish: here, in worker processes, or on Dask."""
+def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
+            fail_fast: bool = False) -> Iterator[tuple]:
+    """Yield (job, records, error) as jobs finish: here, in worker processes, or on Dask.
+
+    With ``fail_fast`` no job starts after the first failure.
+    """
     if scheduler:
         from .distributed import run_on_dask
 
-        yield from run_on_dask(jobs, scheduler)
+        yield from run_on_dask(jobs, scheduler, fail_fast)
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            yield _safe_run(job)
+            result = _safe_run(job)
+            yield result
+            if fail_fast and result[2]:
+                return
     else:
-        yield from _run_in_processes(jobs, workers)
+        yield from _run_in_processes(jobs, workers, fail_fast)
 
 
-def _run_in_processes(jobs: list[Job], workers: int) -> Iterator[tuple]:
+def as_finished(futures: list, completed: Iterable, fail_fast: bool) -> Iterator[tuple]:
+    """Results of futures (a process pool's or Dask's) in the order ``completed`` gives them.
+
+    After the first failure with ``fail_fast``, or on Ctrl-C, the jobs not started are
+    cancelled and those already running finish: their outputs are whole, so they are reported.
+    """
+    reported, interrupted = set(), None
+    try:
+        for future in completed:
+            reported.add(future)
+            result = future.result()
+            yield result
+            if fail_fast and result[2]:
+                break
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+    finally:
+        for future in futures:
+            future.cancel()
+    yield from (f.result() for f in futures if f not in reported and not f.cancelled())
+    if interrupted:
+        raise interrupted
+
+
+def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -278,10 +309,4 @@ def _run_in_processes(jobs: list[Job], workers: int) -> Iterator[tuple]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_worker_init) as pool:
         futures = [pool.submit(_safe_run, job) for job in jobs]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        yield from as_finished(futures, as_completed(futures), fail_fast)

@@ -47,7 +47,7 @@ def test_a_bad_file_costs_only_itself(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["img00.box.png", "img01.box.png", "img02.box.png"]
     errors = [line for line in result.stderr.splitlines() if not line.startswith("imfilt:")]
     assert len(errors) == 2 and any("broken.png" in e for e in errors) and any("empty.jpg: empty file" in e for e in errors)
-    assert "3 done, 2 failed" in result.stderr
+    assert "3 written, 2 inputs failed" in result.stderr
 
 
 def test_fail_fast_stops_at_the_first_failure(tmp_path):
@@ -57,6 +57,17 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
     result = imfilt("apply", tmp_path / "in", "-k", "box", "--out-dir", tmp_path / "out", "-j", "1", "--fail-fast")
     assert result.exit_code == 1 and "--fail-fast" in result.stderr
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_fail_fast_with_workers_reports_what_was_already_running(tmp_path):
+    """Jobs the workers had taken finish whole and are counted; none starts after the failure."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"bad")
+    make_photos(tmp_path / "in", 30)
+    result = imfilt("apply", tmp_path / "in", "-k", "box", "--out-dir", tmp_path / "out", "-j", "2", "--fail-fast")
+    written = len(list((tmp_path / "out").iterdir()))
+    assert result.exit_code == 1 and written < 30
+    assert f"imfilt: {written} written, 1 input failed" in result.stderr
 
 
 def test_two_workers_write_the_same_bytes_as_one(tmp_path):
@@ -127,13 +138,14 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     on_terminal = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True)
     assert "4/4" in on_terminal.stdout and "img/s" in on_terminal.stdout
     on_pipe = subprocess.run(command + " --overwrite", shell=True, capture_output=True, text=True)
-    assert on_pipe.stderr == "imfilt: 4 done\n" and on_pipe.stdout == ""
+    assert on_pipe.stderr == "imfilt: 4 written\n" and on_pipe.stdout == ""
 
 
-def test_ctrl_c_keeps_finished_outputs_and_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_keeps_finished_outputs_and_leaves_no_partial_file(tmp_path, jobs):
     make_photos(tmp_path / "in", 40, size=(400, 400))
     process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=4", "--out-dir",
-                                tmp_path / "out", "-j", "1"], stderr=subprocess.PIPE)
+                                tmp_path / "out", "-j", jobs], stderr=subprocess.PIPE)
     deadline = time.time() + 30
     while time.time() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 2:
         time.sleep(0.02)
@@ -142,6 +154,7 @@ def test_ctrl_c_keeps_finished_outputs_and_leaves_no_partial_file(tmp_path):
     assert process.returncode == 130 and b"Traceback" not in stderr
     names = os.listdir(tmp_path / "out")
     assert 2 <= len(names) < 40 and not [n for n in names if n.startswith(".")]
+    assert f"interrupted; {len(names)} written".encode() in stderr
     for name in names:
         Image.open(tmp_path / "out" / name).load()  # every file kept is whole
 
