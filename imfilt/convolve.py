@@ -18,7 +18,8 @@ MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 SIZES = ("same", "valid", "full")
 METHODS = ("auto", "direct", "separable", "fft")
 
-_NDIMAGE_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
+# For filters scipy's 'wrap' and 'grid-wrap' are the same; cupyx.scipy.ndimage knows only 'wrap'.
+_NDIMAGE_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "wrap", "constant": "constant"}
 _PAD_MODE = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 
 # Crossovers measured with `benchmarks/bench.py crossover` on a 2-core machine (README, "Speed"):
@@ -118,8 +119,8 @@ def _separable(engine, planes, c, anchor, mode, cval):
     ndmode = _NDIMAGE_MODE[mode]
 
     def filter_one(source, target):
-        engine.ndi.correlate1d(source, column, axis=0, output=target, mode=ndmode, cval=cval, origin=origin[0])
-        engine.ndi.correlate1d(target, row, axis=1, output=target, mode=ndmode, cval=cval_rows, origin=origin[1])
+        columns = engine.ndi.correlate1d(source, column, axis=0, mode=ndmode, cval=cval, origin=origin[0])
+        engine.ndi.correlate1d(columns, row, axis=1, output=target, mode=ndmode, cval=cval_rows, origin=origin[1])
 
     return _in_bands(engine, planes, (anchor[0], c.shape[0] - 1 - anchor[0]), mode, filter_one)
 
