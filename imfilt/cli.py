@@ -68,27 +68,27 @@ class Batch:
 
 _COMMON = {
     "inputs": (Annotated[Optional[list[str]], typer.Argument(
-        help="Image files, folders, globs, or - for standard input.", show_default=False)], None),
+        metavar="INPUTS...", help="Image files, folders, globs, or - for standard input.", show_default=False)], None),
     "output": (Annotated[Optional[str], typer.Option(
-        "-o", "--output", help="The output for one input (- = standard output).")], None),
-    "out_dir": (Annotated[Optional[str], typer.Option(help="Folder for the outputs (default: beside each input).")], None),
+        "-o", "--output", metavar="PATH", help="The output for one input (- = standard output).")], None),
+    "out_dir": (Annotated[Optional[str], typer.Option(metavar="DIR", help="Folder for the outputs (default: beside each input).")], None),
     "name": (Annotated[Optional[str], typer.Option(
-        help="Output name template: {stem} {op} {ext} {channel}.  [default: {stem}.{op}{ext}]")], None),
-    "format": (Annotated[str, typer.Option(help="Format when writing to standard output (png, tif, npy, ...).")], "png"),
+        metavar="TEMPLATE", help="Output name template: {stem} {op} {ext} {channel}.  [default: {stem}.{op}{ext}]")], None),
+    "format": (Annotated[str, typer.Option(metavar="EXT", help="Format when writing to standard output (png, tif, npy, ...).")], "png"),
     "depth": (Annotated[Optional[Depth], typer.Option(help="Output bits per sample (32 = float TIFF).  [default: the input's]")], None),
     "engine": (Annotated[Engine, typer.Option(help="auto uses the GPU when cupy and a CUDA device are present.")], Engine.cpu),
-    "jobs": (Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes.  [default: the cores; 1 for up to 8 inputs]")], None),
+    "jobs": (Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, metavar="N", help="Worker processes.  [default: the cores; 1 for up to 8 inputs]")], None),
     "json": (Annotated[bool, typer.Option("--json", help="One JSON object per output on standard output.")], False),
     "quiet": (Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")], False),
     "overwrite": (Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")], False),
     "skip_existing": (Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resumable runs).")], False),
     "recursive": (Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")], False),
     "from_file": (Annotated[Optional[str], typer.Option(
-        "--from", help="Read input paths from a file (- = standard input), one a line.")], None),
+        "--from", metavar="FILE", help="Read input paths from a file (- = standard input), one a line.")], None),
     "null": (Annotated[bool, typer.Option("-0", "--null", help="--from paths are NUL-separated (find -print0).")], False),
     "fail_fast": (Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed input.")], False),
-    "scheduler": (Annotated[Optional[str], typer.Option(help="Run the jobs on a Dask cluster, e.g. tcp://host:8786.")], None),
-    "max_pixels": (Annotated[Optional[int], typer.Option(min=1, help="Raise the decompression-bomb limit (pixels).")], None),
+    "scheduler": (Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Run the jobs on a Dask cluster, e.g. tcp://host:8786.")], None),
+    "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
     "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),
     "debug": (Annotated[bool, typer.Option("--debug", help="Show tracebacks.")], False),
 }

@@ -19,11 +19,11 @@ Alpha = _choices("Alpha", ("premultiply", "keep", "drop"))
 def apply(
     batch: Batch,
     kernel: Annotated[list[str], typer.Option(
-        "-k", "--kernel", help="Built-in name[:key=value,...], kernel file (.txt, .mat, .npy) or 'WxH: v,v,...'. "
+        "-k", "--kernel", metavar="KERNEL", help="Built-in name[:key=value,...], kernel file (.txt, .mat, .npy) or 'WxH: v,v,...'. "
         "Repeat for one feature map per kernel.", show_default=False)],
     correlate: Annotated[bool, typer.Option("--correlate", help="Cross-correlate (do not flip the kernel).")] = False,
     boundary: Annotated[Boundary, typer.Option(help="How the image is extended past its border.")] = Boundary.reflect,
-    cval: Annotated[float, typer.Option(help="The value outside the image for --boundary constant.")] = 0.0,
+    cval: Annotated[float, typer.Option(metavar="VALUE", help="The value outside the image for --boundary constant.")] = 0.0,
     size: Annotated[Size, typer.Option(help="same: as the input; valid: where the kernel fits; full: every overlap.")] = Size.same,
     method: Annotated[Method, typer.Option(help="All give the same numbers; auto picks the fastest.")] = Method.auto,
     normalize: Annotated[Optional[Normalize], typer.Option(
@@ -75,13 +75,13 @@ def spectrum(
 @batch_command
 def lowpass(
     batch: Batch,
-    radius: Annotated[float, typer.Option("--radius", "-R", min=0, help="Radius in pixels of the spectrum picture.",
+    radius: Annotated[float, typer.Option("--radius", "-R", min=0, metavar="R", help="Radius in pixels of the spectrum picture.",
                                           show_default=False)],
     profile: Annotated[Profile, typer.Option(help="ideal: a sharp circle; gaussian and butterworth: soft edges.")] = Profile.ideal,
-    order: Annotated[float, typer.Option(min=0.01, help="Order of the Butterworth profile.")] = 2.0,
+    order: Annotated[float, typer.Option(min=0.01, metavar="N", help="Order of the Butterworth profile.")] = 2.0,
     highpass: Annotated[bool, typer.Option("--highpass", help="Keep what is outside the circle instead.")] = False,
-    band: Annotated[Optional[float], typer.Option(min=0, help="Inner radius: keep INNER < d <= RADIUS (band-pass).")] = None,
-    mask_out: Annotated[Optional[str], typer.Option(help="Also write the mask as an image (white = kept).")] = None,
+    band: Annotated[Optional[float], typer.Option(min=0, metavar="INNER", help="Inner radius: keep INNER < d <= RADIUS (band-pass).")] = None,
+    mask_out: Annotated[Optional[str], typer.Option(metavar="PATH", help="Also write the mask as an image (white = kept).")] = None,
 ) -> None:
     """Filter in the frequency domain: keep the frequencies inside a circle of --radius.
 
