@@ -142,8 +142,8 @@ def _sources(batch: Batch) -> list[str]:
     return expand_inputs(items, batch.recursive)
 
 
-def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False) -> None:
-    """Plan, run and report a batch; raises typer.Exit with the exit code of DESIGN.md."""
+def _plan_jobs(batch: Batch, ops: list, scale: str, split_channels: bool) -> tuple[list, int]:
+    """Everything that can be wrong with the whole run is found here, before any image is read."""
     if batch.output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write image data to a terminal: redirect standard output or use -o FILE")
     if batch.output == "-" and batch.json:
@@ -158,20 +158,26 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         output = "-"  # a pipe in, a pipe out
         if sys.stdout.isatty():
             raise UsageError("standard input given but no output: use -o FILE, or redirect standard output")
-    stdout_suffix = check_output_format(f"x.{batch.format.lstrip('.')}", None)
+    if "-" in sources and sys.stdin.isatty():
+        raise UsageError("- reads an image from standard input, but it is a terminal")
     # Starting worker processes costs ~0.4 s: by default only batches of more than 8 inputs use them.
     workers = batch.jobs or ((os.cpu_count() or 1) if len(sources) > SMALL_BATCH else 1)
     settings = Settings(depth=int(batch.depth.value) if batch.depth else None, scale=scale,
                         engine=batch.engine.value, threads=1 if workers > 1 or batch.scheduler else None,
-                        max_pixels=batch.max_pixels, split_channels=split_channels, stdout_suffix=stdout_suffix)
-    if "-" in sources and sys.stdin.isatty():
-        raise UsageError("- reads an image from standard input, but it is a terminal")
+                        max_pixels=batch.max_pixels, split_channels=split_channels,
+                        stdout_suffix=check_output_format(f"x.{batch.format.lstrip('.')}", None))
+    get_engine(settings.engine, settings.threads)  # no GPU, or a bad IMFILT_FFT: one clear error now
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing)
     if any(job.source == "-" for job in jobs):
         data = sys.stdin.buffer.read()
         jobs = [replace(job, data=data) if job.source == "-" else job for job in jobs]
-    get_engine(settings.engine, settings.threads)  # no GPU, or a bad IMFILT_FFT: one clear error now, exit 2
+    return jobs, workers
+
+
+def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False) -> None:
+    """Plan, run and report a batch; raises typer.Exit with the exit code of DESIGN.md."""
+    jobs, workers = _plan_jobs(batch, ops, scale, split_channels)
     report = Report()
     try:
         _report_jobs(batch, jobs, workers, report)
