@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,8 @@ def test_recursive_folders_and_globs(tmp_path):
 
 def test_progress_bar_on_a_terminal_only(tmp_path):
     """script(1) gives imfilt a terminal: the bar shows done/total; on a pipe nothing is drawn."""
+    if shutil.which("script") is None:
+        pytest.skip("script(1) is not installed")
     make_photos(tmp_path / "in", 4)
     command = f"{BIN / 'imfilt'} apply {tmp_path / 'in'} -k box --out-dir {tmp_path / 'out'} -j 1"
     on_terminal = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True)
