@@ -21,7 +21,7 @@ from .errors import EngineUnavailable
 
 ENGINES = ("auto", "cpu", "gpu")
 FFT_BACKENDS = ("scipy", "pyfftw")
-_FFT_FUNCTIONS = ("rfft2", "irfft2", "fft2", "ifft2", "rfftn", "irfftn")
+_FFT_FUNCTIONS = ("rfft2", "irfft2")  # real images: the real transforms are all the operations use
 NO_GPU = "no CUDA device: install imfilt[gpu] on a machine with a GPU, or use --engine cpu"
 
 
@@ -30,7 +30,7 @@ class Engine:
     name: str
     xp: ModuleType
     ndi: ModuleType
-    fft: Any  # namespace with rfft2, irfft2, fft2, ifft2, fftshift, ifftshift, next_fast_len
+    fft: Any  # namespace with rfft2, irfft2, fftshift, next_fast_len
     threads: int = 1
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False, compare=False)
 
@@ -57,7 +57,9 @@ def _scipy_fft_namespace(threads: int, backend_name: str) -> SimpleNamespace:
         import pyfftw
         import pyfftw.interfaces.scipy_fft as backend
 
-        pyfftw.config.PLANNER_EFFORT = "FFTW_MEASURE"  # ESTIMATE plans were slower than scipy
+        # FFTW_ESTIMATE plans were slower than scipy.fft on this kind of machine (DESIGN.md):
+        # plan with MEASURE, and keep the plans as wisdom for the next run
+        pyfftw.config.PLANNER_EFFORT = "FFTW_MEASURE"
         pyfftw.interfaces.cache.enable()
         pyfftw.interfaces.cache.set_keepalive_time(60)
         _load_fftw_wisdom(pyfftw)
@@ -72,7 +74,7 @@ def _scipy_fft_namespace(threads: int, backend_name: str) -> SimpleNamespace:
         return call
 
     namespace = SimpleNamespace(**{name: bind(getattr(sfft, name)) for name in _FFT_FUNCTIONS})
-    namespace.fftshift, namespace.ifftshift = sfft.fftshift, sfft.ifftshift
+    namespace.fftshift = sfft.fftshift
     namespace.next_fast_len = functools.partial(sfft.next_fast_len, real=True)
     return namespace
 
@@ -134,7 +136,7 @@ def gpu_engine() -> Engine:
     except RuntimeError as exc:  # CUDARuntimeError when the driver is missing
         raise EngineUnavailable(NO_GPU) from exc
     fft = SimpleNamespace(**{name: getattr(cufft, name) for name in _FFT_FUNCTIONS})
-    fft.fftshift, fft.ifftshift = cufft.fftshift, cufft.ifftshift
+    fft.fftshift = cufft.fftshift
     fft.next_fast_len = functools.partial(cufft.next_fast_len, real=True)
     return Engine("gpu", cupy, cundi, fft)
 
