@@ -92,8 +92,6 @@ def lowpass(
     from .frequency import Lowpass
     from .io import check_output_format
 
-    if band is not None and band >= radius:
-        raise typer.BadParameter(f"the inner radius {band:g} must be below --radius {radius:g}", param_hint="--band")
     if mask_out is not None:
         check_output_format(mask_out, None)
     run(batch, [Lowpass(radius, profile=profile.value, order=order, highpass=highpass, band=band, gray=batch.gray,

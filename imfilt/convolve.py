@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import Engine, get_engine
-from .errors import UsageError
+from .errors import UsageError, check_choice
 from .kernels import Kernel
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
@@ -28,11 +28,6 @@ _PAD_MODE = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wr
 DIRECT_MAX_TAPS = 25  # dense kernels up to 5x5 run direct; larger ones by FFT
 SEPARABLE_MIN_TAPS = 10  # a rank-1 3x3 is still faster direct than as two passes
 SEPARABLE_MAX_TAPS = 22  # rank-1 kernels run as two passes up to 11x11 (kh + kw taps), then FFT
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def rank_one_factors(weights: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray] | None:

@@ -19,3 +19,9 @@ class InputError(ImfiltError):
 
 class EngineUnavailable(UsageError):
     """The requested engine cannot run on this machine."""
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """The one check for every option with a fixed set of values."""
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine, get_engine
-from .errors import UsageError
-from .io import Loaded
+from .errors import UsageError, check_choice
+from .io import Loaded, write_image
 from .ops import Result, luminance, split_alpha
 
 PROFILES = ("ideal", "gaussian", "butterworth")
@@ -51,8 +51,7 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
     ``phase=True`` gives the centred phase angle (radians) instead; ``window="hann"`` tapers
     the image first, which removes the bright cross that the image's borders cause.
     """
-    if window not in WINDOWS:
-        raise UsageError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    check_choice("window", window, WINDOWS)
     engine = get_engine(engine) if isinstance(engine, str) else engine
     xp = engine.xp
     planes = _planes(engine, image)
@@ -67,6 +66,15 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
     return out[..., 0] if np.ndim(image) == 2 else out
 
 
+def check_mask_options(radius: float, profile: str = "ideal", order: float = 2.0, band: float | None = None) -> None:
+    check_choice("profile", profile, PROFILES)
+    if radius < 0 or (band is not None and not 0 <= band < radius):
+        raise UsageError(f"need 0 <= band < radius, got radius {radius:g}, band {band:g}" if band is not None
+                         else f"radius must be >= 0, got {radius:g}")
+    if order <= 0:
+        raise UsageError(f"order must be > 0, got {order:g}")
+
+
 def frequency_mask(shape: tuple[int, int], radius: float, *, profile: str = "ideal", order: float = 2.0,
                    highpass: bool = False, band: float | None = None) -> np.ndarray:
     """A centred (H, W) float mask: 1 keeps a frequency, 0 removes it.
@@ -74,12 +82,7 @@ def frequency_mask(shape: tuple[int, int], radius: float, *, profile: str = "ide
     ideal: 1 where u² + v² <= R²; gaussian: exp(-d² / 2R²); butterworth: 1 / (1 + (d/R)^2n).
     ``band=INNER`` keeps INNER < d <= R (a band-pass); ``highpass`` is 1 - the low-pass.
     """
-    if profile not in PROFILES:
-        raise UsageError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    if radius < 0 or (band is not None and not 0 <= band < radius):
-        raise UsageError(f"need 0 <= --band < --radius, got radius {radius}, band {band}")
-    if order <= 0:
-        raise UsageError(f"--order must be > 0, got {order}")
+    check_mask_options(radius, profile, order, band)
     height, width = shape
     u = np.arange(height) - height // 2
     v = np.arange(width) - width // 2
@@ -109,9 +112,9 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, *, engine: Engine | str = "c
         raise UsageError(f"mask shape {mask.shape} does not match the image {height}x{width}")
     # the centred mask, moved to the FFT's layout and cut to the rfft2 half-plane
     half_mask = np.fft.ifftshift(mask)[:, : width // 2 + 1].astype(np.float32)
-    spectrum_ = engine.fft.rfft2(planes, axes=(-2, -1))
-    spectrum_ *= engine.asarray(half_mask)
-    out = _to_image(engine, engine.fft.irfft2(spectrum_, s=(height, width), axes=(-2, -1)))
+    coefficients = engine.fft.rfft2(planes, axes=(-2, -1))
+    coefficients *= engine.asarray(half_mask)
+    out = _to_image(engine, engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1)))
     return out[..., 0] if np.ndim(image) == 2 else out
 
 
@@ -130,6 +133,9 @@ class Spectrum:
     window: str = "none"
     phase: bool = False
     gray: bool = False
+
+    def __post_init__(self):
+        check_choice("window", self.window, WINDOWS)
 
     @property
     def name(self) -> str:
@@ -155,21 +161,22 @@ class Lowpass:
     gray: bool = False
     mask_out: str | None = None
 
+    def __post_init__(self):
+        check_mask_options(self.radius, self.profile, self.order, self.band)
+
     @property
     def name(self) -> str:
         kind = "bandpass" if self.band is not None else "highpass" if self.highpass else "lowpass"
         return f"{kind}{self.radius:g}"
 
     def run(self, loaded: Loaded, engine: Engine) -> Result:
-        from .io import write_image
-
         colour, alpha = split_alpha(loaded)
         if self.gray:
             colour = luminance(colour)
         mask = frequency_mask(colour.shape[:2], self.radius, profile=self.profile, order=self.order,
                               highpass=self.highpass, band=self.band)
         if self.mask_out:
-            write_image(self.mask_out, mask[..., None], depth=8 if not self.mask_out.endswith(".npy") else 32)
+            write_image(self.mask_out, mask[..., None])  # .npy: the mask's values themselves
         out = apply_mask(colour, mask, engine=engine)
         if alpha is not None:  # alpha is carried through unfiltered
             out = np.concatenate([out, alpha], axis=-1)

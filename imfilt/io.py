@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, check_choice
 from .png import encode_png
 
 SCALES = ("auto", "clip", "abs", "stretch", "offset")
@@ -236,8 +236,7 @@ def to_storage(pixels: np.ndarray, depth: int, scale: str = "clip", alpha: bool 
     """
     if depth == 32:
         return np.ascontiguousarray(pixels, dtype=np.float32)
-    if scale not in SCALERS:
-        raise UsageError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    check_choice("scale", scale, tuple(SCALERS))
     colour = SCALERS[scale](pixels[..., :-1] if alpha else pixels)
     out = np.concatenate([colour, pixels[..., -1:]], axis=-1) if alpha else colour
     stored = np.empty_like(out, dtype=np.uint8 if depth == 8 else np.uint16)  # same memory order

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .convolve import MODES, SIZES, check_choice, convolve, resolve_method
+from .convolve import MODES, SIZES, convolve, resolve_method
 from .engine import Engine
+from .errors import check_choice
 from .io import Loaded
 from .kernels import Kernel
 
