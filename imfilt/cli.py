@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .engine import get_engine
+from .engine import ENGINES, get_engine
 from .errors import UsageError
-from .io import check_output_format
+from .io import DEPTHS, check_output_format
 from .pipeline import Report, Settings, execute, expand_inputs, plan, read_list
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -33,8 +33,8 @@ def _choices(name: str, values) -> type[Enum]:
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-Engine = _choices("Engine", ("auto", "cpu", "gpu"))
-Depth = _choices("Depth", ("8", "16", "32"))
+Engine = _choices("Engine", ENGINES)
+Depth = _choices("Depth", tuple(map(str, DEPTHS)))
 
 
 SMALL_BATCH = 8

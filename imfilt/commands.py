@@ -5,13 +5,21 @@ from typing import Annotated, Optional
 import typer
 
 from .cli import Batch, _choices, app, batch_command, run
+from .convolve import METHODS, MODES, SIZES
+from .frequency import PROFILES, WINDOWS
+from .io import SCALES
+from .kernels import NORMALIZE
+from .ops import ALPHA_MODES
 
-Boundary = _choices("Boundary", ("reflect", "mirror", "nearest", "wrap", "constant"))
-Size = _choices("Size", ("same", "valid", "full"))
-Method = _choices("Method", ("auto", "direct", "separable", "fft"))
-Normalize = _choices("Normalize", ("none", "sum", "softmax"))
-Scale = _choices("Scale", ("auto", "clip", "abs", "stretch", "offset"))
-Alpha = _choices("Alpha", ("premultiply", "keep", "drop"))
+# The choices come from the library, so a value is named once.
+Boundary = _choices("Boundary", MODES)
+Size = _choices("Size", SIZES)
+Method = _choices("Method", METHODS)
+Normalize = _choices("Normalize", NORMALIZE)
+Scale = _choices("Scale", SCALES)
+Alpha = _choices("Alpha", ALPHA_MODES)
+Window = _choices("Window", WINDOWS)
+Profile = _choices("Profile", PROFILES)
 
 
 @app.command("apply")
@@ -48,8 +56,6 @@ def apply(
     run(batch, ops, scale=scale.value, split_channels=split_channels)
 
 
-Window = _choices("Window", ("none", "hann"))
-Profile = _choices("Profile", ("ideal", "gaussian", "butterworth"))
 
 
 @app.command("spectrum")
