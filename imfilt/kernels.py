@@ -189,7 +189,10 @@ def _tokens(line: str) -> list[tuple[str, int]]:
 
 
 def _read_text(path: Path) -> list[str]:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KernelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if b"\0" in data:
         raise KernelError(f"{path}: not a text kernel file (binary data)")
     try:
@@ -219,11 +222,11 @@ def parse_text(path: Path) -> Kernel:
     body: list[tuple[int, str]] = []
     ended_block = False
     for lineno, raw in enumerate(_read_text(path), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        line = raw.split("#", 1)[0].rstrip()  # leading space kept: columns count from the line's start
+        if not line.strip():
             ended_block = bool(body)
             continue
-        key, colon, value = line.partition(":")
+        key, colon, value = line.strip().partition(":")
         if colon and re.fullmatch(r"[A-Za-z_][\w-]*", key.strip()):
             if body:
                 raise KernelError(f"{path}:{lineno}:1: header line after the matrix")
@@ -246,8 +249,8 @@ def parse_text(path: Path) -> Kernel:
 
 def parse_vips(path: Path) -> Kernel:
     """libvips matrix file: first line `width height [scale [offset]]`, then the rows."""
-    numbered = [(n, l.split("#", 1)[0].strip()) for n, l in enumerate(_read_text(path), start=1)]
-    numbered = [(n, l) for n, l in numbered if l]
+    numbered = [(n, l.split("#", 1)[0].rstrip()) for n, l in enumerate(_read_text(path), start=1)]
+    numbered = [(n, l) for n, l in numbered if l.strip()]
     if not numbered:
         raise KernelError(f"{path}: empty matrix file")
     lineno, header = numbered[0]

@@ -81,6 +81,7 @@ def test_sum_normalization_of_a_zero_sum_kernel_is_refused():
     (b"# only a comment\n", "no kernel matrix"),
     (b"1 2 3\n4 5\n", r":2: row has 2 values"),
     (b"1 2\n3 x\n", r":2:3: 'x' is not a number"),
+    (b"  1  2\n  3  oops\n", r":2:6: 'oops' is not a number"),  # columns count leading spaces
     (b"1 nan\n", r":1:3: 'nan' is not a finite number"),
     (b"1 inf\n", "not a finite number"),
     (b"1 2\n\n3 4\n", r":3:1: a second matrix block"),
