@@ -91,7 +91,7 @@ def frequency_mask(shape: tuple[int, int], radius: float, *, profile: str = "ide
     def lowpass_of(r: float) -> np.ndarray:
         if profile == "ideal":
             return (d2 <= r * r).astype(np.float64)
-        if r == 0:
+        if r * r == 0:  # also a radius so small that r² underflows: only the zero frequency
             return (d2 == 0).astype(np.float64)
         if profile == "gaussian":
             return np.exp(-d2 / (2.0 * r * r))

@@ -212,3 +212,42 @@ def test_zeros_in_zeros_out(case):
     for method in ("direct", "fft"):
         out = imfilt.convolve(np.zeros_like(image), kernel, mode=mode, size=size, correlate=correlate, method=method)
         assert not out.any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases())
+def test_correlation_is_convolution_with_the_flipped_kernel(case):
+    """For odd sizes (where both anchor at the centre): correlate(x, k) = convolve(x, k[::-1, ::-1])."""
+    image, kernel, _, mode, size, _ = case
+    kernel = kernel[: kernel.shape[0] - 1 + kernel.shape[0] % 2, : kernel.shape[1] - 1 + kernel.shape[1] % 2]
+    if size == "valid" and (kernel.shape[0] > image.shape[0] or kernel.shape[1] > image.shape[1]):
+        return
+    if kernel.size == 0:
+        return
+    correlated = imfilt.convolve(image, kernel, mode=mode, size=size, correlate=True)
+    flipped = imfilt.convolve(image, kernel[::-1, ::-1], mode=mode, size=size)
+    np.testing.assert_allclose(correlated, flipped, atol=1e-5 * max(1.0, np.abs(kernel).sum()))
+
+
+def test_convolution_theorem_with_wrap():
+    """With periodic boundaries, convolution is the element-wise product of the two spectra."""
+    rng = np.random.default_rng(5)
+    image = rng.random((32, 40, 2))
+    kernel = rng.standard_normal((5, 4))
+    # the kernel placed so that its anchor (2, 2) sits at index (0, 0), as scipy anchors it
+    padded = np.zeros((32, 40))
+    padded[:5, :4] = kernel
+    padded = np.roll(padded, (-2, -2), axis=(0, 1))
+    expected = np.real(np.fft.ifft2(np.fft.fft2(image, axes=(0, 1)) * np.fft.fft2(padded)[..., None], axes=(0, 1)))
+    for method in ("direct", "fft"):
+        np.testing.assert_allclose(imfilt.convolve(image, kernel, mode="wrap", method=method), expected, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 7), st.floats(-2, 2), st.sampled_from(MODES))
+def test_a_softmax_kernel_conserves_mass(kh, kw, level, mode):
+    """Softmax makes the kernel a probability density: a constant image stays that constant."""
+    kernel = imfilt.Kernel("k", np.random.default_rng(kh * 7 + kw).standard_normal((kh, kw))).normalized("softmax")
+    image = np.full((9, 11, 1), level, np.float32)
+    out = imfilt.convolve(image, kernel, mode=mode, cval=level)
+    np.testing.assert_allclose(out, level, atol=1e-5)

@@ -147,3 +147,34 @@ def test_pyfftw_backend_gives_the_same_numbers(chelsea, tmp_path, monkeypatch):
                                imfilt.convolve(image, np.ones((9, 9)) / 81, method="fft"), atol=1e-6)
     save_fftw_wisdom()
     assert (tmp_path / "imfilt" / "fftw-wisdom.bin").stat().st_size > 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+small_images = st.tuples(st.integers(1, 16), st.integers(1, 16), st.integers(0, 2**32 - 1)).map(
+    lambda t: np.random.default_rng(t[2]).random((t[0], t[1], 2)).astype(np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_images, st.floats(0, 12), st.sampled_from(["ideal", "gaussian", "butterworth"]))
+def test_lowpass_plus_highpass_is_the_image(image, radius, profile):
+    low = imfilt.lowpass(image, radius, profile=profile)
+    high = imfilt.lowpass(image, radius, profile=profile, highpass=True)
+    np.testing.assert_allclose(low + high, image, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_images, st.integers(-20, 20), st.integers(-20, 20))
+def test_magnitude_spectrum_ignores_a_circular_shift(image, dy, dx):
+    """|F| does not change when the image is rolled: only the phase carries position."""
+    rolled = np.roll(image, (dy, dx), axis=(0, 1))
+    np.testing.assert_allclose(imfilt.spectrum(rolled), imfilt.spectrum(image), atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(small_images, st.floats(-3, 3))
+def test_lowpass_is_linear(image, a):
+    other = np.random.default_rng(1).random(image.shape).astype(np.float32)
+    left = imfilt.lowpass(a * image + other, 3)
+    np.testing.assert_allclose(left, a * imfilt.lowpass(image, 3) + imfilt.lowpass(other, 3), atol=1e-4 * (abs(a) + 1))
