@@ -97,9 +97,10 @@ def frequency_mask(shape: tuple[int, int], radius: float, *, profile: str = "ide
             return np.exp(-d2 / (2.0 * r * r))
         return 1.0 / (1.0 + (d2 / (r * r)) ** order)
 
-    mask = lowpass_of(radius)
-    if band is not None:
-        mask = mask * (1.0 - lowpass_of(band))
+    with np.errstate(over="ignore"):  # far beyond a tiny radius d²/r² overflows: exp(-inf), 1/inf = 0 are right
+        mask = lowpass_of(radius)
+        if band is not None:
+            mask = mask * (1.0 - lowpass_of(band))
     return 1.0 - mask if highpass else mask
 
 
