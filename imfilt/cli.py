@@ -29,12 +29,13 @@ app = typer.Typer(
 )
 
 
-def _choices(name: str, values) -> type[Enum]:
+def choice_enum(name: str, values) -> type[Enum]:
+    """An Enum of a library's value list, so Typer shows and checks the choices."""
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
 
 
-Engine = _choices("Engine", ENGINES)
-Depth = _choices("Depth", tuple(map(str, DEPTHS)))
+Engine = choice_enum("Engine", ENGINES)
+Depth = choice_enum("Depth", tuple(map(str, DEPTHS)))
 
 
 SMALL_BATCH = 8

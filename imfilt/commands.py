@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import Batch, _choices, app, batch_command, run
+from .cli import Batch, choice_enum, app, batch_command, run
 from .convolve import METHODS, MODES, SIZES
 from .frequency import PROFILES, WINDOWS
 from .io import SCALES
@@ -12,14 +12,14 @@ from .kernels import NORMALIZE
 from .ops import ALPHA_MODES
 
 # The choices come from the library, so a value is named once.
-Boundary = _choices("Boundary", MODES)
-Size = _choices("Size", SIZES)
-Method = _choices("Method", METHODS)
-Normalize = _choices("Normalize", NORMALIZE)
-Scale = _choices("Scale", SCALES)
-Alpha = _choices("Alpha", ALPHA_MODES)
-Window = _choices("Window", WINDOWS)
-Profile = _choices("Profile", PROFILES)
+Boundary = choice_enum("Boundary", MODES)
+Size = choice_enum("Size", SIZES)
+Method = choice_enum("Method", METHODS)
+Normalize = choice_enum("Normalize", NORMALIZE)
+Scale = choice_enum("Scale", SCALES)
+Alpha = choice_enum("Alpha", ALPHA_MODES)
+Window = choice_enum("Window", WINDOWS)
+Profile = choice_enum("Profile", PROFILES)
 
 
 @app.command("apply")

@@ -62,10 +62,6 @@ class Loaded:
     depth: int
     alpha: bool
 
-    @property
-    def channels(self) -> int:
-        return self.pixels.shape[2]
-
 
 def check_output_format(path: str, depth: int | None) -> str:
     """The output extension, checked against the bit depth, before any work is done."""
