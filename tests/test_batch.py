@@ -147,7 +147,7 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_keeps_finished_outputs_and_leaves_no_partial_file(tmp_path, jobs):
     make_photos(tmp_path / "in", 40, size=(400, 400))
-    process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=4", "--out-dir",
+    process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=8", "--out-dir",
                                 tmp_path / "out", "-j", jobs], stderr=subprocess.PIPE)
     deadline = time.time() + 30
     while time.time() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 2:
