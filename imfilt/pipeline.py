@@ -131,18 +131,24 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     return jobs
 
 
+def _channel_names(count: int) -> list[str]:
+    """--split-channels file names: r, g, b; y for grey; c0, c1, ... otherwise."""
+    return {1: ["y"], 3: list("rgb")}.get(count) or [f"c{i}" for i in range(count)]
+
+
 def _exists(path: str, settings: Settings) -> bool:
-    """For --split-channels an output is there when its first channel's file is (r, y or c0)."""
+    """For --split-channels an output is there when its first channel's file is."""
     if not settings.split_channels:
         return Path(path).exists()
-    return any(Path(path.replace("{channel}", first)).exists() for first in ("r", "y", "c0"))
+    return any(Path(path.replace("{channel}", _channel_names(n)[0])).exists() for n in (1, 2, 3))
 
 
 def _check_overwrites(jobs: list[Job]) -> None:
     for job in jobs:
         for output in job.outputs:
-            if output.path != "-" and "{channel}" not in output.path and Path(output.path).exists():
-                raise UsageError(f"{output.path}: exists; use --overwrite to replace it or --skip-existing")
+            if output.path != "-" and _exists(output.path, job.settings):
+                shown = output.path.replace("{channel}", "*")
+                raise UsageError(f"{shown}: exists; use --overwrite to replace it or --skip-existing")
 
 
 # --- running one job -----------------------------------------------------------------------
@@ -158,7 +164,7 @@ def _same_file(a: str, b: str) -> bool:
 def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]]:
     """--split-channels: one grey file per colour channel (r, g, b; y for grey), alpha dropped."""
     colour = pixels[..., :-1] if alpha else pixels
-    names = {1: "y", 3: "rgb"}.get(colour.shape[2]) or [f"c{i}" for i in range(colour.shape[2])]
+    names = _channel_names(colour.shape[2])
     return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
 
 

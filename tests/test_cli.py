@@ -216,3 +216,13 @@ def test_16bit_input_to_jpeg_is_written_at_8_bits(tmp_path):
     write_image(tmp_path / "deep.png", np.full((4, 4, 3), 0.5, np.float32), depth=16)
     assert imfilt("apply", tmp_path / "deep.png", "-k", "box", "-o", tmp_path / "o.jpg").exit_code == 0
     assert Image.open(tmp_path / "o.jpg").mode == "RGB"
+
+
+def test_existing_split_channel_outputs_are_kept_unless_overwrite(small_rgb, tmp_path):
+    args = ["apply", small_rgb, "-k", "box", "--split-channels", "--out-dir", tmp_path / "s"]
+    assert imfilt(*args).exit_code == 0
+    before = (tmp_path / "s" / "small.box.r.png").read_bytes()
+    result = imfilt(*args)
+    assert result.exit_code == 2 and "small.box.*.png: exists" in result.stderr
+    assert (tmp_path / "s" / "small.box.r.png").read_bytes() == before
+    assert imfilt(*args, "--overwrite").exit_code == 0
