@@ -171,14 +171,11 @@ def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "ref
     if not isinstance(kernel, Kernel):
         kernel = Kernel("kernel", kernel)
     kernel = kernel.normalized(normalize)
-    image = np.asarray(image, dtype=np.float32)
-    flat = image.ndim == 2
-    planes = engine.asarray(np.ascontiguousarray(np.moveaxis(image[..., None] if flat else image, -1, 0)))
+    planes = engine.planes(image)
     responses = [correlate_planes(engine, planes, part, mode=mode, cval=cval, size=size, method=method,
                                   correlate=correlate) for part in kernel.parts]
     if kernel.magnitude:
         out = engine.xp.sqrt(sum(r * r for r in responses))
     else:
         out = responses[0]
-    out = engine.to_host(out)
-    return out[0] if flat else np.moveaxis(out, 0, -1)  # (H, W, C) view of planar memory, as io reads
+    return engine.image(out, flat=np.ndim(image) == 2)

@@ -41,6 +41,20 @@ class Engine:
     def to_host(self, array) -> np.ndarray:
         return array.get() if hasattr(array, "get") else np.asarray(array)
 
+    def planes(self, image) -> Any:
+        """An (H, W, C) or (H, W) host image -> float32 (C, H, W) planes on the engine.
+
+        io reads images as (H, W, C) views of planar memory, so on the CPU this copies nothing.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        image = image[..., None] if image.ndim == 2 else image
+        return self.asarray(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
+
+    def image(self, planes, flat: bool = False) -> np.ndarray:
+        """(C, H, W) planes -> a float32 host image, (H, W, C) (a view of planar memory) or (H, W)."""
+        out = self.to_host(planes).astype(np.float32, copy=False)
+        return out[0] if flat else np.moveaxis(out, 0, -1)
+
     def map(self, fn: Callable, items) -> list:
         """Run fn over items; the CPU engine uses its threads (ndimage releases the GIL)."""
         if self._pool is None:

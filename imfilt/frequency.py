@@ -21,16 +21,6 @@ PROFILES = ("ideal", "gaussian", "butterworth")
 WINDOWS = ("none", "hann")
 
 
-def _planes(engine: Engine, image: np.ndarray):
-    image = np.asarray(image, dtype=np.float32)
-    image = image[..., None] if image.ndim == 2 else image
-    return engine.asarray(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
-
-
-def _to_image(engine: Engine, planes) -> np.ndarray:
-    return np.moveaxis(engine.to_host(planes).astype(np.float32, copy=False), 0, -1)
-
-
 def _mirror_half(half, width: int, xp, negate: bool = False):
     """Values on the rfft2 half-plane -> the full plane, by the symmetry F(-u, -v) = conj F(u, v)."""
     height, kept = half.shape[-2:]
@@ -54,7 +44,7 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
     check_choice("window", window, WINDOWS)
     engine = get_engine(engine) if isinstance(engine, str) else engine
     xp = engine.xp
-    planes = _planes(engine, image)
+    planes = engine.planes(image)
     height, width = planes.shape[-2:]
     if window == "hann":
         taper = np.outer(np.hanning(height), np.hanning(width)).astype(np.float32)
@@ -62,8 +52,7 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
     half = engine.fft.rfft2(planes, axes=(-2, -1))
     values = xp.angle(half) if phase else xp.log1p(xp.abs(half))
     full = _mirror_half(values, width, xp, negate=phase)
-    out = _to_image(engine, engine.fft.fftshift(full, axes=(-2, -1)))
-    return out[..., 0] if np.ndim(image) == 2 else out
+    return engine.image(engine.fft.fftshift(full, axes=(-2, -1)), flat=np.ndim(image) == 2)
 
 
 def check_mask_options(radius: float, profile: str = "ideal", order: float = 2.0, band: float | None = None) -> None:
@@ -107,7 +96,7 @@ def frequency_mask(shape: tuple[int, int], radius: float, *, profile: str = "ide
 def apply_mask(image: np.ndarray, mask: np.ndarray, *, engine: Engine | str = "cpu") -> np.ndarray:
     """Multiply the centred spectrum of each channel by a centred mask; back to real pixels."""
     engine = get_engine(engine) if isinstance(engine, str) else engine
-    planes = _planes(engine, image)
+    planes = engine.planes(image)
     height, width = planes.shape[-2:]
     if mask.shape != (height, width):
         raise UsageError(f"mask shape {mask.shape} does not match the image {height}x{width}")
@@ -115,8 +104,7 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, *, engine: Engine | str = "c
     half_mask = np.fft.ifftshift(mask)[:, : width // 2 + 1].astype(np.float32)
     coefficients = engine.fft.rfft2(planes, axes=(-2, -1))
     coefficients *= engine.asarray(half_mask)
-    out = _to_image(engine, engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1)))
-    return out[..., 0] if np.ndim(image) == 2 else out
+    return engine.image(engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1)), flat=np.ndim(image) == 2)
 
 
 def lowpass(image: np.ndarray, radius: float, *, profile: str = "ideal", order: float = 2.0,
