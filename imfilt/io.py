@@ -118,6 +118,12 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
     return loaded
 
 
+def _from_hwc(array: np.ndarray, depth: int) -> Loaded:
+    """An (H, W) or (H, W, C) array as decoded -> Loaded; 2 or 4 channels carry alpha last."""
+    array = array[..., None] if array.ndim == 2 else array
+    return Loaded(unit_pixels(np.moveaxis(array, -1, 0), _MAXVAL.get(depth, 1.0)), depth, array.shape[2] in (2, 4))
+
+
 def _check_pixels(width: int, height: int, limit: int) -> None:
     if width * height > limit:
         raise InputError(f"{width}x{height} = {width * height} pixels is over the safety limit of {limit}; "
@@ -126,11 +132,9 @@ def _check_pixels(width: int, height: int, limit: int) -> None:
 
 def _load_npy(data: bytes) -> Loaded:
     array = np.load(io.BytesIO(data), allow_pickle=False)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or not np.issubdtype(array.dtype, np.number):
-        raise InputError(f"a .npy image must be a numeric (H, W) or (H, W, C) array, got {array.dtype} {array.shape}")
-    return Loaded(unit_pixels(np.moveaxis(array, -1, 0)), 32, array.shape[2] in (2, 4))
+    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise InputError(f"a .npy image must be a real (H, W) or (H, W, C) array, got {array.dtype} {array.shape}")
+    return _from_hwc(array, 32)
 
 
 def _load_png16(data: bytes, limit: int) -> Loaded:
@@ -140,8 +144,7 @@ def _load_png16(data: bytes, limit: int) -> Loaded:
     width, height, rows, info = reader.asDirect()
     _check_pixels(width, height, limit)
     planes = info["planes"]
-    pixels = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
-    return Loaded(unit_pixels(np.moveaxis(pixels, -1, 0), 65535), 16, bool(info["alpha"]))
+    return _from_hwc(np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes), 16)
 
 
 def _load_pillow(data: bytes, limit: int) -> Loaded:
@@ -171,11 +174,7 @@ def _load_tiff(data: bytes, limit: int) -> Loaded:
             array = page.asarray()
     except tifffile.TiffFileError as exc:
         raise InputError(f"truncated or corrupt TIFF ({exc})") from None
-    array = array[..., None] if array.ndim == 2 else array
-    alpha = array.shape[2] in (2, 4)
-    if array.dtype == np.uint16:
-        return Loaded(unit_pixels(np.moveaxis(array, -1, 0), 65535), 16, alpha)
-    return Loaded(unit_pixels(np.moveaxis(array, -1, 0)), 32, alpha)
+    return _from_hwc(array, 16 if array.dtype == np.uint16 else 32)
 
 
 _CONVERT = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "PA": "RGBA", "RGBa": "RGBA",
