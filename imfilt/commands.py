@@ -4,12 +4,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import Batch, choice_enum, app, batch_command, run
+from .cli import Batch, app, batch_command, choice_enum, run
 from .convolve import METHODS, MODES, SIZES
-from .frequency import PROFILES, WINDOWS
-from .io import SCALES
-from .kernels import NORMALIZE
-from .ops import ALPHA_MODES
+from .frequency import PROFILES, WINDOWS, Lowpass, Spectrum
+from .io import SCALES, check_output_format
+from .kernels import NORMALIZE, load_kernels
+from .ops import ALPHA_MODES, Apply
 
 # The choices come from the library, so a value is named once.
 Boundary = choice_enum("Boundary", MODES)
@@ -45,9 +45,6 @@ def apply(
 
     Example:  imfilt apply samples/chelsea.png -k sobel -o chelsea.sobel.png
     """
-    from .kernels import load_kernels
-    from .ops import Apply
-
     kernels = [k for spec in kernel for k in load_kernels(spec)]  # bad kernels: exit 2 before any image
     if normalize is not None:
         kernels = [k.normalized(normalize.value) for k in kernels]
@@ -72,8 +69,6 @@ def spectrum(
 
     Example:  imfilt spectrum samples/stripes.png -o stripes.spectrum.png
     """
-    from .frequency import Spectrum
-
     run(batch, [Spectrum(window=window.value, phase=phase, gray=batch.gray)])
 
 
@@ -95,9 +90,6 @@ def lowpass(
 
     Example:  imfilt lowpass samples/astronaut.png --radius 30 -o astronaut.lowpass.png
     """
-    from .frequency import Lowpass
-    from .io import check_output_format
-
     if mask_out is not None:
         check_output_format(mask_out, None)
     run(batch, [Lowpass(radius, profile=profile.value, order=order, highpass=highpass, band=band, gray=batch.gray,
