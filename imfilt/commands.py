@@ -4,11 +4,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import Batch, app, batch_command, choice_enum, run
+from .batch import Batch, app, batch_command, choice_enum, run
 from .convolve import METHODS, MODES, SIZES
 from .frequency import PROFILES, WINDOWS, Lowpass, Spectrum
-from .io import SCALES, check_output_format
-from .kernels import NORMALIZE, load_kernels
+from .io import SCALES
+from .kernels import NORMALIZE, distinct_names, load_kernels
 from .ops import ALPHA_MODES, Apply
 
 # The choices come from the library, so a value is named once.
@@ -37,7 +37,7 @@ def apply(
     normalize: Annotated[Optional[Normalize], typer.Option(
         help="Divide the kernel by its sum, or softmax it.  [default: as the kernel file says, else none]")] = None,
     scale: Annotated[Scale, typer.Option(
-        help="Float responses -> pixels. auto: clip, or abs for zero-sum kernels (edges).")] = Scale.auto,
+        help="Float responses -> pixels. auto: clip, or abs for edge detectors (sum <= 0, gradient magnitudes).")] = Scale.auto,
     alpha: Annotated[Alpha, typer.Option(help="premultiply: no colour bleeds from under transparency.")] = Alpha.premultiply,
     split_channels: Annotated[bool, typer.Option("--split-channels", help="One grey file per colour channel ({channel} in --name).")] = False,
 ) -> None:
@@ -48,6 +48,7 @@ def apply(
     kernels = [k for spec in kernel for k in load_kernels(spec)]  # bad kernels: exit 2 before any image
     if normalize is not None:
         kernels = [k.normalized(normalize.value) for k in kernels]
+    kernels = distinct_names(kernels)  # two inline 3x3s: 3x3 and 3x3-2
     ops = [Apply(k, mode=boundary.value, cval=cval, size=size.value, method=method.value, correlate=correlate,
                  gray=batch.gray, alpha=alpha.value) for k in kernels]
     run(batch, ops, scale=scale.value, split_channels=split_channels)
@@ -82,7 +83,10 @@ def lowpass(
     order: Annotated[float, typer.Option(min=0.01, metavar="N", help="Order of the Butterworth profile.")] = 2.0,
     highpass: Annotated[bool, typer.Option("--highpass", help="Keep what is outside the circle instead.")] = False,
     band: Annotated[Optional[float], typer.Option(min=0, metavar="INNER", help="Inner radius: keep INNER < d <= RADIUS (band-pass).")] = None,
-    mask_out: Annotated[Optional[str], typer.Option(metavar="PATH", help="Also write the mask as an image (white = kept).")] = None,
+    mask_out: Annotated[Optional[str], typer.Option(
+        metavar="PATH", help="Also write the mask as an image (white = kept); {stem} in it for several inputs.")] = None,
+    scale: Annotated[Scale, typer.Option(
+        help="Float results -> pixels. auto: clip, or offset (0 = mid-grey) for --highpass and --band.")] = Scale.auto,
 ) -> None:
     """Filter in the frequency domain: keep the frequencies inside a circle of --radius.
 
@@ -90,7 +94,5 @@ def lowpass(
 
     Example:  imfilt lowpass samples/astronaut.png --radius 30 -o astronaut.lowpass.png
     """
-    if mask_out is not None:
-        check_output_format(mask_out, None)
-    run(batch, [Lowpass(radius, profile=profile.value, order=order, highpass=highpass, band=band, gray=batch.gray,
-                        mask_out=mask_out)])
+    run(batch, [Lowpass(radius, profile=profile.value, order=order, highpass=highpass, band=band, gray=batch.gray)],
+        scale=scale.value, extras={"mask": mask_out})

@@ -8,13 +8,14 @@ and applied by another. Transforms are real (rfft2 / irfft2) through the engine'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .engine import Engine, get_engine
 from .errors import UsageError, check_choice
-from .io import Loaded, write_image
+from .io import Loaded
 from .ops import Result, luminance, split_alpha
 
 PROFILES = ("ideal", "gaussian", "butterworth")
@@ -57,6 +58,9 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
 
 def check_mask_options(radius: float, profile: str = "ideal", order: float = 2.0, band: float | None = None) -> None:
     check_choice("profile", profile, PROFILES)
+    for what, value in (("radius", radius), ("order", order), ("band", band)):
+        if value is not None and math.isnan(value):
+            raise UsageError(f"{what} must be a number, got nan")
     if radius < 0 or (band is not None and not 0 <= band < radius):
         raise UsageError(f"need 0 <= band < radius, got radius {radius:g}, band {band:g}" if band is not None
                          else f"radius must be >= 0, got {radius:g}")
@@ -148,7 +152,6 @@ class Lowpass:
     highpass: bool = False
     band: float | None = None
     gray: bool = False
-    mask_out: str | None = None
 
     def __post_init__(self):
         check_mask_options(self.radius, self.profile, self.order, self.band)
@@ -164,11 +167,11 @@ class Lowpass:
             colour = luminance(colour)
         mask = frequency_mask(colour.shape[:2], self.radius, profile=self.profile, order=self.order,
                               highpass=self.highpass, band=self.band)
-        if self.mask_out:
-            write_image(self.mask_out, mask[..., None])  # .npy: the mask's values themselves
         out = apply_mask(colour, mask, engine=engine)
         if alpha is not None:  # alpha is carried through unfiltered
             out = np.concatenate([out, alpha], axis=-1)
         # "kept": the fraction of coefficients the mask keeps, the compression-ratio view
         facts = {"profile": self.profile, "radius": self.radius, "kept": round(float(mask.mean()), 6)}
-        return Result(out, alpha is not None, "clip", facts)
+        # high- and band-pass results have zero mean: offset shows them around mid-grey
+        auto_scale = "offset" if self.highpass or self.band is not None else "clip"
+        return Result(out, alpha is not None, auto_scale, facts, extras={"mask": mask})

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import sys
 import tempfile
-import warnings
+import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -32,8 +34,9 @@ FORMATS = {
     ".tiff": ("TIFF", (8, 16, 32)),
     ".webp": ("WEBP", (8,)),
     ".bmp": ("BMP", (8,)),
-    ".npy": ("NPY", (8, 16, 32)),
+    ".npy": ("NPY", (32,)),  # float32 values in [0, 1] units, unscaled
 }
+_FEW_CHANNELS = ("PNG", "JPEG", "WEBP", "BMP")  # at most grey/RGB + alpha
 # WebP is written lossless, JPEG at quality 95: a filter's result should not be smeared by the
 # encoder. PNG has its own fast writer (png.py).
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
@@ -73,6 +76,14 @@ def check_output_format(path: str, depth: int | None) -> str:
     return suffix
 
 
+def check_stdout_format(name: str) -> str:
+    """--format (for -o -): a format imfilt writes, as its suffix."""
+    suffix = "." + name.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise UsageError(f"--format {name!r}: imfilt writes {', '.join(s.lstrip('.') for s in FORMATS)}")
+    return suffix
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -96,7 +107,7 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
         raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise InputError(f"{name}: empty file")
-    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    limit = max_pixels or _pillow_limit()
     try:
         if data[:6] == b"\x93NUMPY":
             loaded = _load_npy(data)
@@ -108,13 +119,17 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
             loaded = _load_pillow(data, limit)
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{name}: too many pixels for the safety limit ({exc.args[0].split('.')[0]}); "
-                         "raise it with --max-pixels") from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image, or a format imfilt cannot read") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error) as exc:
         raise InputError(f"{name}: truncated or corrupt image ({exc})") from None
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode this image") from None
+    if loaded.depth == 32:  # float data: one NaN would spread through every FFT output
+        bad = loaded.pixels.size - int(np.count_nonzero(np.isfinite(loaded.pixels)))
+        if bad:
+            raise InputError(f"{name}: {bad} sample{'s are' if bad > 1 else ' is'} NaN or infinite; "
+                             "imfilt filters finite values only")
     return loaded
 
 
@@ -134,7 +149,14 @@ def _load_npy(data: bytes) -> Loaded:
     array = np.load(io.BytesIO(data), allow_pickle=False)
     if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise InputError(f"a .npy image must be a real (H, W) or (H, W, C) array, got {array.dtype} {array.shape}")
+    if array.size == 0:
+        raise InputError(f"a .npy image must hold pixels, got shape {array.shape}")
     return _from_hwc(array, 32)
+
+
+def _frames(count: int) -> None:
+    if count > 1:
+        raise InputError(f"has {count} frames; imfilt filters single images: extract the frame you want first")
 
 
 def _load_png16(data: bytes, limit: int) -> Loaded:
@@ -147,16 +169,26 @@ def _load_png16(data: bytes, limit: int) -> Loaded:
     return _from_hwc(np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes), 16)
 
 
+# Pillow's decompression-bomb limit is a global that Image.open reads: imfilt switches it off
+# only around its own open (under a lock, for threads) and checks the limit the user gave itself.
+_PILLOW_GLOBALS = threading.Lock()
+
+
+def _pillow_limit() -> int:
+    with _PILLOW_GLOBALS:
+        return Image.MAX_IMAGE_PIXELS
+
+
 def _load_pillow(data: bytes, limit: int) -> Loaded:
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # its warning zone is an error too
-            image = Image.open(io.BytesIO(data))
-            image.load()
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    with _PILLOW_GLOBALS:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    _check_pixels(*image.size, limit)
+    _frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
+    image.load()
     image = ImageOps.exif_transpose(image)
     return _from_pillow(image)
 
@@ -169,6 +201,7 @@ def _load_tiff(data: bytes, limit: int) -> Loaded:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             _check_pixels(page.imagewidth, page.imagelength, limit)
+            _frames(sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False)))  # thumbnails are no frames
             if page.bitspersample <= 8 and page.sampleformat != 3:
                 return _load_pillow(data, limit)
             array = page.asarray()
@@ -253,7 +286,7 @@ def encode(stored: np.ndarray, suffix: str, alpha: bool, out: BinaryIO, threads:
         np.save(out, stored)
     elif kind == "PNG":
         encode_png(stored, out, threads)
-    elif kind == "TIFF" and (stored.dtype != np.uint8 or stored.shape[2] == 2):
+    elif kind == "TIFF" and (stored.dtype != np.uint8 or stored.shape[2] not in (1, 3, 4)):
         _encode_tifffile(stored, alpha, out)
     else:
         _encode_pillow(stored, kind, alpha, out)
@@ -270,8 +303,8 @@ def _encode_pillow(stored: np.ndarray, kind: str, alpha: bool, out: BinaryIO) ->
 def _encode_tifffile(stored: np.ndarray, alpha: bool, out: BinaryIO) -> None:
     import tifffile
 
-    photometric = "minisblack" if stored.shape[2] <= 2 else "rgb"
-    extras = {"extrasamples": ("unassalpha",)} if alpha else {}
+    photometric = "rgb" if stored.shape[2] in (3, 4) else "minisblack"
+    extras = {"extrasamples": ("unassalpha",)} if alpha and stored.shape[2] in (2, 4) else {}
     buffer = io.BytesIO()  # tifffile wants a named file or a BytesIO, not a bare descriptor
     tifffile.imwrite(buffer, stored[..., 0] if stored.shape[2] == 1 else stored, photometric=photometric,
                      planarconfig="contig", compression="zlib", compressionargs={"level": 1}, **extras)
@@ -279,17 +312,39 @@ def _encode_tifffile(stored: np.ndarray, alpha: bool, out: BinaryIO) -> None:
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a partial file."""
+    """Write through a temporary file in the same folder, then rename: never a partial file.
+
+    A failure (a full disk, a folder that cannot be written) is an InputError naming the
+    target, never the temporary file.
+    """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass  # renamed already: the target is whole
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def _write_stdout(data: bytes) -> None:
+    """All of data to standard output: an unbuffered stream may take only part of a write."""
+    out = sys.stdout.buffer
+    view = memoryview(data)
+    while view:
+        written = out.write(view)
+        view = view[written if written is not None else 0 :]
+    out.flush()
 
 
 def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8, scale: str = "clip",
@@ -300,15 +355,20 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
     ``threads`` compress a PNG in parallel (default: the cores).
     """
     threads = threads or os.cpu_count() or 1
-    suffix = suffix or check_output_format(str(target), depth)
+    suffix = suffix or check_output_format(str(target), None)
+    if suffix != ".npy" and depth not in FORMATS[suffix][1]:  # .npy holds the floats whatever the depth
+        raise UsageError(f"{target}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
+    kind = FORMATS[suffix][0]
+    if kind in _FEW_CHANNELS and pixels.shape[2] > 4:
+        raise InputError(f"{target}: {suffix} holds at most 4 channels, this image has {pixels.shape[2]}; "
+                         "write .tif or .npy")
     stored = pixels if suffix == ".npy" else to_storage(pixels, depth, scale, alpha)
     if str(target) == "-":
         buffer = io.BytesIO()  # encode fully first: a failed encode writes nothing
         encode(stored, suffix, alpha, buffer, threads)
-        sys.stdout.buffer.write(buffer.getvalue())
-        sys.stdout.buffer.flush()
+        _write_stdout(buffer.getvalue())
     else:
         atomic_write(target, lambda f: encode(stored, suffix, alpha, f, threads))

@@ -17,6 +17,8 @@ import numpy as np
 from .errors import KernelError
 
 NORMALIZE = ("none", "sum", "softmax")
+F32_MAX = float(np.finfo(np.float32).max)
+MAX_BUILTIN_SIZE = 4097  # taps per side of a built-in kernel: larger ones are surely a typo
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +39,10 @@ class Kernel:
             raise KernelError(f"kernel {self.name}: must be a non-empty 2-D matrix, got shape {w.shape}")
         if not np.isfinite(w).all():
             raise KernelError(f"kernel {self.name}: contains NaN or infinity")
+        # Responses to pixels in [0, 1] are bounded by sum |w|: beyond float32's range they overflow.
+        if np.abs(w).reshape(-1, *w.shape[-2:]).sum(axis=(-2, -1)).max() > F32_MAX:
+            raise KernelError(f"kernel {self.name}: its values are too large for float32 work "
+                              f"(sum of |w| over {F32_MAX:.3g})")
         w.flags.writeable = False
         object.__setattr__(self, "weights", w)
 
@@ -85,8 +91,8 @@ IDENTITY = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=float)
 
 def box(size: int = 3) -> np.ndarray:
     """size x size ones normalized by 1/size²."""
-    if size < 1 or size != int(size):
-        raise KernelError(f"box: size must be a whole number >= 1, got {size:g}")
+    if not 1 <= size <= MAX_BUILTIN_SIZE or size != int(size):
+        raise KernelError(f"box: size must be a whole number from 1 to {MAX_BUILTIN_SIZE}, got {size:g}")
     size = int(size)
     return np.full((size, size), 1.0 / size**2)
 
@@ -94,8 +100,13 @@ def box(size: int = 3) -> np.ndarray:
 def gaussian(sigma: float = 1.0, truncate: float = 4.0) -> np.ndarray:
     """Normalized to sum 1 with radius int(truncate·sigma + 0.5), as scipy.ndimage.gaussian_filter."""
     if sigma <= 0:
-        raise KernelError(f"gaussian: sigma must be > 0, got {sigma}")
+        raise KernelError(f"gaussian: sigma must be > 0, got {sigma:g}")
+    if truncate <= 0:
+        raise KernelError(f"gaussian: truncate must be > 0, got {truncate:g}")
     radius = int(truncate * sigma + 0.5)
+    if 2 * radius + 1 > MAX_BUILTIN_SIZE:
+        raise KernelError(f"gaussian: sigma={sigma:g}, truncate={truncate:g} makes a {2 * radius + 1}x{2 * radius + 1} "
+                          f"kernel, over the {MAX_BUILTIN_SIZE} taps a side that built-ins allow")
     x = np.arange(-radius, radius + 1)
     g = np.exp(-0.5 * (x / sigma) ** 2)
     g /= g.sum()
@@ -137,7 +148,7 @@ def builtin(name: str, **params: float) -> Kernel:
         weights = factory(**params)
     except TypeError:
         raise KernelError(f"kernel {name}: unknown parameter in {sorted(params)}") from None
-    label = name + "".join(f"-{k}{v:g}" for k, v in params.items())
+    label = name + "".join(f"-{k}{params[k]:g}" for k in sorted(params))
     return Kernel(label, weights, magnitude)
 
 
@@ -145,14 +156,31 @@ def _parse_params(name: str, text: str) -> dict[str, float]:
     params = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = item.partition("=")
+        key = key.strip()
         try:
             number = float(value)
         except ValueError:
             raise KernelError(f"kernel {name}: parameter {item!r} should be key=number") from None
-        if not eq:
+        if not eq or not key:
             raise KernelError(f"kernel {name}: parameter {item!r} should be key=number")
-        params[key.strip()] = number
+        if not np.isfinite(number):
+            raise KernelError(f"kernel {name}: {key} must be a finite number, got {value.strip()}")
+        if key in params:
+            raise KernelError(f"kernel {name}: {key} is given twice")
+        params[key] = number
     return params
+
+
+def distinct_names(kernels: list[Kernel]) -> list[Kernel]:
+    """Kernels that share a name (two inline 3x3s) get -2, -3, ... so their outputs differ."""
+    counts: dict[str, int] = {}
+    named = []
+    for kernel in kernels:
+        counts[kernel.name] = counts.get(kernel.name, 0) + 1
+        if counts[kernel.name] > 1:
+            kernel = Kernel(f"{kernel.name}-{counts[kernel.name]}", kernel.weights, kernel.magnitude)
+        named.append(kernel)
+    return named
 
 
 # --- parsers -----------------------------------------------------------------------------
@@ -269,25 +297,10 @@ def parse_vips(path: Path) -> Kernel:
     return Kernel(path.stem, weights / scale)
 
 
-def _looks_like_vips(path: Path) -> bool:
-    """A text file whose first row is 'w h [scale [offset]]' followed by exactly h rows of w."""
-    try:
-        lines = [l.split("#", 1)[0].strip() for l in _read_text(path)]
-    except KernelError:
-        return False
-    lines = [l for l in lines if l]
-    if not lines:
-        return False
-    head = [t for t, _ in _tokens(lines[0])]
-    if not 2 <= len(head) <= 4 or not all(t.isdigit() for t in head[:2]):
-        return False
-    width, height = int(head[0]), int(head[1])
-    rows = lines[1:]
-    return len(rows) == height and all(len(_tokens(r)) == width for r in rows)
-
-
 def load_kernels(spec: str) -> list[Kernel]:
     """A spec -> kernels: one, or N for a bank (.npy of shape (N, kh, kw))."""
+    if not spec.strip():
+        raise KernelError("-k: an empty kernel; give a built-in name, a kernel file or 'WxH: v,v,...'")
     if _INLINE.match(spec):
         return [parse_inline(spec)]
     path = Path(spec)
@@ -296,7 +309,7 @@ def load_kernels(spec: str) -> list[Kernel]:
             raise KernelError(f"{path}: no such kernel file")
         if path.suffix.lower() == ".npy":
             return _load_npy(path)
-        if path.suffix.lower() == ".mat" or _looks_like_vips(path):
+        if path.suffix.lower() == ".mat":  # never sniffed: a .txt is always imfilt's own format
             return [parse_vips(path)]
         return [parse_text(path)]
     name, _, params = spec.partition(":")
@@ -315,6 +328,8 @@ def _load_npy(path: Path) -> list[Kernel]:
     if array.ndim == 2:
         return [Kernel(path.stem, array)]
     if array.ndim == 3:
+        if len(array) == 0:
+            raise KernelError(f"{path}: an empty kernel bank, shape {array.shape}")
         return [Kernel(f"{path.stem}{i}", k) for i, k in enumerate(array)]
     raise KernelError(f"{path}: a kernel .npy must be 2-D (kh, kw) or a bank (n, kh, kw), got shape {array.shape}")
 

@@ -7,13 +7,14 @@ for the --json record.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .convolve import MODES, SIZES, convolve, resolve_method
 from .engine import Engine
-from .errors import check_choice
+from .errors import UsageError, check_choice
 from .io import Loaded
 from .kernels import Kernel
 
@@ -27,6 +28,7 @@ class Result:
     alpha: bool
     auto_scale: str  # what --scale auto means for this result
     facts: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # secondary arrays the pipeline may write (the mask)
 
 
 def split_alpha(loaded: Loaded) -> tuple[np.ndarray, np.ndarray | None]:
@@ -59,6 +61,8 @@ class Apply:
         check_choice("alpha", self.alpha, ALPHA_MODES)
         check_choice("mode", self.mode, MODES)
         check_choice("size", self.size, SIZES)
+        if not math.isfinite(self.cval):
+            raise UsageError(f"cval must be a finite number, got {self.cval}")
         resolve_method(self.kernel.parts[0], self.method)  # separable on a rank > 1 kernel raises
 
     @property

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .engine import get_engine
 from .errors import InputError, UsageError
@@ -40,7 +41,13 @@ class Settings:
 class Output:
     path: str  # "-" for standard output
     op: Any  # an operation from imfilt.ops / imfilt.frequency
-    skip: bool = False  # exists and --skip-existing
+    skip: bool = False  # all its files exist and --skip-existing
+    extras: tuple[tuple[str, str], ...] = ()  # secondary files: (name in Result.extras, path), e.g. the mask
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file this output writes (standard output is no file)."""
+        return tuple(p for p in (self.path, *(path for _, path in self.extras)) if p != "-")
 
 
 @dataclass(frozen=True)
@@ -54,25 +61,59 @@ class Job:
 # --- planning ------------------------------------------------------------------------------
 
 
+@dataclass
+class Expanded:
+    """The sources that INPUTS name, and a one-line reason for each item that named none."""
+
+    sources: list[str] = field(default_factory=list)
+    empty: list[tuple[str, str]] = field(default_factory=list)  # (item, why)
+
+
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def expand_inputs(inputs: Iterable[str], recursive: bool = False) -> list[str]:
-    """Files, folders (their images), unexpanded globs and "-" -> a list of sources."""
-    sources: list[str] = []
+def expand_inputs(inputs: Iterable[str], recursive: bool = False,
+                  is_output: Callable[[str], bool] = lambda name: False) -> Expanded:
+    """Files, folders (their images), unexpanded globs and "-" -> sources.
+
+    Files named explicitly are always inputs. Folders and globs leave out dot-files and the
+    files whose names this run writes (``is_output``), so a re-run never feeds on its outputs.
+    """
+    expanded = Expanded()
     for item in inputs:
         path = Path(item)
         if item == "-" or path.is_file():
-            sources.append(item)
-        elif path.is_dir():
-            found = path.rglob("*") if recursive else path.iterdir()
-            sources.extend(sorted(str(p) for p in found if p.is_file() and _is_image(p)))
+            expanded.sources.append(item)
+            continue
+        if path.is_dir():
+            found = [p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file() and _is_image(p)]
+            where = "in this folder" + ("" if recursive else " (-r descends into sub-folders)")
         elif glob.has_magic(item) and not path.exists():
-            sources.extend(sorted(p for p in glob.glob(item, recursive=recursive) if Path(p).is_file()))
+            found = [Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file()]
+            where = "matches this pattern"
         else:
-            sources.append(item)  # missing: reported as that input's failure
-    return sources
+            expanded.sources.append(item)  # missing: reported as that input's failure
+            continue
+        images = sorted(str(p) for p in found if not is_output(p.name))
+        expanded.sources.extend(images)
+        if not images:
+            left_out = len(found)
+            why = f"no image {where}" + (f"; {left_out} left out as outputs of this run" if left_out else "")
+            expanded.empty.append((item, why))
+    return expanded
+
+
+def output_name_pattern(ops: list, template: str | None, split: bool) -> Callable[[str], bool]:
+    """Whether a file name is one this run would write: its template with any stem and ext."""
+    template = template or (SPLIT_TEMPLATE if split else DEFAULT_TEMPLATE)
+    patterns = []
+    for op in ops:
+        parts = re.split(r"(\{stem\}|\{ext\}|\{channel\}|\{op\})", template)
+        regex = "".join(".*" if p in ("{stem}", "{ext}", "{channel}") else re.escape(op.name) if p == "{op}"
+                        else re.escape(p) for p in parts)
+        patterns.append(re.compile(regex, re.IGNORECASE))
+    return lambda name: any(p.fullmatch(name) for p in patterns)
 
 
 def read_list(stream, nul: bool) -> list[str]:
@@ -80,30 +121,48 @@ def read_list(stream, nul: bool) -> list[str]:
     text = stream.read()
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if "\0" in text and not nul:
+        raise UsageError("the list of inputs holds NUL characters: add -0 for a NUL-separated list (find -print0)")
     items = text.split("\0") if nul else text.splitlines()
     return [item for item in items if item]
+
+
+def _name(template: str, what: str, source: str, op, split: bool) -> str:
+    stem, ext = ("stdin", ".png") if source == "-" else (Path(source).stem, Path(source).suffix.lower())
+    if ext not in FORMATS:
+        ext = ".png"  # e.g. a GIF, which imfilt reads but does not write
+    try:  # {channel} stays for run_job to fill in, one file per channel
+        return template.format(stem=stem, op=op.name, ext=ext, channel="{channel}" if split else "")
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{what} {template!r}: use the fields {{stem}} {{op}} {{ext}} {{channel}} ({exc})") from None
 
 
 def _output_path(source: str, op, split: bool, out: str | None, out_dir: str | None, template: str) -> str:
     """-o as given, else the template in --out-dir (or beside the input); the input's format."""
     if out is not None:
         return out
-    stem, ext = ("stdin", ".png") if source == "-" else (Path(source).stem, Path(source).suffix.lower())
-    if ext not in FORMATS:
-        ext = ".png"  # e.g. a GIF, which imfilt reads but does not write
-    try:  # {channel} stays for run_job to fill in, one file per channel
-        name = template.format(stem=stem, op=op.name, ext=ext, channel="{channel}" if split else "")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UsageError(f"--name {template!r}: use the fields {{stem}} {{op}} {{ext}} {{channel}} ({exc})") from None
+    name = _name(template, "--name", source, op, split)
     folder = Path(out_dir) if out_dir is not None else (Path.cwd() if source == "-" else Path(source).parent)
     return str(folder / name)
 
 
+def _key(path: str) -> str:
+    """One spelling per file: links and relative paths resolved."""
+    return os.path.normcase(os.path.realpath(path))
+
+
 def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None = None,
          out_dir: str | None = None, template: str | None = None, overwrite: bool = False,
-         skip_existing: bool = False) -> list[Job]:
-    """One job per input; every output named and checked before any image is read."""
+         skip_existing: bool = False, extras: dict[str, str] | None = None,
+         absolute: bool = False) -> list[Job]:
+    """One job per input; every output file named and checked before any image is read.
+
+    ``extras`` are secondary files by name (``{"mask": "--mask-out template"}``); they get the
+    same checks as the main outputs. ``absolute`` makes every path absolute (for Dask workers).
+    """
     split = settings.split_channels
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other: choose one")
     if out is not None and len(sources) * len(ops) > 1:
         raise UsageError("-o names one output: with several inputs or kernels use --out-dir (and --name)")
     if split and out is not None:
@@ -111,24 +170,51 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     template = template or (SPLIT_TEMPLATE if split else DEFAULT_TEMPLATE)
     if split and "{channel}" not in template:
         raise UsageError(f"--name {template!r}: --split-channels needs {{channel}} in the name")
+    extras = {name: path for name, path in (extras or {}).items() if path is not None}
+    for name, path in extras.items():
+        if len(sources) > 1 and "{stem}" not in path:
+            raise UsageError(f"--{name}-out {path!r} would be written for every input: put {{stem}} in it")
+    inputs = {_key(s): s for s in sources if s != "-"}
     jobs, seen = [], {}
     for source in sources:
         outputs = []
         for op in ops:
             path = _output_path(source, op, split, out, out_dir, template)
-            if path != "-":
-                check_output_format(path, settings.depth)
-                key = os.path.normcase(os.path.abspath(path))
+            more = tuple((name, _name(t, f"--{name}-out", source, op, False)) for name, t in extras.items())
+            if absolute:
+                path = path if path == "-" else os.path.abspath(path)
+                more = tuple((name, os.path.abspath(p)) for name, p in more)
+            output = Output(path, op, extras=more)
+            for file, depth in zip(output.files, (settings.depth,) + (None,) * len(more)):
+                check_output_format(file, depth if file == path else None)
+                key = _key(file.replace("{channel}", "r"))
+                if key in inputs:
+                    raise UsageError(f"{file} is both an input and an output of this run (from {source}); "
+                                     "give a folder or a quoted glob, which leave this run's outputs out")
                 if key in seen:
-                    raise UsageError(f"{seen[key]} and {source} would both write {path}: change --name")
+                    raise UsageError(f"{seen[key]} and {source} would both write {file}: change --name")
                 seen[key] = source
-            outputs.append(Output(path, op, skip=skip_existing and path != "-" and _exists(path, settings)))
+            skip = skip_existing and bool(output.files) and all(_exists(f, settings) for f in output.files)
+            outputs.append(replace(output, skip=skip))
         jobs.append(Job(source, tuple(outputs), settings))
-    if not overwrite and not skip_existing:
+    if not overwrite:
         _check_overwrites(jobs)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
     return jobs
+
+
+def prepare_folders(jobs: list[Job]) -> None:
+    """Make the folders the outputs go to, or refuse (exit 2) before any image is read."""
+    folders = {Path(f).parent for job in jobs for o in job.outputs if not o.skip for f in o.files}
+    for folder in sorted(folders, key=str):
+        shown = str(folder) or "."
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{shown}: is a file, not a folder for the outputs")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{shown}: cannot make the output folder ({exc.strerror or exc})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{shown}: cannot write into this folder (permission denied)")
 
 
 def _channel_names(count: int) -> list[str]:
@@ -138,17 +224,18 @@ def _channel_names(count: int) -> list[str]:
 
 def _exists(path: str, settings: Settings) -> bool:
     """For --split-channels an output is there when its first channel's file is."""
-    if not settings.split_channels:
-        return Path(path).exists()
-    return any(Path(path.replace("{channel}", _channel_names(n)[0])).exists() for n in (1, 2, 3))
+    if "{channel}" not in path:
+        return os.path.lexists(path)
+    return any(os.path.lexists(path.replace("{channel}", _channel_names(n)[0])) for n in (1, 2, 3))
 
 
 def _check_overwrites(jobs: list[Job]) -> None:
     for job in jobs:
         for output in job.outputs:
-            if output.path != "-" and _exists(output.path, job.settings):
-                shown = output.path.replace("{channel}", "*")
-                raise UsageError(f"{shown}: exists; use --overwrite to replace it or --skip-existing")
+            for file in output.files:
+                if not output.skip and _exists(file, job.settings):
+                    shown = file.replace("{channel}", "*")
+                    raise UsageError(f"{shown}: exists; use --overwrite to replace it or --skip-existing")
 
 
 # --- running one job -----------------------------------------------------------------------
@@ -169,7 +256,7 @@ def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]
 
 
 def run_job(job: Job) -> list[dict]:
-    """Read one input, compute each output, write each atomically; one record per output.
+    """Read one input, compute each output, write each file atomically; one record per output.
 
     An InputError (bad image, output over its input) fails this job only.
     """
@@ -178,9 +265,9 @@ def run_job(job: Job) -> list[dict]:
     todo = [o for o in job.outputs if not o.skip]
     if not todo:
         return records
-    for output in todo:
-        if output.path != "-" and job.source != "-" and _same_file(output.path, job.source):
-            raise InputError(f"{job.source}: the output {output.path} is the input itself; not overwritten")
+    for file in (f for o in todo for f in o.files):
+        if job.source != "-" and _same_file(file, job.source):  # a link made since planning
+            raise InputError(f"{job.source}: the output {file} is the input itself; not overwritten")
     engine = get_engine(settings.engine, settings.threads)
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
@@ -194,6 +281,10 @@ def run_job(job: Job) -> list[dict]:
         for path, pixels, alpha in files:
             depth = settings.depth or _fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
             write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
+        for name, path in output.extras:  # e.g. the mask: its values as they are, grey
+            extra = result.extras[name]
+            write_image(path, extra[..., None] if extra.ndim == 2 else extra,
+                        depth=_fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
         seconds = time.perf_counter() - start
         records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
     return records
@@ -207,6 +298,7 @@ def _fitting_depth(depth: int, suffix: str) -> int:
 
 def _record(job: Job, output: Output, *, skipped: bool = False, result=None, engine=None, seconds=0.0) -> dict:
     record = {"input": job.source, "output": output.path, "op": output.op.name, "skipped": skipped}
+    record.update({name: path for name, path in output.extras})
     if result is not None:
         record.update(result.facts)
         record.update(engine=engine, seconds=round(seconds, 4), shape=list(result.pixels.shape))
@@ -267,9 +359,10 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
     With ``fail_fast`` no job starts after the first failure.
     """
     if scheduler:
-        from .distributed import run_on_dask
+        from .distributed import futures_on_dask
 
-        yield from run_on_dask(jobs, scheduler, fail_fast)
+        with futures_on_dask(scheduler, _safe_run, jobs) as (futures, completed):
+            yield from as_finished(futures, completed, fail_fast)
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             result = _safe_run(job)

@@ -199,7 +199,7 @@ def test_dask_outputs_are_identical_to_local(tmp_path, dask_cluster):
     local = imfilt("apply", tmp_path / "in", "-k", "sobel", "--out-dir", tmp_path / "local", "-j", "1")
     remote = imfilt("apply", tmp_path / "in", "-k", "sobel", "--out-dir", tmp_path / "remote", "--scheduler",
                     dask_cluster, "--json")
-    assert local.exit_code == remote.exit_code == 1
+    assert local.exit_code == remote.exit_code == 1, remote.stderr
     assert contents(tmp_path / "local") == contents(tmp_path / "remote") and len(contents(tmp_path / "local")) == 5
     assert len(remote.stdout.splitlines()) == 5 and "bad.png" in remote.stderr
 

@@ -161,7 +161,7 @@ def test_output_never_replaces_its_input_even_through_a_link(small_rgb, tmp_path
     link.symlink_to(small_rgb)
     before = small_rgb.read_bytes()
     result = imfilt("apply", small_rgb, "-k", "box", "-o", link, "--overwrite")
-    assert result.exit_code == 1 and "is the input itself" in result.stderr
+    assert result.exit_code == 2 and "is both an input and an output" in result.stderr
     assert small_rgb.read_bytes() == before
 
 

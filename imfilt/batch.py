@@ -1,0 +1,366 @@
+"""The options every command shares, and a batch run from them: plan, execute, report.
+
+The commands (commands.py) parse their own options into operations and call ``run``.
+"""
+
+import functools
+import inspect
+import json
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from . import __version__
+from .engine import ENGINES, get_engine
+from .errors import UsageError
+from .io import DEPTHS, check_stdout_format
+from .pipeline import (Expanded, Report, Settings, execute, expand_inputs, output_name_pattern, plan,
+                       prepare_folders, read_list)
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (a missing -k, -j 0) as one line, like every other error of imfilt."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            code = 130
+        except typer.TyperException as exc:  # typer's (vendored) click errors: usage and bad values
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # plain `imfilt`: the help text
+            else:
+                ctx = getattr(exc, "ctx", None)
+                command = ctx.command_path if ctx else "imfilt"
+                print(f"{command}: {exc.format_message().replace('Value error, ', '')} (see '{command} --help')", file=sys.stderr)
+            code = exc.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    name="imfilt",
+    cls=OneLineErrors,
+    help="Filter images by convolution and in the Fourier domain. Run 'imfilt COMMAND --help' for examples.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def choice_enum(name: str, values) -> type[Enum]:
+    """An Enum of a library's value list, so Typer shows and checks the choices."""
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
+
+
+Engine = choice_enum("Engine", ENGINES)
+Depth = choice_enum("Depth", tuple(map(str, DEPTHS)))
+
+
+SMALL_BATCH = 8
+
+
+@dataclass
+class Batch:
+    """The options that every command shares (named the same across commands)."""
+
+    inputs: list
+    output: Optional[str]
+    out_dir: Optional[str]
+    name: Optional[str]
+    format: str
+    depth: Optional[Depth]
+    engine: Engine
+    jobs: Optional[int]
+    json: bool
+    quiet: bool
+    overwrite: bool
+    skip_existing: bool
+    recursive: bool
+    from_file: Optional[str]
+    null: bool
+    fail_fast: bool
+    scheduler: Optional[str]
+    max_pixels: Optional[int]
+    gray: bool
+    debug: bool
+
+
+_COMMON = {
+    "inputs": (Annotated[Optional[list[str]], typer.Argument(
+        metavar="INPUTS...", help="Image files, folders, globs, or - for standard input.", show_default=False,
+        show_choices=False)], None),
+    "output": (Annotated[Optional[str], typer.Option(
+        "-o", "--output", metavar="PATH", help="The output for one input (- = standard output).")], None),
+    "out_dir": (Annotated[Optional[str], typer.Option(metavar="DIR", help="Folder for the outputs (default: beside each input).")], None),
+    "name": (Annotated[Optional[str], typer.Option(
+        metavar="TEMPLATE", help="Output name template: {stem} {op} {ext} {channel}.  [default: {stem}.{op}{ext}]")], None),
+    "format": (Annotated[str, typer.Option(metavar="EXT", help="Format when writing to standard output (png, tif, npy, ...).")], "png"),
+    "depth": (Annotated[Optional[Depth], typer.Option(help="Output bits per sample (32 = float TIFF or .npy).  [default: the input's]")], None),
+    "engine": (Annotated[Engine, typer.Option(help="auto uses the GPU when cupy and a CUDA device are present.")], Engine.cpu),
+    "jobs": (Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, metavar="N",
+                                                    help="Worker processes, at most the cores and the inputs.  [default: the cores; 1 for up to 8 inputs]")], None),
+    "json": (Annotated[bool, typer.Option("--json", help="One JSON object per output on standard output.")], False),
+    "quiet": (Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")], False),
+    "overwrite": (Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")], False),
+    "skip_existing": (Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resumable runs).")], False),
+    "recursive": (Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")], False),
+    "from_file": (Annotated[Optional[str], typer.Option(
+        "--from", metavar="FILE", help="Read input paths from a file (- = standard input), one a line.")], None),
+    "null": (Annotated[bool, typer.Option("-0", "--null", help="--from paths are NUL-separated (find -print0).")], False),
+    "fail_fast": (Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed input.")], False),
+    "scheduler": (Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Run the jobs on a Dask cluster, e.g. tcp://host:8786.")], None),
+    "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
+    "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),
+    "debug": (Annotated[bool, typer.Option("--debug", help="Show tracebacks.")], False),
+}
+
+
+def batch_command(fn: Callable) -> Callable:
+    """Add the shared options to a command's signature and hand them over as one ``Batch``."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    own = [p.replace(kind=keyword) for p in inspect.signature(fn).parameters.values() if p.name != "batch"]
+    common = [inspect.Parameter(name, keyword, annotation=hint, default=default)
+              for name, (hint, default) in _COMMON.items()]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        batch = Batch(**{name: kwargs.pop(name) for name in _COMMON})
+        try:
+            return fn(batch=batch, **kwargs)
+        except UsageError as exc:
+            if batch.debug:
+                raise
+            err.print(f"imfilt: {exc}", markup=False)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.BadParameter):
+            raise
+        except Exception as exc:  # a bug: one line, the traceback with --debug
+            if batch.debug:
+                raise
+            err.print(f"imfilt: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", markup=False)
+            raise typer.Exit(1) from None
+
+    command.__signature__ = inspect.Signature(common[:1] + own + common[1:])
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
+
+
+def _items(batch: Batch) -> list[str]:
+    items = list(batch.inputs or [])
+    if batch.from_file is not None:
+        try:
+            if batch.from_file == "-":
+                items += read_list(sys.stdin.buffer, batch.null)
+            else:
+                with open(batch.from_file, "rb") as f:
+                    items += read_list(f, batch.null)
+        except OSError as exc:
+            raise UsageError(f"{batch.from_file}: cannot read the list of inputs ({exc.strerror})") from None
+    if not items:
+        raise UsageError("no inputs: give image files, folders, - for standard input, or --from FILE")
+    if items.count("-") > 1 or ("-" in items and batch.from_file == "-"):
+        raise UsageError("standard input can be read only once")
+    return items
+
+
+def _check_streams(batch: Batch, pipes: bool) -> None:
+    """Standard input and output: there, not a terminal, and never across to Dask workers."""
+    writes_stdout = batch.output == "-" or batch.json
+    if writes_stdout and sys.stdout is None:
+        raise UsageError("standard output is closed: use -o FILE" if batch.output == "-" else
+                         "standard output is closed: --json has nowhere to go")
+    if batch.output == "-" and batch.json:
+        raise UsageError("--json and -o - both write to standard output: choose one")
+    if batch.output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write image data to a terminal: redirect standard output or use -o FILE")
+    if batch.scheduler and pipes:
+        raise UsageError("--scheduler: Dask workers read and write files by path, so standard input and "
+                         "output cannot be used; give file paths")
+
+
+def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
+               extras: dict[str, str] | None = None) -> tuple[list, Expanded, int]:
+    """Everything that can be wrong with the whole run is found here, before any image is read.
+
+    Returns the jobs, what the inputs expanded to (with the items that named no image), and
+    the number of worker processes.
+    """
+    items = _items(batch)
+    output, out_dir = batch.output, batch.out_dir
+    stdin_to_stdout = output is None and items == ["-"] and out_dir is None
+    _check_streams(batch, pipes="-" in items or output == "-" or stdin_to_stdout)
+    if batch.scheduler:
+        from .distributed import check_address
+
+        check_address(batch.scheduler)
+    if stdin_to_stdout:
+        output = "-"  # a pipe in, a pipe out
+        if sys.stdout is None or sys.stdout.isatty():
+            raise UsageError("standard input given but no output: use -o FILE, or redirect standard output")
+    if "-" in items and sys.stdin.isatty():
+        raise UsageError("- reads an image from standard input, but it is a terminal")
+    expanded = expand_inputs(items, batch.recursive, output_name_pattern(ops, batch.name, split_channels))
+    sources = expanded.sources
+    if batch.scheduler:  # Dask workers run elsewhere: give them paths that do not depend on our folder
+        sources = [os.path.abspath(s) for s in sources]
+    settings = Settings(depth=int(batch.depth.value) if batch.depth else None, scale=scale,
+                        engine=batch.engine.value, max_pixels=batch.max_pixels, split_channels=split_channels,
+                        stdout_suffix=check_stdout_format(batch.format))
+    jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
+                overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
+                absolute=bool(batch.scheduler))
+    # Starting worker processes costs ~0.4 s: by default only batches of more than 8 inputs use
+    # them; never more workers than cores or inputs (more only fight over the cores).
+    cores = os.cpu_count() or 1
+    workers = max(1, min(batch.jobs or (cores if len(jobs) > SMALL_BATCH else 1), cores, len(jobs)))
+    threads = 1 if workers > 1 or batch.scheduler else None
+    get_engine(settings.engine, threads)  # no GPU, or a bad IMFILT_FFT: one clear error now
+    jobs = [replace(job, settings=replace(job.settings, threads=threads)) for job in jobs]
+    return jobs, expanded, workers
+
+
+def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
+        extras: dict[str, str] | None = None) -> None:
+    """Plan, run and report a batch; raises typer.Exit with the exit code of DESIGN.md."""
+    jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras)
+    prepare_folders(jobs)
+    if any(job.source == "-" for job in jobs):
+        data = sys.stdin.buffer.read()
+        jobs = [replace(job, data=data) if job.source == "-" else job for job in jobs]
+    report = Report()
+    for item, why in expanded.empty:  # nothing to do is said, and is not success
+        report.failed.append(item)
+        err.print(f"{item}: {why}", markup=False)
+    try:
+        with _signals_interrupt():
+            if not (batch.fail_fast and report.failed):
+                _report_jobs(batch, jobs, workers, report)
+    except Interrupted as exc:
+        how = "interrupted" if exc.signum == signal.SIGINT else f"stopped by {signal.Signals(exc.signum).name}"
+        err.print(f"imfilt: {how}; {report.summary()}", markup=False)
+        raise typer.Exit(128 + exc.signum) from None
+    except BrokenPipeError:
+        # the reader went away (| head): no traceback, no second error when Python flushes
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(141) from None
+    if len(jobs) + len(expanded.empty) > 1 and (report.failed or not batch.quiet):
+        err.print(f"imfilt: {report.summary()}", markup=False)
+    raise typer.Exit(report.exit_code)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or a signal that asks a program to end (SIGTERM from kill, timeout or a job scheduler)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# The signals a shell, `timeout`, or a job scheduler sends to end a program.
+ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                       if hasattr(signal, name))
+
+
+@contextmanager
+def _signals_interrupt():
+    """Turn an ending signal into Interrupted, so outputs in progress finish or are removed.
+
+    The first signal is enough: later ones are ignored while the run winds down, so the
+    clean-up itself is never cut short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        for sig in ENDING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in ENDING_SIGNALS}
+    try:
+        yield
+    except KeyboardInterrupt as exc:  # raised before our handler was in place, or by a worker pool
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(signal.SIGINT) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
+    finished = 0
+    with _progress(batch, len(jobs)) as advance:
+        for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast):
+            if error:
+                report.failed.append(job.source)
+                err.print(error, markup=False)
+            for record in records or ():
+                report.skipped += record["skipped"]
+                report.done += not record["skipped"]
+                if batch.json:
+                    print(json.dumps(record, ensure_ascii=False), flush=True)
+            advance()
+            finished += 1
+    if report.failed and batch.fail_fast and finished < len(jobs):
+        err.print("imfilt: stopped at the first failure (--fail-fast)", markup=False)
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal and not --quiet; otherwise nothing."""
+
+    def __init__(self, batch: Batch, total: int):
+        self.enabled = err.is_terminal and not batch.quiet and total > 1
+        self.total = total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        rate = TextColumn("{task.fields[rate]}")
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), rate,
+                            TimeRemainingColumn(), console=err, transient=True)
+        self.bar.start()
+        task = self.bar.add_task("imfilt", total=self.total, rate="")
+
+        def advance():
+            self.bar.advance(task)
+            speed = self.bar.tasks[0].speed
+            self.bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"imfilt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="Show the version and exit.")] = False) -> None:
+    """Filter images by convolution and in the Fourier domain."""
+
+
