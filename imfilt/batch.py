@@ -223,14 +223,19 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
                 absolute=bool(batch.scheduler))
-    # Starting worker processes costs ~0.4 s: by default only batches of more than 8 inputs use
-    # them; never more workers than cores or inputs (more only fight over the cores).
-    cores = os.cpu_count() or 1
-    workers = max(1, min(batch.jobs or (cores if len(jobs) > SMALL_BATCH else 1), cores, len(jobs)))
+    workers = worker_count(batch.jobs, len(jobs), os.cpu_count() or 1)
     threads = 1 if workers > 1 or batch.scheduler else None
     get_engine(settings.engine, threads)  # no GPU, or a bad IMFILT_FFT: one clear error now
     jobs = [replace(job, settings=replace(job.settings, threads=threads)) for job in jobs]
     return jobs, expanded, workers
+
+
+def worker_count(requested: int | None, inputs: int, cores: int) -> int:
+    """Worker processes: never more than cores or inputs (more only fight over the cores).
+
+    Starting them costs ~0.4 s, so by default only batches of more than 8 inputs use them.
+    """
+    return max(1, min(requested or (cores if inputs > SMALL_BATCH else 1), cores, inputs))
 
 
 def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,

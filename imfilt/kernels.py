@@ -307,11 +307,14 @@ def load_kernels(spec: str) -> list[Kernel]:
     if path.suffix.lower() == ".npy" or path.exists():
         if not path.is_file():
             raise KernelError(f"{path}: no such kernel file")
-        if path.suffix.lower() == ".npy":
-            return _load_npy(path)
-        if path.suffix.lower() == ".mat":  # never sniffed: a .txt is always imfilt's own format
-            return [parse_vips(path)]
-        return [parse_text(path)]
+        try:
+            if path.suffix.lower() == ".npy":
+                return _load_npy(path)
+            if path.suffix.lower() == ".mat":  # never sniffed: a .txt is always imfilt's own format
+                return [parse_vips(path)]
+            return [parse_text(path)]
+        except KernelError as exc:  # e.g. a matrix too large for float32: the message names the file
+            raise exc if str(exc).startswith(str(path)) else KernelError(f"{path}: {exc}") from None
     name, _, params = spec.partition(":")
     if name not in BUILTINS and ("/" in spec or "." in name):
         raise KernelError(f"{spec}: no such kernel file")
