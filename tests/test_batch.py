@@ -64,10 +64,11 @@ def test_fail_fast_with_workers_reports_what_was_already_running(tmp_path):
     """Jobs the workers had taken finish whole and are counted; none starts after the failure."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(b"bad")
-    make_photos(tmp_path / "in", 30)
-    result = imfilt("apply", tmp_path / "in", "-k", "box", "--out-dir", tmp_path / "out", "-j", "2", "--fail-fast")
+    make_photos(tmp_path / "in", 40, size=(96, 128))  # enough work that a loaded machine still stops early
+    result = imfilt("apply", tmp_path / "in", "-k", "gaussian:sigma=4", "--method", "direct", "--out-dir",
+                    tmp_path / "out", "-j", "2", "--fail-fast")
     written = len(list((tmp_path / "out").iterdir()))
-    assert result.exit_code == 1 and written < 30
+    assert result.exit_code == 1 and written < 40
     assert f"imfilt: {written} written, 1 input failed" in result.stderr
 
 
