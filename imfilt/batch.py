@@ -71,6 +71,8 @@ Depth = choice_enum("Depth", tuple(map(str, DEPTHS)))
 
 
 SMALL_BATCH = 8
+INPUTS_HELP = ("INPUTS: image files, folders (their images; -r descends), quoted globs, or - for standard "
+               "input. Folders and globs leave out dot-files and files named like this run's outputs.")
 
 
 @dataclass
@@ -102,7 +104,7 @@ class Batch:
 _COMMON = {
     "inputs": (Annotated[Optional[list[str]], typer.Argument(
         metavar="INPUTS...", help="Image files, folders, globs, or - for standard input.", show_default=False,
-        show_choices=False)], None),
+        hidden=True)], None),  # described in each help text: typer would print its type, <list[str]>
     "output": (Annotated[Optional[str], typer.Option(
         "-o", "--output", metavar="PATH", help="The output for one input (- = standard output).")], None),
     "out_dir": (Annotated[Optional[str], typer.Option(metavar="DIR", help="Folder for the outputs (default: beside each input).")], None),
@@ -154,6 +156,7 @@ def batch_command(fn: Callable) -> Callable:
             err.print(f"imfilt: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", markup=False)
             raise typer.Exit(1) from None
 
+    command.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\n" + INPUTS_HELP
     command.__signature__ = inspect.Signature(common[:1] + own + common[1:])
     command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
     return command
@@ -240,7 +243,7 @@ def worker_count(requested: int | None, inputs: int, cores: int) -> int:
 
 def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
         extras: dict[str, str] | None = None) -> None:
-    """Plan, run and report a batch; raises typer.Exit with the exit code of DESIGN.md."""
+    """Plan, run and report a batch; raises typer.Exit with the exit code of docs/DESIGN.md."""
     jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras)
     prepare_folders(jobs)
     if any(job.source == "-" for job in jobs):
