@@ -330,10 +330,16 @@ class Report:
 
 
 def _worker_init() -> None:
-    """Ctrl-C is the parent's to handle: a worker finishes the output it is writing."""
+    """Ending signals are the parent's to handle: a worker finishes the output it is writing.
+
+    `timeout` and a terminal send theirs to the whole process group; the parent then cancels
+    the jobs not started and waits for the running ones, so no output is cut short.
+    """
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:

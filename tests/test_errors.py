@@ -248,18 +248,22 @@ def test_an_unreachable_scheduler_ends_promptly_with_one_line(small_rgb, tmp_pat
 # --- signals ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_ends_the_run_as_ctrl_c_does(tmp_path, jobs, sig):
+@pytest.mark.parametrize("jobs, sig, group", [("1", signal.SIGTERM, False), ("2", signal.SIGTERM, False),
+                                              ("2", signal.SIGTERM, True), ("1", signal.SIGHUP, False)])
+def test_a_signal_ends_the_run_as_ctrl_c_does(tmp_path, jobs, sig, group):
+    """group: the signal goes to every process of the run, as `timeout` and a terminal send it."""
     (tmp_path / "in").mkdir()
     for i in range(30):
         Image.fromarray(rgb(i, (200, 240, 3))).save(tmp_path / "in" / f"p{i:02}.png")
     process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
-                                "--out-dir", tmp_path / "out", "-j", jobs], stderr=subprocess.PIPE)
+                                "--out-dir", tmp_path / "out", "-j", jobs], stderr=subprocess.PIPE, start_new_session=group)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 2:
         time.sleep(0.02)
-    process.send_signal(sig)
+    if group:
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + sig, stderr
     names = os.listdir(tmp_path / "out")
