@@ -342,8 +342,24 @@ def _worker_init() -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
+def quiet_decoders() -> None:
+    """Decoders' own warnings and log lines about a bad file stay off stderr: one line per error.
+
+    Set once per process that runs jobs (this one, a worker, a Dask worker); the library API
+    alone leaves them as they are.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    warnings.filterwarnings("ignore", module=r"tifffile")
+    for name in ("PIL", "tifffile", "png"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:
     """A failure costs only this job: its one-line message goes back with it."""
+    quiet_decoders()
     try:
         return job, run_job(job), None
     except InputError as exc:
@@ -354,8 +370,8 @@ def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:
         raise  # standard output's reader went away: the whole run ends (exit 141), not this job
     except MemoryError:
         return job, None, f"{job.source}: not enough memory for this image"
-    except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch
-        return job, None, f"{job.source}: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch; this is a bug
+        return job, None, f"{job.source}: internal error: {type(exc).__name__}: {exc}"
 
 
 def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,

@@ -339,3 +339,24 @@ def test_fuzzed_kernel_text_is_a_kernel_or_exit_2(tmp_path, small_rgb, text):
         assert len(result.stderr.strip().splitlines()) == 1 and str(kernel) in result.stderr and not out.exists()
     else:
         assert np.isfinite(np.load(out)).all()
+
+
+def test_corrupt_files_print_one_line_each_from_the_console_script(tmp_path):
+    """Decoders' own warnings and log lines (Pillow, tifffile) never reach stderr."""
+    rng = np.random.default_rng(11)
+    paths = []
+    for kind, data in sorted(SEEDS.items()):
+        for i in range(6):
+            damaged = bytearray(data)
+            for at in rng.integers(0, len(damaged), 3):
+                damaged[at] = int(rng.integers(0, 256))
+            path = tmp_path / f"{kind}{i}.{kind}"
+            path.write_bytes(bytes(damaged))
+            paths.append(path)
+    run = subprocess.run([BIN / "imfilt", "apply", *paths, "-k", "box", "--out-dir", tmp_path / "out"],
+                         capture_output=True, text=True)
+    lines = run.stderr.strip().splitlines()
+    failed = [line for line in lines[:-1]]
+    assert run.returncode in (0, 1) and lines[-1].startswith("imfilt: ")
+    assert all(line.startswith(str(tmp_path)) and "internal error" not in line for line in failed), run.stderr
+    assert len(failed) == len(paths) - len(os.listdir(tmp_path / "out"))
