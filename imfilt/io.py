@@ -185,7 +185,8 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
         finally:
             Image.MAX_IMAGE_PIXELS = previous
     _check_pixels(*image.size, limit)
-    _frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
+    if image.format != "MPO":  # a camera's MPO JPEG: the primary image first, then previews
+        _frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
     image.load()
     image = ImageOps.exif_transpose(image)
     return _from_pillow(image)
