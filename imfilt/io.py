@@ -252,6 +252,7 @@ SCALERS = {
     "stretch": _stretch,
     "peak": _peak,
     "phase": lambda x: (x + np.pi) / (2 * np.pi),
+    "score": lambda x: (x + 1) / 2,  # a correlation coefficient, -1..1 (imfilt match)
 }
 
 

@@ -1,0 +1,216 @@
+"""Template matching: zero-mean normalized cross-correlation through FFTs, and its peaks.
+
+The score at a position is the correlation coefficient of the template with the image window
+under it (cv2.matchTemplate's TM_CCOEFF_NORMED, skimage.feature.match_template). Colour images
+match on all channels together, as OpenCV does: each channel loses its own mean, and the sums
+in the numerator and in both norms run over every channel, so one score comes per position.
+
+    score = sum_c sum_xy T'_c · I'_c / sqrt(sum_c sum_xy T'_c² · sum_c sum_xy I'_c²)
+
+with T' and I' the template and window minus their channel means. The numerator is one
+correlation by FFT (T' sums to 0 per channel, so the window's mean drops out of it); the
+window's sums come from summed-area tables. Both are float64: the score is exact to float32
+rounding also in low-contrast windows. A flat window or a flat template (no spread to
+normalize by) scores 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import Engine, get_engine
+from .errors import UsageError, check_choice
+from .io import Loaded
+from .ops import Result, luminance, split_alpha
+
+MATCH_SIZES = ("valid", "same")
+# A window whose root-mean-square deviation is below this (in [0, 1] units: far below one 16-bit
+# level spread over a window) is flat: its score is 0, not the noise of 0 / 0.
+FLAT_RMS = 1e-6
+
+
+def _window_sums(xp, plane, shape: tuple[int, int]):
+    """Float64 sums of every (th, tw) window that fits in an (H, W) plane.
+
+    Rows: a cumulative sum along each row (contiguous, fast), differenced. Columns: a running
+    sum down the rows, one row at a time, which measured 2-5x faster than a cumulative sum
+    along the first axis on 4096x4096 and allocates nothing big.
+    """
+    th, tw = shape
+    cumulative = xp.cumsum(plane, axis=-1, dtype=np.float64)
+    rows = xp.empty((plane.shape[0], plane.shape[1] - tw + 1), dtype=np.float64)
+    rows[:, 0] = cumulative[:, tw - 1]
+    xp.subtract(cumulative[:, tw:], cumulative[:, :-tw], out=rows[:, 1:])
+    del cumulative
+    out = xp.empty((plane.shape[0] - th + 1, rows.shape[1]), dtype=np.float64)
+    out[0] = rows[:th].sum(axis=0)
+    for i in range(1, out.shape[0]):
+        xp.add(out[i - 1], rows[i + th - 1], out=out[i])
+        out[i] -= rows[i - 1]
+    return out
+
+
+def _check_shapes(image_shape, template_shape) -> None:
+    (h, w, c), (th, tw, tc) = image_shape, template_shape
+    if c != tc:
+        raise UsageError(f"the image has {c} channel{'s' * (c != 1)} and the template {tc}: use --gray to match luminance")
+    if th > h or tw > w:
+        raise UsageError(f"the {tw}x{th} template does not fit in the {w}x{h} image")
+
+
+def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "valid",
+                   engine: Engine | str = "cpu") -> np.ndarray:
+    """Correlation coefficient of ``template`` with every window of ``image``: float32 in [-1, 1].
+
+    Both are (H, W, C) (or (H, W)) with the same channels. ``size="valid"`` gives one score per
+    position where the template fits, (H - th + 1, W - tw + 1), indexed by the window's top-left
+    corner; ``"same"`` gives an (H, W) map indexed by the template's centre (row th // 2, column
+    tw // 2 of it), 0 where it does not fit.
+    """
+    check_choice("size", size, MATCH_SIZES)
+    engine = get_engine(engine) if isinstance(engine, str) else engine
+    xp = engine.xp
+    image3 = np.asarray(image)[..., None] if np.ndim(image) == 2 else np.asarray(image)
+    template3 = np.asarray(template)[..., None] if np.ndim(template) == 2 else np.asarray(template)
+    _check_shapes(image3.shape, template3.shape)
+    th, tw = template3.shape[:2]
+    count = th * tw
+    t = np.moveaxis(template3, -1, 0).astype(np.float64)
+    t -= t.mean(axis=(-2, -1), keepdims=True)
+    t_norm2 = float((t * t).sum())
+    height, width = image3.shape[:2]
+    fshape = (engine.fft.next_fast_len(height), engine.fft.next_fast_len(width))
+
+    # The template's spectrum: along its few rows first, then down the columns, padded to the
+    # image's FFT size; half the work of padding it and transforming it whole.
+    flipped = engine.asarray(np.ascontiguousarray(t[:, ::-1, ::-1]))
+    t_spectrum = engine.fft.fft(engine.fft.rfft(flipped, n=fshape[1], axis=-1), n=fshape[0], axis=-2)
+
+    # A channel's mean is taken off first: the scores ignore it, and the sums stay small and exact.
+    planes, product = [], None
+    for c in range(image3.shape[2]):
+        plane = engine.asarray(image3[..., c]).astype(np.float64)
+        plane -= plane.mean()
+        planes.append(plane)
+        spectrum = engine.fft.rfft2(plane, s=fshape)
+        spectrum *= t_spectrum[c]
+        product = spectrum if product is None else xp.add(product, spectrum, out=product)
+        del spectrum
+    # convolving with the flipped template: index i + th - 1 of the result holds position i
+    numerator = engine.fft.irfft2(product, s=fshape)[th - 1 : height, tw - 1 : width]
+    del product, t_spectrum
+    squares = planes[0] * planes[0]
+    for plane in planes[1:]:
+        squares += plane * plane
+    # The window's spread over all channels: its sum of squares minus each channel's (sum)² / n.
+    *sums, spread = engine.map(lambda plane: _window_sums(xp, plane, (th, tw)), planes + [squares])
+    del planes, squares
+    for s in sums:
+        s *= s
+        s /= count
+        spread -= s
+    del sums
+    flat_level = count * len(t) * FLAT_RMS**2
+    flat = spread <= flat_level
+    if t_norm2 <= flat_level:  # a flat template: every score is 0
+        flat[...] = True
+    spread[flat] = 1.0
+    spread *= max(t_norm2, flat_level)
+    xp.sqrt(spread, out=spread)
+    numerator /= spread
+    numerator[flat] = 0.0
+    scores = xp.clip(numerator, -1.0, 1.0).astype(np.float32)
+    if size == "same":
+        full = xp.zeros((height, width), dtype=np.float32)
+        full[th // 2 : th // 2 + scores.shape[0], tw // 2 : tw // 2 + scores.shape[1]] = scores
+        scores = full
+    return engine.to_host(scores)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """One match: the template's top-left corner in the image, and its score."""
+
+    row: int
+    col: int
+    score: float
+
+
+def find_peaks(scores: np.ndarray, template_shape: tuple[int, int], *, top: int = 1, threshold: float | None = None,
+               size: str = "valid", ndi=None) -> list[Peak]:
+    """The best ``top`` matches, best first, separated by non-maximum suppression.
+
+    A peak is the highest score within half the template's height and width of itself (its
+    box: rows ±th//2, columns ±tw//2), and no two peaks lie within each other's box; peaks
+    below ``threshold`` are dropped. Positions are top-left corners, whichever ``size`` the
+    map has.
+    """
+    if top < 1:
+        raise UsageError(f"top must be >= 1, got {top}")
+    th, tw = template_shape
+    offset = (th // 2, tw // 2) if size == "same" else (0, 0)
+    if size == "same":  # only the positions where the template fits hold scores
+        scores = scores[th // 2 : th // 2 + scores.shape[0] - th + 1, tw // 2 : tw // 2 + scores.shape[1] - tw + 1]
+    half = (th // 2, tw // 2)
+    if top == 1:
+        candidates = np.array([np.argmax(scores)])
+    else:
+        if ndi is None:
+            import scipy.ndimage as ndi
+        local_max = ndi.maximum_filter(scores, size=(2 * half[0] + 1, 2 * half[1] + 1), mode="constant", cval=-np.inf)
+        candidates = np.flatnonzero(scores == local_max)
+        candidates = candidates[np.argsort(-scores.ravel()[candidates], kind="stable")]
+    peaks: list[Peak] = []
+    for index in candidates:
+        row, col = divmod(int(index), scores.shape[1])
+        score = float(scores[row, col])
+        if threshold is not None and score < threshold:
+            break
+        if all(abs(row - p.row) > half[0] or abs(col - p.col) > half[1] for p in peaks):
+            peaks.append(Peak(row, col, score))
+            if len(peaks) == top:
+                break
+    return peaks
+
+
+def peak_record(peak: Peak, template_shape: tuple[int, int]) -> dict:
+    th, tw = template_shape
+    return {"row": peak.row, "col": peak.col, "centre": [peak.row + th // 2, peak.col + tw // 2],
+            "score": round(peak.score, 6)}
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """`imfilt match`: the score map of one template over an image, and its best matches."""
+
+    template: np.ndarray  # float32 (th, tw, C), as read
+    template_name: str = "template"
+    size: str = "valid"
+    top: int = 1
+    threshold: float | None = None
+    gray: bool = False
+
+    def __post_init__(self):
+        check_choice("size", self.size, MATCH_SIZES)
+        if self.top < 1:
+            raise UsageError(f"--top must be >= 1, got {self.top}")
+        if self.threshold is not None and not -1 <= self.threshold <= 1:
+            raise UsageError(f"--threshold is a score between -1 and 1, got {self.threshold:g}")
+
+    @property
+    def name(self) -> str:
+        return "match"
+
+    def run(self, loaded: Loaded, engine: Engine) -> Result:
+        colour, _ = split_alpha(loaded)  # transparency is not part of what is matched
+        template = self.template
+        if self.gray:
+            colour, template = luminance(colour), luminance(template)
+        # a template that does not fit this image is a UsageError: the pipeline fails this input only
+        scores = match_template(colour, template, size=self.size, engine=engine)
+        shape = template.shape[:2]
+        peaks = find_peaks(scores, shape, top=self.top, threshold=self.threshold, size=self.size)
+        facts = {"template": self.template_name, "size": self.size, "matches": [peak_record(p, shape) for p in peaks]}
+        return Result(scores[..., None], False, "score", facts)
