@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from .engine import Engine, get_engine
 from .errors import UsageError, check_choice
@@ -139,7 +140,7 @@ class Peak:
 
 
 def find_peaks(scores: np.ndarray, template_shape: tuple[int, int], *, top: int = 1, threshold: float | None = None,
-               size: str = "valid", ndi=None) -> list[Peak]:
+               size: str = "valid") -> list[Peak]:
     """The best ``top`` matches, best first, separated by non-maximum suppression.
 
     A peak is the highest score within half the template's height and width of itself (its
@@ -157,8 +158,6 @@ def find_peaks(scores: np.ndarray, template_shape: tuple[int, int], *, top: int 
     if top == 1:
         candidates = np.array([np.argmax(scores)])
     else:
-        if ndi is None:
-            import scipy.ndimage as ndi
         local_max = ndi.maximum_filter(scores, size=(2 * half[0] + 1, 2 * half[1] + 1), mode="constant", cval=-np.inf)
         candidates = np.flatnonzero(scores == local_max)
         candidates = candidates[np.argsort(-scores.ravel()[candidates], kind="stable")]

@@ -220,3 +220,16 @@ def test_unreachable_scheduler_is_exit_2(tmp_path):
     make_photos(tmp_path / "in", 1)
     result = imfilt("apply", tmp_path / "in", "-k", "box", "--out-dir", tmp_path / "out", "--scheduler", "tcp://127.0.0.1:9")
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.stderr
+
+
+def test_dask_match_is_identical_to_local(tmp_path, dask_cluster):
+    """imfilt match: many images against one template, the same maps and records on Dask."""
+    photos = make_photos(tmp_path / "in", 3)
+    Image.open(photos[1]).crop((10, 5, 30, 21)).save(tmp_path / "template.png")
+    args = ("match", tmp_path / "in", "-t", tmp_path / "template.png", "--json")
+    local = imfilt(*args, "--out-dir", tmp_path / "local")
+    remote = imfilt(*args, "--out-dir", tmp_path / "remote", "--scheduler", dask_cluster)
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    assert contents(tmp_path / "local") == contents(tmp_path / "remote") and len(contents(tmp_path / "local")) == 3
+    best = {Path(r["input"]).name: r["matches"][0] for r in map(json.loads, remote.stdout.splitlines())}
+    assert (best["img01.png"]["row"], best["img01.png"]["col"]) == (5, 10) and best["img01.png"]["score"] > 0.999
