@@ -8,6 +8,7 @@ png        Pillow's PNG encoder settings on a 4096x4096 photo-like image
 cli        the whole `imfilt apply` on a 4096x4096 photo-like PNG
 frequency  spectrum and lowpass on 4096x4096 RGB vs numpy.fft in float64; scipy vs pyfftw
 batch      images per second for 100 photo-sized images: --jobs 1, --jobs 2, one process each
+match      imfilt.match_template vs cv2.matchTemplate (TM_CCOEFF_NORMED), 4096x4096 RGB photo (`bench` extra)
 """
 
 from __future__ import annotations
@@ -197,8 +198,39 @@ def bench_batch(count: int = 100) -> None:
     shutil.rmtree(folder)
 
 
+def bench_match(rounds: int = 3) -> None:
+    import cv2  # pip install -e ".[bench]"
+
+    from imfilt.match import match_template
+
+    # a real photo (the astronaut) enlarged to 4096x4096, with a little noise so no window is flat
+    photo = Image.open(ROOT / "samples" / "astronaut.png").convert("RGB").resize((4096, 4096), Image.LANCZOS)
+    rng = np.random.default_rng(3)
+    image = np.clip(np.asarray(photo, dtype=np.float32) / 255 + rng.normal(0, 0.01, (4096, 4096, 3)), 0, 1).astype(np.float32)
+    engine = cpu_engine()
+    rows = []
+    for n in (64, 256):
+        template = np.ascontiguousarray(image[1500 : 1500 + n, 1900 : 1900 + n])
+        times = {"imfilt": [], "cv2": []}
+        for _ in range(rounds):  # A/B alternately: the machine is shared, so both see the same load
+            start = time.perf_counter()
+            ours = match_template(image, template, engine=engine)
+            times["imfilt"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            theirs = cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
+            times["cv2"].append(time.perf_counter() - start)
+        found = [np.unravel_index(np.argmax(m), m.shape) for m in (ours, theirs)]
+        ours_s, theirs_s = statistics.median(times["imfilt"]), statistics.median(times["cv2"])
+        rows.append([f"{n}x{n}", ours_s, theirs_s, f"{theirs_s / ours_s:.2f}x",
+                     f"{float(np.abs(ours - theirs).max()):.1e}", f"{tuple(map(int, found[0]))} / {tuple(map(int, found[1]))}"])
+    table(f"match: 4096x4096 RGB photo, seconds (median of {rounds}, alternately)",
+          ["template", "imfilt match_template", "cv2.matchTemplate", "cv2 / imfilt", "max |score diff|",
+           "best (row, col): imfilt / cv2"], rows)
+    print(f"\ncv2 {cv2.__version__}, {cv2.getNumThreads()} threads; the template was cut at (1500, 1900).")
+
+
 SECTIONS = {"convolve": bench_convolve, "crossover": bench_crossover, "png": bench_png, "cli": bench_cli,
-            "frequency": bench_frequency, "batch": bench_batch}
+            "frequency": bench_frequency, "batch": bench_batch, "match": bench_match}
 
 if __name__ == "__main__":
     print(f"# imfilt benchmarks — {os.cpu_count()} cores, numpy {np.__version__}")
