@@ -1,0 +1,133 @@
+"""Kernels as data: their facts, their matrices as text, pictures of them, and kernel files.
+
+What is shown is what `imfilt apply` uses: the kernel after its file's headers, scale and
+--normalize; ``flipped`` shows what a true convolution multiplies each neighbour by (the
+kernel turned 180°). Files are written in each format imfilt reads, so they round-trip.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .convolve import rank_one_factors, resolve_method
+from .errors import UsageError
+from .kernels import BUILTINS, Kernel, builtin
+
+KERNEL_FORMATS = ("txt", "mat", "npy")
+# A diverging colour map (ColorBrewer RdBu, reversed): blue for negative, white for 0, red for positive.
+_DIVERGING = np.array([(33, 102, 172), (103, 169, 207), (209, 229, 240), (247, 247, 247),
+                       (253, 219, 199), (239, 138, 98), (178, 24, 43)], dtype=np.float64)
+LABEL_MAX_SIZE = 11  # cells are labelled with their values up to 11x11
+
+
+def oriented(kernel: Kernel, flipped: bool) -> Kernel:
+    """The kernel as written, or turned 180° (what a true convolution multiplies each neighbour by)."""
+    return Kernel(kernel.name, kernel.weights[..., ::-1, ::-1], kernel.magnitude) if flipped else kernel
+
+
+def facts(kernel: Kernel, flipped: bool = False) -> dict:
+    """Shape, sum, rank, anchor and the method `--method auto` runs, for each matrix of the kernel.
+
+    The anchor is the matrix cell over the output pixel: the centre rounded down, as
+    scipy.ndimage places kernels; in the flipped matrix of an even size it is rounded up.
+    """
+    shape = kernel.shape
+    anchor = [n - 1 - n // 2 for n in shape] if flipped else [n // 2 for n in shape]
+    ranks = [int(np.linalg.matrix_rank(p)) for p in kernel.parts]
+    return {
+        "name": kernel.name,
+        "shape": list(shape),
+        "sum": [round(float(p.sum()), 12) for p in kernel.parts] if kernel.magnitude else round(kernel.sum, 12),
+        "rank": ranks if kernel.magnitude else ranks[0],
+        "separable": all(rank_one_factors(p) is not None for p in kernel.parts),
+        "anchor": anchor,  # row, column of the matrix shown
+        "auto_method": resolve_method(kernel.parts[0], "auto"),
+        "magnitude": kernel.magnitude,
+    }
+
+
+def builtin_rows() -> list[dict]:
+    """One row per built-in: name, parameters with their defaults, and the facts of the default kernel."""
+    rows = []
+    for name, (factory, _, description) in BUILTINS.items():
+        params = {p.name: p.default for p in inspect.signature(factory).parameters.values()}
+        row = {"name": name, "params": params, "description": description}
+        row.update({k: v for k, v in facts(builtin(name)).items() if k != "name"})
+        rows.append(row)
+    return rows
+
+
+def format_number(value: float) -> str:
+    """Shortest text that reads back as the same float64."""
+    text = repr(float(value))
+    return "0" if text in ("0.0", "-0.0") else text.removesuffix(".0")
+
+
+def matrix_text(matrix: np.ndarray) -> str:
+    """Rows of numbers, columns aligned, each number exact."""
+    cells = [[format_number(v) for v in row] for row in matrix]
+    width = max(len(c) for row in cells for c in row)
+    return "\n".join(" ".join(c.rjust(width) for c in row) for row in cells)
+
+
+def _single(kernel: Kernel, fmt: str) -> np.ndarray:
+    if kernel.magnitude:
+        raise UsageError(f"kernel {kernel.name} is the gradient magnitude of {len(kernel.parts)} kernels, which a "
+                         f".{fmt} file cannot hold: write each part (e.g. sobel-x and sobel-y)")
+    return kernel.weights
+
+
+def kernel_file(kernels: list[Kernel], fmt: str) -> bytes:
+    """The kernels as a file in one of imfilt's kernel formats (txt, mat: one kernel; npy: a bank too)."""
+    if fmt not in KERNEL_FORMATS:
+        raise UsageError(f"format must be one of {', '.join(KERNEL_FORMATS)}, got {fmt!r}")
+    matrices = [_single(k, fmt) for k in kernels]
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, matrices[0] if len(matrices) == 1 else np.stack(matrices))
+        return buffer.getvalue()
+    if len(matrices) > 1:
+        raise UsageError(f"a .{fmt} file holds one kernel, not a bank of {len(matrices)}: use --format npy")
+    matrix = matrices[0]
+    if fmt == "txt":
+        return f"name: {kernels[0].name}\n{matrix_text(matrix)}\n".encode()
+    return f"{matrix.shape[1]} {matrix.shape[0]} 1 0\n{matrix_text(matrix)}\n".encode()  # libvips: w h scale offset
+
+
+def diverging_colours(values: np.ndarray, limit: float) -> np.ndarray:
+    """Values in [-limit, limit] -> uint8 RGB: blue below 0, white at 0, red above; symmetric."""
+    position = (np.clip(values / limit, -1, 1) + 1) / 2 * (len(_DIVERGING) - 1) if limit > 0 else \
+        np.full(np.shape(values), (len(_DIVERGING) - 1) / 2)
+    low = np.clip(np.floor(position).astype(int), 0, len(_DIVERGING) - 2)
+    fraction = (position - low)[..., None]
+    return np.rint(_DIVERGING[low] * (1 - fraction) + _DIVERGING[low + 1] * fraction).astype(np.uint8)
+
+
+def picture(kernels: list[Kernel], cell: int | None = None) -> Image.Image:
+    """Each matrix drawn as coloured cells (one colour scale for all, centred on 0), side by side,
+    labelled with their values when small, under a caption with the name and the sum."""
+    matrices = [(k.name + (f" g{i}" if k.magnitude else ""), m) for k in kernels for i, m in enumerate(k.parts)]
+    limit = max(float(np.abs(m).max()) for _, m in matrices)
+    largest = max(max(m.shape) for _, m in matrices)
+    cell = cell or int(np.clip(480 // largest, 4, 64))
+    caption, gap = 18, 8
+    widths = [max(m.shape[1] * cell, 120) for _, m in matrices]
+    canvas = Image.new("RGB", (sum(widths) + gap * (len(matrices) - 1), caption + max(m.shape[0] for _, m in matrices) * cell),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for (name, matrix), width in zip(matrices, widths):
+        colours = np.repeat(np.repeat(diverging_colours(matrix, limit), cell, axis=0), cell, axis=1)
+        canvas.paste(Image.fromarray(colours), (x, caption))
+        draw.text((x + 2, 3), f"{name}  sum {format_number(round(float(matrix.sum()), 6))}", fill=(0, 0, 0))
+        if max(matrix.shape) <= LABEL_MAX_SIZE and cell >= 32:
+            for (r, c), value in np.ndenumerate(matrix):
+                dark = abs(value) > 0.6 * limit  # white text on the saturated cells
+                draw.text((x + c * cell + cell // 2, caption + r * cell + cell // 2), f"{value:.3g}",
+                          fill=(255, 255, 255) if dark else (0, 0, 0), anchor="mm")
+        x += width + gap
+    return canvas
