@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import app, choice_enum, err
+from .batch import app, choice_enum, err
 from .commands import Normalize
 from .errors import UsageError
 from .io import atomic_write

@@ -1,6 +1,7 @@
 """`imfilt kernels`: the list, show as apply uses it, pictures, and files that round-trip."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from typer.testing import CliRunner
 from imfilt.cli import app
 from imfilt.kernel_view import diverging_colours
 from imfilt.kernels import BUILTINS, load_kernel, load_kernels
+
+MOTION_BLUR = str(Path(__file__).resolve().parent.parent / "kernels" / "motion-blur.txt")
 
 runner = CliRunner()
 
@@ -73,7 +76,7 @@ def test_softmax_is_a_probability_density_and_says_so():
 
 
 @pytest.mark.parametrize("fmt", ["txt", "mat", "npy"])
-@pytest.mark.parametrize("spec", ["gaussian:sigma=0.7", "sharpen", "3x2: 0.1,-2e-7,3,4,5,1e10", "kernels/motion-blur.txt"])
+@pytest.mark.parametrize("spec", ["gaussian:sigma=0.7", "sharpen", "3x2: 0.1,-2e-7,3,4,5,1e10", MOTION_BLUR])
 def test_files_round_trip(tmp_path, spec, fmt):
     out = tmp_path / f"k.{fmt}"
     result = imfilt("kernels", "show", spec, "-o", out, "-q")

@@ -1,6 +1,7 @@
 """Template matching: a float64 brute-force NCC reference, hand-made cases, peaks, and the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from imfilt.errors import UsageError
 from imfilt.match import find_peaks, match_template
 
 runner = CliRunner()
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
 
 def imfilt(*args):
@@ -113,7 +115,7 @@ def test_a_patch_is_found_after_brightness_contrast_and_noise(chelsea, engine):
 
 def test_a_mirrored_or_absent_patch_is_not_found(chelsea):
     mirrored = chelsea[100:140, 150:196, :][:, ::-1]
-    absent = np.asarray(Image.open("samples/coffee.png").convert("RGB"), dtype=np.float32)[100:140, 300:346] / 255
+    absent = np.asarray(Image.open(SAMPLES / "coffee.png").convert("RGB"), dtype=np.float32)[100:140, 300:346] / 255
     for template in (mirrored, absent):
         assert find_peaks(match_template(chelsea, template), template.shape[:2], threshold=0.8) == []
 
