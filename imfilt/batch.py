@@ -99,6 +99,7 @@ class Batch:
     max_pixels: Optional[int]
     gray: bool
     debug: bool
+    dry_run: bool
 
 
 _COMMON = {
@@ -128,6 +129,7 @@ _COMMON = {
     "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
     "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),
     "debug": (Annotated[bool, typer.Option("--debug", help="Show tracebacks.")], False),
+    "dry_run": (Annotated[bool, typer.Option("--dry-run", help="Print the plan (inputs, outputs, methods, memory) and write nothing.")], False),
 }
 
 
@@ -245,6 +247,11 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         extras: dict[str, str] | None = None) -> None:
     """Plan, run and report a batch; raises typer.Exit with the exit code of docs/DESIGN.md."""
     jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras)
+    if batch.dry_run:
+        from .dry_run import describe, print_plan
+
+        records, summary = describe(jobs, expanded, workers, batch.scheduler, get_engine(batch.engine.value).name)
+        raise typer.Exit(print_plan(records, summary, batch.json))
     prepare_folders(jobs)
     if any(job.source == "-" for job in jobs):
         data = sys.stdin.buffer.read()

@@ -1,0 +1,156 @@
+"""--dry-run: the plan a run would carry out, and nothing else (no image decoded, no file written).
+
+For each input: its size (read from the file's header only) or why it would fail, and each
+output it would get, skipped or made, with the method and the cost model's reasons. Then the
+engine, the workers or the scheduler, and the estimated peak memory for the largest input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .convolve import DIRECT_MAX_TAPS, SEPARABLE_MAX_TAPS, SEPARABLE_MIN_TAPS, rank_one_factors, resolve_method
+from .frequency import Lowpass, Spectrum
+from .match import Match
+from .ops import Apply
+
+# Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
+# `imfilt` runs on a 2048x2048 RGB PNG (GNU time -f %M): direct 12-13 B, separable 15, FFT 24,
+# sobel (two direct passes) 23, spectrum 21, lowpass 21, match 30.
+BASE_BYTES = 60 * 2**20
+BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 30}
+MAGNITUDE_PART_BYTES = 10  # each further kernel of a gradient pair (sobel: 13 + 10)
+
+
+def method_and_why(op) -> tuple[str, str]:
+    """The method an operation runs and the reason, in the cost model's numbers."""
+    if isinstance(op, Apply):
+        weights = op.kernel.parts[0]
+        method = op.resolved_method
+        kh, kw = weights.shape
+        rank_one = rank_one_factors(np.asarray(weights, dtype=np.float64)) is not None
+        if op.method != "auto":
+            return method, f"--method {op.method}"
+        taps, passes = kh * kw, kh + kw
+        if method == "separable":
+            why = (f"rank 1: two 1-D passes of {kh} + {kw} = {passes} taps instead of {taps} "
+                   f"(separable from {SEPARABLE_MIN_TAPS} taps, up to {SEPARABLE_MAX_TAPS} in the passes)")
+        elif method == "direct":
+            why = f"{kw}x{kh} = {taps} taps <= {DIRECT_MAX_TAPS}: direct beats FFT"
+            if rank_one and taps < SEPARABLE_MIN_TAPS:
+                why += f" (rank 1, but under {SEPARABLE_MIN_TAPS} taps two passes cost more)"
+        else:
+            why = f"{kw}x{kh} = {taps} taps > {DIRECT_MAX_TAPS}" + (
+                f", and two 1-D passes would be {passes} > {SEPARABLE_MAX_TAPS} taps" if rank_one else ", rank > 1")
+        return method, why
+    if isinstance(op, Spectrum):
+        return "fft", "rfft2 of each channel"
+    if isinstance(op, Lowpass):
+        return "fft", f"rfft2, times the {op.profile} mask of radius {op.radius:g}, irfft2"
+    if isinstance(op, Match):
+        return "fft", "float64 FFT correlation; window sums by running sums"
+    return "-", ""
+
+
+def _memory_kind(op) -> str:
+    if isinstance(op, Apply):
+        return op.resolved_method
+    return {Spectrum: "spectrum", Lowpass: "lowpass", Match: "match"}.get(type(op), "fft")
+
+
+def peak_bytes(shape: tuple[int, int, int], ops) -> int:
+    """Estimated peak memory of one job: the heaviest of its operations (they run one after another)."""
+    samples = shape[0] * shape[1] * shape[2]
+
+    def per_sample(op) -> int:
+        extra = (len(op.kernel.parts) - 1) * MAGNITUDE_PART_BYTES if isinstance(op, Apply) else 0
+        return BYTES_PER_SAMPLE[_memory_kind(op)] + extra
+
+    return BASE_BYTES + samples * max(per_sample(op) for op in ops)
+
+
+def probe(source: str) -> tuple[tuple[int, int, int] | None, str | None]:
+    """(height, width, channels) from the file's header, or why it cannot be read; nothing decoded."""
+    if source == "-":
+        return None, None  # standard input is not read in a dry run
+    path = Path(source)
+    if not path.exists():
+        return None, "no such file"
+    if path.is_dir():
+        return None, "is a directory"
+    try:
+        if path.suffix.lower() == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            return (array.shape[0], array.shape[1], 1 if array.ndim == 2 else array.shape[2]), None
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return (image.height, image.width, len(image.getbands())), None
+    except Exception as exc:  # noqa: BLE001 - the real run reports it the same way: this input fails
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                page = tiff.pages.first
+                return (page.imagelength, page.imagewidth, page.samplesperpixel), None
+        except Exception:  # noqa: BLE001
+            return None, f"not an image, or a format imfilt cannot read ({type(exc).__name__})"
+
+
+def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: str) -> tuple[list[dict], dict]:
+    """The plan as records (one per output, or per input that would fail) and a summary."""
+    records, largest = [], None
+    for item, why in expanded.empty:
+        records.append({"input": item, "refused": why})
+    for job in jobs:
+        shape, error = probe(job.source)
+        if error:
+            records.append({"input": job.source, "refused": error})
+            continue
+        for output in job.outputs:
+            method, why = method_and_why(output.op)
+            record = {"input": job.source, "output": output.path, "op": output.op.name, "method": method, "why": why,
+                      "skipped": output.skip}
+            record.update({f"{name}_output": path for name, path in output.extras})
+            if shape:
+                record["shape"] = list(shape)
+            records.append(record)
+        if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
+            largest = (job.source, shape, peak_bytes(shape, [o.op for o in job.outputs]))
+    summary = {"inputs": len(jobs) + len(expanded.empty), "outputs": sum(1 for r in records if "output" in r and not r["skipped"]),
+               "skipped": sum(1 for r in records if r.get("skipped")), "refused": sum(1 for r in records if "refused" in r),
+               "engine": engine, "workers": workers if not scheduler else None, "scheduler": scheduler}
+    if largest:  # per job: each worker process holds one image at a time
+        summary.update(largest_input=largest[0], largest_shape=list(largest[1]), peak_memory_mb=round(largest[2] / 2**20))
+    return records, summary
+
+
+def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
+    """Print the plan; the exit code the run's planning would give (1 when an input would fail)."""
+    if as_json:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+        print(json.dumps({"plan": summary}, ensure_ascii=False))
+    else:
+        for record in records:
+            if "refused" in record:
+                print(f"{record['input']}: would fail: {record['refused']}")
+                continue
+            size = f" ({record['shape'][1]}x{record['shape'][0]}, {record['shape'][2]} channel{'s' * (record['shape'][2] != 1)})" if "shape" in record else ""
+            state = "skip (exists)" if record["skipped"] else f"{record['method']}: {record['why']}"
+            extras = "".join(f" + {k.removesuffix('_output')} {v}" for k, v in record.items() if k.endswith("_output"))
+            print(f"{record['input']}{size} -> {record['output']}{extras}  [{record['op']}] {state}")
+        where = f"on the Dask scheduler {summary['scheduler']}" if summary["scheduler"] else \
+            f"{summary['workers']} worker{'s' * (summary['workers'] != 1)} here"
+        line = (f"plan: {summary['inputs']} inputs, {summary['outputs']} outputs to write, {summary['skipped']} skipped, "
+                f"{summary['refused']} would fail; engine {summary['engine']}, {where}")
+        if "peak_memory_mb" in summary:
+            shape = summary["largest_shape"]
+            each = " per worker" if summary["scheduler"] or summary["workers"] > 1 else ""
+            line += (f"; peak memory ~{summary['peak_memory_mb']} MB{each} (the largest input, {summary['largest_input']}, "
+                     f"{shape[1]}x{shape[0]}x{shape[2]})")
+        print(line + ". Nothing was written (--dry-run).")
+    return 1 if summary["refused"] else 0

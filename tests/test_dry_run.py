@@ -1,0 +1,96 @@
+"""--dry-run: the plan as the run would make it, the planning's exit codes, and nothing written."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imfilt.cli import app
+from imfilt.kernels import load_kernel
+from imfilt.ops import Apply
+
+runner = CliRunner()
+
+
+def imfilt(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two photos of different sizes, a file that is no image, and an output that exists already."""
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray((rng.random((60, 50)) * 255).astype(np.uint8)).save(tmp_path / "large.png")
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    (tmp_path / "small.box.png").write_bytes(b"old")
+    return tmp_path
+
+
+def listing(path):
+    return sorted((p.name, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def test_the_plan_names_every_output_and_writes_nothing(folder):
+    before = listing(folder)
+    result = imfilt("apply", folder / "small.png", folder / "large.png", "-k", "box", "-k", "gaussian:sigma=3",
+                    "--skip-existing", "--out-dir", folder / "new", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    *outputs, summary = records
+    assert [(r["input"].rsplit("/", 1)[-1], r["output"].rsplit("/", 1)[-1], r["skipped"]) for r in outputs] == [
+        ("small.png", "small.box.png", False), ("small.png", "small.gaussian-sigma3.png", False),
+        ("large.png", "large.box.png", False), ("large.png", "large.gaussian-sigma3.png", False)]
+    assert outputs[0]["shape"] == [30, 40, 3] and outputs[2]["shape"] == [60, 50, 1]
+    plan = summary["plan"]
+    assert plan["outputs"] == 4 and plan["refused"] == 0 and plan["engine"] == "cpu" and plan["workers"] == 1
+    assert plan["largest_input"].endswith("small.png")  # 30x40x3 = 3600 samples > 60x50x1 = 3000
+    assert plan["largest_shape"] == [30, 40, 3] and plan["peak_memory_mb"] >= 60
+    assert listing(folder) == before and not (folder / "new").exists()
+
+
+def test_methods_and_reasons_are_the_cost_model_s(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = imfilt("apply", "-", "-k", "box", "-k", "gaussian:sigma=1", "-k", "gaussian:sigma=3", "-k", "sharpen",
+                    "--out-dir", "out", "--dry-run", "--json", input=b"")
+    assert result.exit_code == 0, result.stderr
+    outputs = [json.loads(line) for line in result.stdout.splitlines()][:-1]
+    for record, spec in zip(outputs, ["box", "gaussian:sigma=1", "gaussian:sigma=3", "sharpen"]):
+        assert record["method"] == Apply(load_kernel(spec)).resolved_method
+    assert [r["method"] for r in outputs] == ["direct", "separable", "fft", "direct"]
+    assert "9 + 9 = 18 taps" in outputs[1]["why"] and "625 taps > 25" in outputs[2]["why"]
+    assert "shape" not in outputs[0]  # standard input is not read in a dry run
+
+
+def test_a_forced_method_says_so(folder):
+    result = imfilt("apply", folder / "small.png", "-k", "box", "--method", "fft", "-o", folder / "x.png", "--dry-run")
+    assert result.exit_code == 0 and "fft: --method fft" in result.stdout and not (folder / "x.png").exists()
+
+
+def test_inputs_that_would_fail_make_exit_1_as_the_run_does(folder):
+    result = imfilt("spectrum", folder, "--out-dir", folder / "out", "--dry-run")
+    real = imfilt("spectrum", folder, "--out-dir", folder / "real")
+    assert result.exit_code == real.exit_code == 1
+    assert "junk.png: would fail: not an image" in result.stdout
+    assert "small.box.png: would fail" in result.stdout and "2 would fail" in result.stdout  # the old output is junk too
+    assert not (folder / "out").exists()
+
+
+def test_planning_errors_are_exit_2_as_the_run_gives_them(folder):
+    for args in (("-o", folder / "one.png"), ("--out-dir", folder, "--name", "{stem}.box{ext}")):
+        dry = imfilt("apply", folder / "small.png", folder / "large.png", "-k", "box", *args, "--dry-run")
+        real = imfilt("apply", folder / "small.png", folder / "large.png", "-k", "box", *args)
+        assert dry.exit_code == real.exit_code == 2 and dry.stderr == real.stderr and dry.stdout == ""
+
+
+def test_match_and_lowpass_plans(folder):
+    Image.open(folder / "small.png").crop((0, 0, 8, 8)).save(folder / "t.png")
+    result = imfilt("match", folder / "small.png", "-t", folder / "t.png", "--dry-run")
+    assert result.exit_code == 0 and "small.match.png" in result.stdout and "[match] fft" in result.stdout
+    result = imfilt("lowpass", folder / "large.png", "--radius", "5", "--mask-out", folder / "{stem}.mask.png", "--dry-run",
+                    "--json")
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["mask_output"].endswith("large.mask.png") and "radius 5" in record["why"]
+    assert not (folder / "large.mask.png").exists() and not (folder / "large.lowpass5.png").exists()
