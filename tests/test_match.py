@@ -58,6 +58,17 @@ def test_equals_float64_brute_force(seed, h, w, th, tw, channels):
     np.testing.assert_allclose(match_template(image, template), brute_ncc(image, template), atol=2e-6)
 
 
+def test_blocks_and_strips_join_exactly():
+    """Large images run in overlap-save blocks of rows and columns: exact across their seams and at the ends."""
+    rng = np.random.default_rng(2)
+    image = rng.random((1100, 1300, 3)).astype(np.float32)
+    template = image[3:12, 100:107].copy()
+    scores = match_template(image, template)
+    for top, left in [(500, 500), (1060, 1265), (0, 0)]:  # seams near 512, and the last rows and columns
+        window = image[top : top + 40 + 8, left : left + 30 + 6]
+        np.testing.assert_allclose(scores[top : top + 40, left : left + 30], brute_ncc(window, template), atol=2e-6)
+
+
 def test_low_contrast_windows_are_exact_too():
     """Float64 sums: a window spread of a few 8-bit levels on a bright base is still exact."""
     rng = np.random.default_rng(3)
