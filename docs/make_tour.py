@@ -3,6 +3,7 @@
 Each picture is a row of panels: the imfilt outputs themselves, pasted side by side with a label.
 """
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,22 @@ OUT = ROOT / "docs"
 
 def imfilt(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "imfilt", *args, "--overwrite", "-q"], check=True)
+
+
+def imfilt_json(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "imfilt", *args, "--overwrite", "--json"], check=True,
+                          capture_output=True, text=True)
+    return json.loads(done.stdout.splitlines()[0])
+
+
+def boxed(path: Path, matches: list[dict], size: tuple[int, int]) -> Image.Image:
+    """The photo with a frame where each match's template lies (from `imfilt match --json`)."""
+    image = Image.open(path).convert("RGB")
+    for i, match in enumerate(matches):
+        top, left = match["row"], match["col"]
+        ImageDraw.Draw(image).rectangle((left, top, left + size[0] - 1, top + size[1] - 1),
+                                        outline=(255, 40, 40) if i == 0 else (255, 220, 0), width=2)
+    return image
 
 
 def zoomed(path: Path, size: int = 64) -> Image.Image:
@@ -70,6 +87,19 @@ def main() -> None:
     row([("mask R=60", tmp / "mask60.png"), ("lowpass --radius 60", tmp / "astronaut.lowpass60.png"),
          ("mask R=20", tmp / "mask20.png"), ("lowpass --radius 20", tmp / "astronaut.lowpass20.png"),
          ("--radius 20 --highpass", tmp / "astronaut.highpass20.png")], OUT / "tour-lowpass.png")
+
+    cat, eye = SAMPLES / "chelsea.png", SAMPLES / "chelsea-eye.png"
+    record = imfilt_json("match", str(cat), "-t", str(eye), "--top", "3", "--size", "same", "-o", str(tmp / "match.png"))
+    template = Image.open(eye)
+    row([("chelsea-eye.png (template)", template.resize((template.width * 3, template.height * 3), Image.NEAREST)),
+         ("the 3 best matches", boxed(cat, record["matches"], template.size)),
+         ("score map (--size same)", tmp / "match.png")], OUT / "tour-match.png")
+
+    imfilt("kernels", "show", "3x3: 0,1,0,1,2,1,0,1,0", "-o", str(tmp / "scores.png"))
+    imfilt("kernels", "show", str(ROOT / "kernels" / "diffusion.txt"), "-o", str(tmp / "diffusion.png"))
+    imfilt("kernels", "show", "sobel", "-o", str(tmp / "sobel.png"))
+    row([("the scores", tmp / "scores.png"), ("kernels/diffusion.txt: their softmax", tmp / "diffusion.png"),
+         ("sobel: its two kernels", tmp / "sobel.png")], OUT / "tour-kernels.png", height=200)
 
 
 if __name__ == "__main__":
