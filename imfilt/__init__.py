@@ -11,8 +11,9 @@ from .errors import ImfiltError, InputError, KernelError, UsageError
 from .frequency import apply_mask, frequency_mask, lowpass, spectrum
 from .io import read_image, write_image
 from .kernels import Kernel, load_kernel, load_kernels
+from .match import find_peaks, match_template
 
 __all__ = [
     "Engine", "ImfiltError", "apply_mask", "frequency_mask", "lowpass", "spectrum", "InputError", "Kernel", "KernelError", "UsageError", "convolve", "get_engine",
-    "load_kernel", "load_kernels", "read_image", "write_image",
+    "load_kernel", "load_kernels", "match_template", "find_peaks", "read_image", "write_image",
 ]
