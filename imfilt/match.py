@@ -69,8 +69,14 @@ def _block(n: int, size: int, fft_len) -> tuple[int, int]:
     Blocks of about 3x the template (at least 256 outputs) keep each FFT in cache, at the cost
     of the n - 1 extra inputs each block reads; on a 4096x4096 photo they measured faster than
     whole strips and than blocks of 4x or 8x (bench.py match; the spread between runs was wide).
+    Of the fast lengths up to 1.5x that, the one that wastes least on the last block is taken.
     """
-    length = fft_len(min(max(256, 3 * n) + n - 1, size))
+    outputs = size - n + 1
+    base = max(256, 3 * n) + n - 1
+    if base >= size:
+        return fft_len(size), outputs
+    lengths = {fft_len(x) for x in range(base, min(size, base * 3 // 2) + 1, 8)}
+    length = min(lengths, key=lambda length: (-(-outputs // (length - n + 1)) * length, length))
     return length, length - n + 1
 
 
