@@ -7,22 +7,27 @@ engine, the workers or the scheduler, and the estimated peak memory for the larg
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .convolve import DIRECT_MAX_TAPS, SEPARABLE_MAX_TAPS, SEPARABLE_MIN_TAPS, rank_one_factors, resolve_method
 from .frequency import Lowpass, Spectrum
-from .match import Match
+from .match import Match, block_shape
 from .ops import Apply
 
 # Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
 # `imfilt` runs on a 2048x2048 RGB PNG (GNU time -f %M): direct 12-13 B, separable 15, FFT 24,
-# sobel (two direct passes) 23, spectrum 21, lowpass 21, match 30.
+# sobel (two direct passes) 23, spectrum 21, lowpass 21; match 13, plus 18 B for each sample of
+# the strips in flight, one a thread, (channels + 1) planes of FFT rows x W (it measured 310 MB
+# with a 64x64 template, 630 MB with a 256x256 one).
 BASE_BYTES = 60 * 2**20
-BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 30}
+BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 13}
 MAGNITUDE_PART_BYTES = 10  # each further kernel of a gradient pair (sobel: 13 + 10)
+MATCH_STRIP_BYTES = 18
 
 
 def method_and_why(op) -> tuple[str, str]:
@@ -61,15 +66,21 @@ def _memory_kind(op) -> str:
     return {Spectrum: "spectrum", Lowpass: "lowpass", Match: "match"}.get(type(op), "fft")
 
 
-def peak_bytes(shape: tuple[int, int, int], ops) -> int:
+def peak_bytes(shape: tuple[int, int, int], ops, threads: int = 1) -> int:
     """Estimated peak memory of one job: the heaviest of its operations (they run one after another)."""
-    samples = shape[0] * shape[1] * shape[2]
+    height, width, channels = shape
+    samples = height * width * channels
 
-    def per_sample(op) -> int:
-        extra = (len(op.kernel.parts) - 1) * MAGNITUDE_PART_BYTES if isinstance(op, Apply) else 0
-        return BYTES_PER_SAMPLE[_memory_kind(op)] + extra
+    def need(op) -> int:
+        extra = (len(op.kernel.parts) - 1) * MAGNITUDE_PART_BYTES * samples if isinstance(op, Apply) else 0
+        if isinstance(op, Match):
+            import scipy.fft
 
-    return BASE_BYTES + samples * max(per_sample(op) for op in ops)
+            fft_rows = block_shape(op.template.shape[0], height, functools.partial(scipy.fft.next_fast_len, real=True))[0]
+            extra = threads * fft_rows * width * (channels + 1) * MATCH_STRIP_BYTES
+        return BYTES_PER_SAMPLE[_memory_kind(op)] * samples + extra
+
+    return BASE_BYTES + max(need(op) for op in ops)
 
 
 def probe(source: str) -> tuple[tuple[int, int, int] | None, str | None]:
@@ -119,13 +130,18 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
                 record["shape"] = list(shape)
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
-            largest = (job.source, shape, peak_bytes(shape, [o.op for o in job.outputs]))
+            threads = 1 if workers > 1 or scheduler else os.cpu_count() or 1
+            largest = (job.source, shape, peak_bytes(shape, [o.op for o in job.outputs], threads))
     summary = {"inputs": len(jobs) + len(expanded.empty), "outputs": sum(1 for r in records if "output" in r and not r["skipped"]),
                "skipped": sum(1 for r in records if r.get("skipped")), "refused": sum(1 for r in records if "refused" in r),
                "engine": engine, "workers": workers if not scheduler else None, "scheduler": scheduler}
     if largest:  # per job: each worker process holds one image at a time
         summary.update(largest_input=largest[0], largest_shape=list(largest[1]), peak_memory_mb=round(largest[2] / 2**20))
     return records, summary
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
@@ -145,8 +161,8 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
             print(f"{record['input']}{size} -> {record['output']}{extras}  [{record['op']}] {state}")
         where = f"on the Dask scheduler {summary['scheduler']}" if summary["scheduler"] else \
             f"{summary['workers']} worker{'s' * (summary['workers'] != 1)} here"
-        line = (f"plan: {summary['inputs']} inputs, {summary['outputs']} outputs to write, {summary['skipped']} skipped, "
-                f"{summary['refused']} would fail; engine {summary['engine']}, {where}")
+        line = (f"plan: {_count(summary['inputs'], 'input')}, {_count(summary['outputs'], 'output')} to write, "
+                f"{summary['skipped']} skipped, {summary['refused']} would fail; engine {summary['engine']}, {where}")
         if "peak_memory_mb" in summary:
             shape = summary["largest_shape"]
             each = " per worker" if summary["scheduler"] or summary["workers"] > 1 else ""

@@ -63,7 +63,7 @@ def _check_shapes(image_shape, template_shape) -> None:
         raise UsageError(f"the {tw}x{th} template does not fit in the {w}x{h} image")
 
 
-def _block(n: int, size: int, fft_len) -> tuple[int, int]:
+def block_shape(n: int, size: int, fft_len) -> tuple[int, int]:
     """(FFT length, outputs per block) along an axis ``size`` long, for a template n long (overlap-save).
 
     Blocks of about 3x the template (at least 256 outputs) keep each FFT in cache, at the cost
@@ -103,7 +103,7 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
     out_h, out_w = height - th + 1, width - tw + 1
     scores = xp.zeros((out_h, out_w), dtype=np.float32)
     if t_norm2 > flat_level:  # a flat template: every score is 0
-        (fft_h, step), (fft_w, block_w) = (_block(n, size, engine.fft.next_fast_len) for n, size in ((th, height), (tw, width)))
+        (fft_h, step), (fft_w, block_w) = (block_shape(n, size, engine.fft.next_fast_len) for n, size in ((th, height), (tw, width)))
         fshape = (fft_h, fft_w)
         # the flipped template's spectrum at the blocks' FFT size: convolving with it correlates
         t_spectrum = engine.fft.rfft2(engine.asarray(np.ascontiguousarray(t[:, ::-1, ::-1])), s=fshape, axes=(-2, -1))
