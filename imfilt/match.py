@@ -48,7 +48,9 @@ def _column_sums(xp, rows, height: int):
     than a cumulative sum along a first axis (a strided walk) on 4096x4096 planes.
     """
     out = xp.empty((rows.shape[0], rows.shape[1] - height + 1, rows.shape[2]), dtype=np.float64)
-    out[:, 0] = rows[:, :height].sum(axis=1)
+    out[:, 0] = rows[:, 0]
+    for i in range(1, height):  # row by row: a sum along the first axis walks memory with a stride
+        out[:, 0] += rows[:, i]
     for i in range(1, out.shape[1]):
         xp.add(out[:, i - 1], rows[:, i + height - 1], out=out[:, i])
         out[:, i] -= rows[:, i - 1]
@@ -107,7 +109,7 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
         fshape = (fft_h, fft_w)
         # the flipped template's spectrum at the blocks' FFT size: convolving with it correlates
         t_spectrum = engine.fft.rfft2(engine.asarray(np.ascontiguousarray(t[:, ::-1, ::-1])), s=fshape, axes=(-2, -1))
-        means = engine.asarray(image3.reshape(-1, channels).mean(axis=0, dtype=np.float64))
+        means = engine.asarray(image3.mean(axis=(0, 1), dtype=np.float64))  # no copy of a planar view
         strips = [(top, min(top + step, out_h)) for top in range(0, out_h, step)]
         engine.map(lambda strip: _match_strip(engine, image3, strip, t_spectrum, t_norm2, means, flat_level, (th, tw),
                                               (fshape, block_w), scores), strips)
