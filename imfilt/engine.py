@@ -62,6 +62,10 @@ class Engine:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 
+    def one_thread(self) -> Engine:
+        """This engine computing on one thread: for many small FFTs, where more measured slower."""
+        return cpu_engine(1) if self.name == "cpu" and self.threads > 1 else self
+
 
 def _scipy_fft_namespace(threads: int, backend_name: str) -> SimpleNamespace:
     """scipy.fft bound to a worker count and, for "pyfftw", FFTW registered as its backend."""
