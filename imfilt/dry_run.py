@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,13 @@ from .ops import Apply
 
 # Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
 # `imfilt` runs on a 2048x2048 RGB PNG (GNU time -f %M): direct 12-13 B, separable 15, FFT 24,
-# sobel (two direct passes) 23, spectrum 21, lowpass 21; match 13, plus 18 B for each sample of
-# the strips in flight, one a thread, (channels + 1) planes of FFT rows x W (it measured 310 MB
-# with a 64x64 template, 630 MB with a 256x256 one).
+# sobel (two direct passes) 23, spectrum 21, lowpass 21. match: 5 B, plus 28 B for each sample of
+# the strip in flight, (channels + 1) planes of FFT rows x W (fitted to 160 and 360 MB on 2048x2048
+# RGB with 64x64 and 256x256 templates, and 440 MB on 4096x4096 with 64x64).
 BASE_BYTES = 60 * 2**20
-BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 13}
+BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 5}
 MAGNITUDE_PART_BYTES = 10  # each further kernel of a gradient pair (sobel: 13 + 10)
-MATCH_STRIP_BYTES = 18
+MATCH_STRIP_BYTES = 28
 
 
 def method_and_why(op) -> tuple[str, str]:
@@ -66,7 +65,7 @@ def _memory_kind(op) -> str:
     return {Spectrum: "spectrum", Lowpass: "lowpass", Match: "match"}.get(type(op), "fft")
 
 
-def peak_bytes(shape: tuple[int, int, int], ops, threads: int = 1) -> int:
+def peak_bytes(shape: tuple[int, int, int], ops) -> int:
     """Estimated peak memory of one job: the heaviest of its operations (they run one after another)."""
     height, width, channels = shape
     samples = height * width * channels
@@ -77,7 +76,7 @@ def peak_bytes(shape: tuple[int, int, int], ops, threads: int = 1) -> int:
             import scipy.fft
 
             fft_rows = block_shape(op.template.shape[0], height, functools.partial(scipy.fft.next_fast_len, real=True))[0]
-            extra = threads * fft_rows * width * (channels + 1) * MATCH_STRIP_BYTES
+            extra = fft_rows * width * (channels + 1) * MATCH_STRIP_BYTES
         return BYTES_PER_SAMPLE[_memory_kind(op)] * samples + extra
 
     return BASE_BYTES + max(need(op) for op in ops)
@@ -130,8 +129,7 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
                 record["shape"] = list(shape)
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
-            threads = 1 if workers > 1 or scheduler else os.cpu_count() or 1
-            largest = (job.source, shape, peak_bytes(shape, [o.op for o in job.outputs], threads))
+            largest = (job.source, shape, peak_bytes(shape, [o.op for o in job.outputs]))
     summary = {"inputs": len(jobs) + len(expanded.empty), "outputs": sum(1 for r in records if "output" in r and not r["skipped"]),
                "skipped": sum(1 for r in records if r.get("skipped")), "refused": sum(1 for r in records if "refused" in r),
                "engine": engine, "workers": workers if not scheduler else None, "scheduler": scheduler}

@@ -10,8 +10,8 @@ in the numerator and in both norms run over every channel, so one score comes pe
 with T' and I' the template and window minus their channel means. The numerator is one
 correlation by FFT (T' sums to 0 per channel, so the window's mean drops out of it); the
 window's sums are running sums along rows, then columns. All of it is float64, so the score is
-exact to float32 rounding also in low-contrast windows, and it runs in strips of rows (overlap-
-save), on the engine's threads, so that no buffer is larger than a few tens of MB. A flat window
+exact to float32 rounding also in low-contrast windows; it runs in overlap-save blocks about 3x
+the template's size, so that no buffer is larger than a few tens of MB. A flat window
 or a flat template (no spread to normalize by) scores 0.
 """
 
