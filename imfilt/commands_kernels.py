@@ -15,8 +15,7 @@ from .kernel_view import KERNEL_FORMATS, builtin_rows, facts, kernel_file, matri
 from .kernels import load_kernels
 
 KernelFormat = choice_enum("KernelFormat", KERNEL_FORMATS)
-kernels_app = typer.Typer(help="List the built-in kernels, or show one (matrix, sum, rank, anchor; a picture; a file).",
-                          invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)
+kernels_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)
 app.add_typer(kernels_app, name="kernels")
 
 
@@ -30,8 +29,10 @@ def _fail(exc: Exception, debug: bool):
 @kernels_app.callback()
 def kernels(ctx: typer.Context,
             json_: Annotated[bool, typer.Option("--json", help="One JSON object per kernel.")] = False) -> None:
-    """List the built-in kernels: parameters and defaults, shape, sum, separability, and the method
-    --method auto runs (the choice depends on the kernel only, so it holds for a 4096x4096 image too).
+    """List the built-in kernels, or show one: matrix, sum, rank, anchor; a picture; a file.
+
+    The list gives parameters and defaults, size, sum, separability and the method --method auto
+    runs (the choice depends on the kernel only, so it holds for a 4096x4096 image too).
 
     Example:  imfilt kernels show gaussian:sigma=2 -o gaussian.png
     """
@@ -60,8 +61,8 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="One JSON object pe
 
 @kernels_app.command("show")
 def show(
-    kernel: Annotated[str, typer.Argument(metavar="KERNEL", help="Built-in name[:key=value,...], kernel file or 'WxH: v,...'.",
-                                          show_default=False)],
+    kernel: Annotated[str, typer.Argument(metavar="KERNEL", show_default=False, hidden=True)],  # in the help text:
+    # typer would print its type
     normalize: Annotated[Optional[Normalize], typer.Option(
         help="As apply's --normalize: divide by the sum, or softmax into a probability density.")] = None,
     flipped: Annotated[bool, typer.Option("--flipped", help="Show the kernel turned 180°: what a true convolution "
@@ -76,6 +77,8 @@ def show(
 ) -> None:
     """Show a kernel as apply uses it (after its file's headers, scale and --normalize): the
     matrix, its sum, rank and anchor; draw it (-o k.png) or write it as a kernel file.
+
+    KERNEL: a built-in name[:key=value,...], a kernel file (.txt, .mat, .npy) or 'WxH: v,v,...'.
 
     Example:  imfilt kernels show sobel-x --flipped;  imfilt kernels show box:size=5 -o box5.txt
     """

@@ -210,3 +210,18 @@ def test_cli_bad_template_is_exit_2_and_a_template_too_big_costs_one_input(cat_a
     assert "tiny.png: the 41x40 template does not fit" in result.stderr and "use --gray" in result.stderr
     assert [json.loads(line)["input"] for line in result.stdout.splitlines()] == [str(cat)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cat.match.png"]
+
+
+def test_cli_size_same_and_gray_are_wired(cat_and_eye, tmp_path):
+    """--size same writes the input's size; a grey template needs --gray on a colour image."""
+    cat, eye = cat_and_eye
+    result = imfilt("match", cat, "-t", eye, "--size", "same", "--json", "-o", tmp_path / "same.npy")
+    assert result.exit_code == 0 and json.loads(result.stdout)["shape"] == [300, 451, 1]
+    best = json.loads(result.stdout)["matches"][0]
+    assert (best["row"], best["col"]) == (80, 130)  # top-left corners, whichever the map's size
+    same = np.load(tmp_path / "same.npy")[..., 0]
+    assert same[80 + 20, 130 + 20] == same.max()  # the score sits at the template's centre
+    Image.open(eye).convert("L").save(tmp_path / "grey-eye.png")
+    assert imfilt("match", cat, "-t", tmp_path / "grey-eye.png", "-o", tmp_path / "g.png").exit_code == 1
+    result = imfilt("match", cat, "-t", tmp_path / "grey-eye.png", "--gray", "--json", "-o", tmp_path / "g.npy")
+    assert result.exit_code == 0 and json.loads(result.stdout)["matches"][0]["score"] > 0.99
