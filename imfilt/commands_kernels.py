@@ -135,7 +135,8 @@ def _png(image) -> bytes:
 def _print_kernel(kernel, view, flipped: bool, normalize: Optional[str]) -> None:
     f = facts(kernel, flipped)
     what = f"gradient magnitude sqrt({' + '.join(f'g{i}²' for i in range(len(kernel.parts)))}) of" if kernel.magnitude else ""
-    print(f"{kernel.name}: {f['shape'][1]}x{f['shape'][0]} (WxH) {what}".rstrip() + (" (flipped: as a convolution multiplies)" if flipped else ""))
+    turned = " (flipped: as a convolution multiplies)" if flipped else ""
+    print(f"{kernel.name}: {f['shape'][1]}x{f['shape'][0]} (WxH) {what}".rstrip() + turned)
     for i, matrix in enumerate(view.parts):
         if kernel.magnitude:
             print(f"g{i}:")

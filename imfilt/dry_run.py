@@ -153,7 +153,8 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
             if "refused" in record:
                 print(f"{record['input']}: would fail: {record['refused']}")
                 continue
-            size = f" ({record['shape'][1]}x{record['shape'][0]}, {record['shape'][2]} channel{'s' * (record['shape'][2] != 1)})" if "shape" in record else ""
+            height, width, channels = record.get("shape", (0, 0, 0))
+            size = f" ({width}x{height}, {_count(channels, 'channel')})" if "shape" in record else ""
             state = "skip (exists)" if record["skipped"] else f"{record['method']}: {record['why']}"
             extras = "".join(f" + {k.removesuffix('_output')} {v}" for k, v in record.items() if k.endswith("_output"))
             print(f"{record['input']}{size} -> {record['output']}{extras}  [{record['op']}] {state}")
