@@ -21,8 +21,7 @@ from .errors import EngineUnavailable
 
 ENGINES = ("auto", "cpu", "gpu")
 FFT_BACKENDS = ("scipy", "pyfftw")
-# real images: the real transforms, and rfft + fft for a small array padded large (match.py)
-_FFT_FUNCTIONS = ("rfft2", "irfft2", "rfft", "fft")
+_FFT_FUNCTIONS = ("rfft2", "irfft2")  # real images: the real transforms are all the operations use
 NO_GPU = "no CUDA device: install imfilt[gpu] on a machine with a GPU, or use --engine cpu"
 
 
