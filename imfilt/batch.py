@@ -49,6 +49,14 @@ class OneLineErrors(TyperGroup):
             return code
         sys.exit(code if isinstance(code, int) else 0)
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # caught here, before typer turns it into exit 1
+            # the reader of standard output went away (| head): no traceback, no error when Python flushes
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
+
 
 app = typer.Typer(
     name="imfilt",
@@ -150,7 +158,7 @@ def batch_command(fn: Callable) -> Callable:
                 raise
             err.print(f"imfilt: {exc}", markup=False)
             raise typer.Exit(2) from None
-        except (typer.Exit, typer.BadParameter):
+        except (typer.Exit, typer.BadParameter, BrokenPipeError):
             raise
         except Exception as exc:  # a bug: one line, the traceback with --debug
             if batch.debug:
@@ -268,10 +276,6 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         how = "interrupted" if exc.signum == signal.SIGINT else f"stopped by {signal.Signals(exc.signum).name}"
         err.print(f"imfilt: {how}; {report.summary()}", markup=False)
         raise typer.Exit(128 + exc.signum) from None
-    except BrokenPipeError:
-        # the reader went away (| head): no traceback, no second error when Python flushes
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(141) from None
     if len(jobs) + len(expanded.empty) > 1 and (report.failed or not batch.quiet):
         err.print(f"imfilt: {report.summary()}", markup=False)
     raise typer.Exit(report.exit_code)

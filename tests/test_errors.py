@@ -360,3 +360,12 @@ def test_corrupt_files_print_one_line_each_from_the_console_script(tmp_path):
     assert run.returncode in (0, 1) and lines[-1].startswith("imfilt: ")
     assert all(line.startswith(str(tmp_path)) and "internal error" not in line for line in failed), run.stderr
     assert len(failed) == len(paths) - len(os.listdir(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("args", [["apply", "{samples}", "-k", "sobel", "--dry-run"], ["kernels"]])
+def test_listings_into_a_closed_pipe_end_with_141(args):
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    command = " ".join(a.format(samples=samples) for a in args)
+    run = subprocess.run(["bash", "-c", f"{BIN / 'imfilt'} {command} | true; echo ${{PIPESTATUS[0]}}"],
+                         capture_output=True, text=True)
+    assert run.stdout.strip() == "141" and run.stderr == ""
