@@ -1,7 +1,9 @@
-"""Engines hand the operations their array modules: xp, ndi (ndimage) and fft.
+"""Engines hand the operations their array modules: xp, ndi (ndimage), fft and filters.
 
 Operations are written once against an Engine; the CPU and GPU engines differ only in the
 modules they carry and in host/device transfers (see ../shared/STYLE.md, convention 1).
+``filters`` is the spatial-filter backend: OpenCV on the CPU (cvfilters.py), the ndimage module
+on the GPU (ndfilters.py); both compute scipy.ndimage's correlation.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Engine:
     xp: ModuleType
     ndi: ModuleType
     fft: Any  # namespace with rfft2, irfft2, fftshift, next_fast_len
+    filters: ModuleType  # correlate, correlate_separable, magnitude (see ndfilters.py)
     threads: int = 1
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False, compare=False)
 
@@ -44,11 +47,12 @@ class Engine:
     def planes(self, image) -> Any:
         """An (H, W, C) or (H, W) host image -> float32 (C, H, W) planes on the engine.
 
-        io reads images as (H, W, C) views of planar memory, so on the CPU this copies nothing.
+        On the CPU the planes are a view of the image's memory, planar (as io reads images) or
+        interleaved: the filters work in either layout, so no layout copy is made.
         """
         image = np.asarray(image, dtype=np.float32)
-        image = image[..., None] if image.ndim == 2 else image
-        return self.asarray(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
+        planes = np.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)
+        return planes if self.xp is np else self.asarray(np.ascontiguousarray(planes))
 
     def image(self, planes, flat: bool = False) -> np.ndarray:
         """(C, H, W) planes -> a float32 host image, (H, W, C) (a view of planar memory) or (H, W)."""
@@ -129,14 +133,18 @@ def default_fft_backend() -> str:
 
 @functools.lru_cache(maxsize=None)
 def cpu_engine(threads: int | None = None, fft_backend: str | None = None) -> Engine:
+    import cv2
     import scipy.ndimage as ndi
 
+    from . import cvfilters
+
     threads = threads or os.cpu_count() or 1
+    cv2.setNumThreads(threads)  # process-wide: worker processes make their engine with threads=1
     fft_backend = fft_backend or default_fft_backend()
     if fft_backend not in FFT_BACKENDS:
         raise EngineUnavailable(f"unknown FFT backend {fft_backend!r} (IMFILT_FFT): choose from {', '.join(FFT_BACKENDS)}")
     pool = ThreadPoolExecutor(threads, thread_name_prefix="imfilt") if threads > 1 else None
-    return Engine("cpu", np, ndi, _scipy_fft_namespace(threads, fft_backend), threads, pool)
+    return Engine("cpu", np, ndi, _scipy_fft_namespace(threads, fft_backend), cvfilters, threads, pool)
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,7 +164,9 @@ def gpu_engine() -> Engine:
     fft = SimpleNamespace(**{name: getattr(cufft, name) for name in _FFT_FUNCTIONS})
     fft.fftshift = cufft.fftshift
     fft.next_fast_len = functools.partial(cufft.next_fast_len, real=True)
-    return Engine("gpu", cupy, cundi, fft)
+    from . import ndfilters
+
+    return Engine("gpu", cupy, cundi, fft, ndfilters)
 
 
 def get_engine(name: str = "auto", threads: int | None = None) -> Engine:

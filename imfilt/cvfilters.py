@@ -1,0 +1,87 @@
+"""Spatial filters through OpenCV for the CPU engine: the functions of ndfilters.py, 5-10x faster.
+
+OpenCV's float32 filter2D and sepFilter2D compute the same correlation (kernel and anchor) as
+scipy.ndimage, to float32 rounding. Its borders are scipy's for reflect (BORDER_REFLECT), mirror
+(BORDER_REFLECT_101), nearest (BORDER_REPLICATE) and constant with cval 0; its filters refuse
+BORDER_WRAP and know no other constant, so wrap and a non-zero cval are padded first
+(copyMakeBorder), filtered and cropped. Planes that are a view of interleaved (H, W, C) memory
+are filtered in that layout in one call, planar memory plane by plane: no layout copy either
+way. OpenCV spreads each call over its own threads (the engine sets how many).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from . import ndfilters
+
+_BORDER = {"reflect": cv2.BORDER_REFLECT, "mirror": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE,
+           "constant": cv2.BORDER_CONSTANT}
+_PAD_BORDER = {"wrap": cv2.BORDER_WRAP, "constant": cv2.BORDER_CONSTANT}
+
+
+def _layout(planes):
+    """(sources, targets, result): 2-D planes or one interleaved (H, W, C) array, and the
+    (C, H, W) view of the targets' memory that the caller gets back."""
+    interleaved = np.moveaxis(planes, 0, -1)
+    if planes.shape[0] > 1 and interleaved.flags.c_contiguous:
+        out = np.empty(interleaved.shape, np.float32)
+        return [interleaved], [out], np.moveaxis(out, -1, 0)
+    out = np.empty(planes.shape, np.float32)
+    return [np.ascontiguousarray(plane) for plane in planes], list(out), out
+
+
+def _run(planes, shape, anchor, mode: str, cval: float, filter_one):
+    """filter_one(source, target, border) over the planes; padded first where OpenCV has no border."""
+    sources, targets, result = _layout(np.asarray(planes, dtype=np.float32))
+    padded = mode == "wrap" or (mode == "constant" and cval != 0)
+    top, left = anchor
+    bottom, right = shape[0] - 1 - top, shape[1] - 1 - left
+    for source, target in zip(sources, targets):
+        if not padded:
+            filter_one(source, target, _BORDER[mode])
+            continue
+        # the padding holds every value the kernel reaches outside: the filter's own border is never read
+        wide = cv2.copyMakeBorder(source, top, bottom, left, right, _PAD_BORDER[mode], value=(cval,) * 4)
+        wide = wide.reshape(wide.shape[:2] + source.shape[2:])
+        target[...] = filter_one(wide, None, cv2.BORDER_REPLICATE)[top : top + source.shape[0], left : left + source.shape[1]]
+    return result
+
+
+def correlate(engine, planes, weights: np.ndarray, anchor, mode: str, cval: float):
+    kernel = np.asarray(weights, dtype=np.float32)
+    point = (int(anchor[1]), int(anchor[0]))  # OpenCV's anchor is (x, y)
+
+    def filter_one(source, target, border):
+        return cv2.filter2D(source, cv2.CV_32F, kernel, dst=target, anchor=point, borderType=border)
+
+    return _run(planes, weights.shape, anchor, mode, cval, filter_one)
+
+
+def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anchor, mode: str, cval: float):
+    """Correlation with outer(column, row): sepFilter2D's two passes."""
+    column32, row32 = column.astype(np.float32), row.astype(np.float32)
+    point = (int(anchor[1]), int(anchor[0]))
+
+    def filter_one(source, target, border):
+        return cv2.sepFilter2D(source, cv2.CV_32F, row32, column32, dst=target, anchor=point, borderType=border)
+
+    return _run(planes, (column.size, row.size), anchor, mode, cval, filter_one)
+
+
+def _flat(array):
+    """A 2-D view of an array's whole memory when it is contiguous (planar or interleaved), else None."""
+    for view in (array, np.moveaxis(array, 0, -1)):
+        if view.flags.c_contiguous:
+            return view.reshape(-1, view.shape[-1])
+    return None
+
+
+def magnitude(engine, responses: list):
+    """sqrt(gx² + gy²) in one cv2.magnitude pass, into the first response's memory."""
+    flat = [_flat(response) for response in responses]
+    if len(responses) != 2 or any(f is None for f in flat) or flat[0].shape != flat[1].shape:
+        return ndfilters.magnitude(engine, responses)
+    cv2.magnitude(flat[0], flat[1], magnitude=flat[0])
+    return responses[0]

@@ -1,0 +1,81 @@
+"""Spatial filters through an ndimage module (scipy.ndimage or cupyx.scipy.ndimage).
+
+The GPU engine's filters, and the reference path: every function takes the engine and (C, H, W)
+planes and returns filtered planes; out[i] = sum_m c[m] · x[i + m - anchor] (see convolve.py).
+cvfilters.py offers the same three functions through OpenCV for the CPU engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# For filters scipy's 'wrap' and 'grid-wrap' are the same; cupyx.scipy.ndimage knows only 'wrap'.
+NDIMAGE_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "wrap", "constant": "constant"}
+
+
+def _origin(shape, anchor) -> tuple[int, int]:
+    """ndimage places a kernel by its offset from the centre, n // 2."""
+    return anchor[0] - shape[0] // 2, anchor[1] - shape[1] // 2
+
+
+def _in_bands(engine, planes, halo: tuple[int, int], mode: str, filter_one):
+    """Run filter_one(source, target) over row bands of each plane, one band per thread.
+
+    A band reads ``halo`` extra rows above and below, so its rows see exactly what they would
+    in the whole plane; the boundary mode still applies at the image's true edges. (Wrap
+    reaches across the image, so it runs on whole planes.)
+    """
+    channels, height, width = planes.shape
+    out = engine.xp.empty(planes.shape, dtype=planes.dtype)
+    # Bands only when there are fewer planes than threads: a band's halo costs a copy, and with
+    # 3 planes on 2 threads whole planes measured faster (0.09 s against 0.14 s, 2048x2048 3x3).
+    count = 1 if mode == "wrap" else max(1, min(engine.threads // channels, height // max(8, 2 * sum(halo))))
+    edges = np.linspace(0, height, count + 1).astype(int)
+    tasks = [(c, top, bottom) for c in range(channels) for top, bottom in zip(edges[:-1], edges[1:])]
+
+    def one(task):
+        c, top, bottom = task
+        start, stop = max(0, top - halo[0]), min(height, bottom + halo[1])
+        if (start, stop) == (0, height):
+            filter_one(planes[c], out[c])
+            return
+        band = engine.xp.empty((stop - start, width), dtype=planes.dtype)
+        filter_one(planes[c, start:stop], band)
+        out[c, top:bottom] = band[top - start : bottom - start]
+
+    engine.map(one, tasks)
+    return out
+
+
+def correlate(engine, planes, weights: np.ndarray, anchor, mode: str, cval: float):
+    origin = _origin(weights.shape, anchor)
+    weights32 = engine.asarray(weights.astype(np.float32))
+
+    def filter_one(source, target):
+        engine.ndi.correlate(source, weights32, output=target, mode=NDIMAGE_MODE[mode], cval=cval, origin=origin)
+
+    return _in_bands(engine, planes, (anchor[0], weights.shape[0] - 1 - anchor[0]), mode, filter_one)
+
+
+def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anchor, mode: str, cval: float):
+    """Correlation with outer(column, row) as a pass down the columns, then one along the rows."""
+    origin = _origin((column.size, row.size), anchor)
+    # Outside the image the first pass sees cval everywhere, so the second must see cval·sum(column).
+    cval_rows = cval * float(column.sum())
+    column32, row32 = engine.asarray(column.astype(np.float32)), engine.asarray(row.astype(np.float32))
+    ndmode = NDIMAGE_MODE[mode]
+
+    def filter_one(source, target):
+        columns = engine.ndi.correlate1d(source, column32, axis=0, mode=ndmode, cval=cval, origin=origin[0])
+        engine.ndi.correlate1d(columns, row32, axis=1, output=target, mode=ndmode, cval=cval_rows, origin=origin[1])
+
+    return _in_bands(engine, planes, (anchor[0], column.size - 1 - anchor[0]), mode, filter_one)
+
+
+def magnitude(engine, responses: list):
+    """sqrt(sum r²) of same-shaped responses, reusing the first one's memory."""
+    total = responses[0]
+    total *= total
+    for response in responses[1:]:
+        total += response * response
+    return engine.xp.sqrt(total, out=total)
