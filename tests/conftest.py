@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataclasses import replace
+
+from imfilt import ndfilters
 from imfilt.engine import cpu_engine, gpu_engine
 from imfilt.errors import EngineUnavailable
 
@@ -17,10 +20,17 @@ def _gpu_or_skip():
         pytest.skip(f"GPU engine not available here: {exc}")
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def ndimage_cpu_engine():
+    """The CPU engine with the GPU's filter backend (ndimage, here scipy's): that code runs here too."""
+    return replace(cpu_engine(), filters=ndfilters)
+
+
+@pytest.fixture(params=["cpu", "cpu-ndimage", pytest.param("gpu", marks=pytest.mark.gpu)])
 def engine(request):
     """Every engine that can run here; GPU cases skip with the reason when there is no device."""
-    return cpu_engine() if request.param == "cpu" else _gpu_or_skip()
+    if request.param == "gpu":
+        return _gpu_or_skip()
+    return cpu_engine() if request.param == "cpu" else ndimage_cpu_engine()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,8 @@
 """Convolution: hand-computed tiny cases, scipy.ndimage references, and properties."""
 
+import functools
+import importlib
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -8,9 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import imfilt
-from imfilt.convolve import MODES, choose_method, rank_one_factors
+from conftest import ndimage_cpu_engine
+from imfilt.convolve import MODES, choose_method, rank_one_factors, resolve_method
+from imfilt.engine import cpu_engine
 from imfilt.errors import UsageError
-from imfilt.kernels import builtin, load_kernel
+from imfilt.io import Loaded
+from imfilt.kernels import Kernel, builtin, load_kernel
+from imfilt.ops import Apply
+
+convolve_module = importlib.import_module("imfilt.convolve")  # the package's name `convolve` is the function
 
 SCIPY_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
 NP_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
@@ -109,19 +118,48 @@ def test_dense_kernel_matches_scipy_on_a_photo(chelsea, mode, method, channels, 
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_separable_in_bands_matches_scipy(chelsea, mode):
+def test_separable_in_bands_matches_scipy(chelsea, mode, engine):
     image = chelsea[..., :1]
     kernel = np.outer([1.0, 2.0, 0.5, -1.0], [0.5, 1.0, 3.0])
-    out = imfilt.convolve(image, kernel, mode=mode, cval=0.5, method="separable")
+    out = imfilt.convolve(image, kernel, mode=mode, cval=0.5, method="separable", engine=engine)
     np.testing.assert_allclose(out, reference(image, kernel, mode, cval=0.5), atol=2e-5)
 
 
 @pytest.mark.parametrize("name", ["box:size=5", "gaussian:sigma=2", "sobel-x", "sobel-y"])
 @pytest.mark.parametrize("method", METHODS)
-def test_separable_kernels_match_scipy_on_a_photo(chelsea, name, method):
+def test_separable_kernels_match_scipy_on_a_photo(chelsea, name, method, engine):
     kernel = load_kernel(name)
-    out = imfilt.convolve(chelsea, kernel, method=method)
+    out = imfilt.convolve(chelsea, kernel, method=method, engine=engine)
     np.testing.assert_allclose(out, reference(chelsea, kernel.weights, "reflect"), atol=2e-5)
+
+
+@pytest.mark.parametrize("mode, cval", [("reflect", 0.0), ("mirror", 0.0), ("nearest", 0.0), ("wrap", 0.0),
+                                        ("constant", 0.0), ("constant", -0.75)])
+@pytest.mark.parametrize("size", ["same", "valid", "full"])
+@pytest.mark.parametrize("correlate", [False, True])
+def test_large_kernels_match_scipy(chelsea, mode, cval, size, correlate, engine):
+    """Kernels of 50 taps and more (OpenCV filters those through its DFT), dense and rank-1,
+    even-sized and off-centre, with every border: direct and separable equal scipy in float64."""
+    image = chelsea[100:160, 200:250]
+    rng = np.random.default_rng(11)
+    dense, rank_one = rng.standard_normal((9, 8)), np.outer(rng.standard_normal(12), rng.standard_normal(7))
+    for kernel, methods in ((dense, ["direct"]), (rank_one, ["direct", "separable"])):
+        expected = reference(image, kernel, mode, cval=cval, correlate=correlate, size=size)
+        for method in methods:
+            out = imfilt.convolve(image, kernel, mode=mode, cval=cval, size=size, method=method,
+                                  correlate=correlate, engine=engine)
+            np.testing.assert_allclose(out, expected, atol=1e-5 * np.abs(kernel).sum(), err_msg=method)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["sharpen", "gaussian:sigma=1.5", "sobel"])
+def test_planar_and_interleaved_memory_give_the_same_result(chelsea, mode, name):
+    """The filters work in the memory layout they are given: planar (as io reads) or interleaved."""
+    planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(chelsea, -1, 0)), 0, -1)
+    kernel = load_kernel(name)
+    interleaved_out = imfilt.convolve(chelsea, kernel, mode=mode, cval=0.3)
+    planar_out = imfilt.convolve(planar, kernel, mode=mode, cval=0.3)
+    np.testing.assert_allclose(planar_out, interleaved_out, atol=1e-6)  # SIMD order differs near edges
 
 
 def test_gaussian_matches_scipy_gaussian_filter(chelsea):
@@ -157,6 +195,47 @@ def test_auto_picks_by_rank_and_size():
     assert rank_one_factors(builtin("sharpen").weights) is None
 
 
+def test_rank_one_factors_rebuild_the_kernel():
+    """The factors' outer product is the kernel; a rank-2 kernel (a sum of two outer products) has none."""
+    rng = np.random.default_rng(4)
+    column, row = rng.standard_normal(7), rng.standard_normal(4)
+    found = rank_one_factors(np.outer(column, row))
+    np.testing.assert_allclose(np.outer(*found), np.outer(column, row), rtol=1e-12)
+    assert rank_one_factors(np.outer(column, row) + 1e-6 * np.outer(rng.standard_normal(7), row[::-1])) is None
+    assert rank_one_factors(np.zeros((3, 3))) is None
+
+
+def _count_rank_checks(monkeypatch) -> list:
+    """Count the real rank checks (the cache misses) from here on."""
+    calls = []
+    real = convolve_module._rank_one.__wrapped__
+
+    def counted(*args):
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(convolve_module, "_rank_one", functools.lru_cache(maxsize=64)(counted))
+    return calls
+
+
+def test_auto_never_checks_the_rank_of_a_kernel_too_large_to_separate(monkeypatch):
+    """A 2000x2000 kernel: separable cannot win at that size, so auto asks for no rank (it took 6 s)."""
+    calls = _count_rank_checks(monkeypatch)
+    kernel = Kernel("big", np.ones((2000, 2000)))
+    assert resolve_method(kernel.weights) == "fft"
+    assert Apply(kernel).resolved_method == "fft"
+    assert calls == []
+
+
+def test_a_run_checks_the_rank_once(monkeypatch, chelsea):
+    """Planning, the --json record and the filtering itself share one rank check per kernel."""
+    calls = _count_rank_checks(monkeypatch)
+    op = Apply(load_kernel("gaussian:sigma=1"))
+    result = op.run(Loaded(chelsea[:40, :50], 8, False), cpu_engine())
+    assert result.facts["method"] == "separable"
+    assert calls == [(9, 9)]
+
+
 def test_separable_refuses_rank_two():
     with pytest.raises(UsageError, match="rank 1"):
         imfilt.convolve(np.zeros((5, 5, 1)), builtin("sharpen"), method="separable")
@@ -184,13 +263,16 @@ def cases(draw):
 @settings(max_examples=150, deadline=None)
 @given(cases(), st.floats(-1, 1))
 def test_every_method_equals_the_float64_reference(case, cval):
-    """direct = separable = FFT = scipy in float64, for any boundary, size and orientation."""
+    """direct = separable = FFT = scipy in float64, for any boundary, size and orientation, through
+    both spatial backends (OpenCV, and the ndimage one the GPU uses), within the README's bound."""
     image, kernel, rank_one, mode, size, correlate = case
     expected = reference(image, kernel, mode, cval=cval, correlate=correlate, size=size)
     tolerance = 1e-4 * max(1.0, np.abs(kernel).sum())
-    for method in ["direct", "fft"] + (["separable"] if rank_one else []):
-        out = imfilt.convolve(image, kernel, mode=mode, cval=cval, size=size, method=method, correlate=correlate)
-        np.testing.assert_allclose(out, expected, atol=tolerance, err_msg=method)
+    for engine in (cpu_engine(), ndimage_cpu_engine()):
+        for method in ["direct", "fft"] + (["separable"] if rank_one else []):
+            out = imfilt.convolve(image, kernel, mode=mode, cval=cval, size=size, method=method,
+                                  correlate=correlate, engine=engine)
+            np.testing.assert_allclose(out, expected, atol=tolerance, err_msg=f"{method} {engine.filters.__name__}")
 
 
 @settings(max_examples=40, deadline=None)
