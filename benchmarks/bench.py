@@ -81,7 +81,7 @@ def bench_convolve() -> None:
             if kernel.shape[0] <= 15 else float("nan")
         separable = median_time(lambda: imfilt.convolve(image, rank_one, method="separable", engine=engine))
         fft = median_time(lambda: imfilt.convolve(image, kernel, method="fft", engine=engine))
-        auto = imfilt.ops.Apply(imfilt.Kernel("k", kernel)).resolved_method
+        auto = imfilt.ops.Apply(imfilt.Kernel("k", kernel)).method_on(engine)
         rows.append([label, base, direct, separable, fft, base / min(x for x in (direct, separable, fft) if x == x),
                      base / fft, auto])
     table("convolve: 2048x2048 RGB, seconds (median of 3; baseline of 1 from 31x31 up)",

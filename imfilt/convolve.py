@@ -22,11 +22,6 @@ METHODS = ("auto", "direct", "separable", "fft")
 
 _PAD_MODE = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 
-# The cost model behind --method auto, from `benchmarks/bench.py crossover` (README, "Speed").
-DIRECT_MAX_TAPS = 25  # dense kernels up to 5x5 run direct; larger ones by FFT
-SEPARABLE_MIN_TAPS = 10  # a rank-1 3x3 is still faster direct than as two passes
-SEPARABLE_MAX_TAPS = 22  # rank-1 kernels run as two passes up to 11x11 (kh + kw taps), then FFT
-
 
 @functools.lru_cache(maxsize=64)
 def _rank_one(shape: tuple[int, int], data: bytes, rtol: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -52,29 +47,35 @@ def rank_one_factors(weights: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarra
     return _rank_one(weights.shape, weights.tobytes(), rtol)
 
 
-def separable_could_win(shape: tuple[int, int]) -> bool:
+def separable_could_win(shape: tuple[int, int], crossovers: dict) -> bool:
     """Whether two 1-D passes would be chosen for a rank-1 kernel of this shape: only then
     does --method auto ask for the rank."""
     taps_2d, taps_1d = shape[0] * shape[1], shape[0] + shape[1]
-    return min(shape) > 1 and SEPARABLE_MIN_TAPS <= taps_2d and taps_1d <= SEPARABLE_MAX_TAPS
+    return min(shape) > 1 and crossovers["separable_min_taps"] <= taps_2d and taps_1d <= crossovers["separable_max_taps"]
 
 
-def resolve_method(weights: np.ndarray, method: str = "auto") -> str:
-    """The method that will run: auto by the cost model; separable only for a rank-1 kernel."""
+def check_method(parts, method: str) -> None:
+    """Refuse a method that cannot run: separable needs every part of the kernel to have rank 1."""
     check_choice("method", method, METHODS)
-    shape = np.shape(weights)
-    if method == "auto":
-        return choose_method(shape, separable_could_win(shape) and rank_one_factors(weights) is not None)
-    if method == "separable" and rank_one_factors(weights) is None:
+    if method == "separable" and any(rank_one_factors(part) is None for part in parts):
         raise UsageError("--method separable needs a kernel of rank 1 (an outer product of two vectors)")
-    return method
 
 
-def choose_method(shape: tuple[int, int], separable: bool) -> str:
-    """The cost model behind --method auto."""
-    if separable and separable_could_win(shape):
+def resolve_method(weights: np.ndarray, method: str, engine: Engine) -> str:
+    """The method that will run on this engine: auto by the cost model of its filters."""
+    check_method([weights], method)
+    if method != "auto":
+        return method
+    shape, crossovers = np.shape(weights), engine.filters.CROSSOVERS
+    return choose_method(shape, separable_could_win(shape, crossovers) and rank_one_factors(weights) is not None,
+                         crossovers)
+
+
+def choose_method(shape: tuple[int, int], separable: bool, crossovers: dict) -> str:
+    """The cost model behind --method auto; each filter backend measured its own crossovers."""
+    if separable and separable_could_win(shape, crossovers):
         return "separable"
-    if shape[0] * shape[1] <= DIRECT_MAX_TAPS:
+    if shape[0] * shape[1] <= crossovers["direct_max_taps"]:
         return "direct"
     return "fft"
 
@@ -118,7 +119,7 @@ def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="refle
     """Planes (C, H, W) of the engine -> filtered planes; the core that every method shares."""
     weights = np.asarray(weights, dtype=np.float64)
     kh, kw = weights.shape
-    method = resolve_method(weights, method)
+    method = resolve_method(weights, method, engine)
     if size == "full":
         planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval)
     if size == "same":

@@ -16,6 +16,15 @@ import numpy as np
 
 from . import ndfilters
 
+# --method auto's crossovers for OpenCV, from `benchmarks/bench.py crossover` (README, "Speed"):
+# filter2D switches to its own blocked DFT from 50 taps and beat imfilt's whole-image FFT up to
+# ~127x127; sepFilter2D beat filter2D from 7x7 up to ~63x63.
+CROSSOVERS = {
+    "direct_max_taps": 127 * 127,
+    "separable_min_taps": 26,
+    "separable_max_taps": 126,
+}
+
 _BORDER = {"reflect": cv2.BORDER_REFLECT, "mirror": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE,
            "constant": cv2.BORDER_CONSTANT}
 _PAD_BORDER = {"wrap": cv2.BORDER_WRAP, "constant": cv2.BORDER_CONSTANT}

@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# --method auto's crossovers for scipy.ndimage, from `benchmarks/bench.py crossover` on 2048x2048 RGB
+# (2 cores): direct 3x3 0.09 s and 5x5 0.18 s against FFT's flat ~0.18 s; two 1-D passes 0.15-0.19 s
+# up to 11x11 and 0.23 s at 15x15. The GPU engine uses them too until they are measured there.
+CROSSOVERS = {
+    "direct_max_taps": 25,  # dense kernels up to 5x5 run direct, larger ones by FFT
+    "separable_min_taps": 10,  # a rank-1 3x3 is still faster direct than as two passes
+    "separable_max_taps": 22,  # rank-1 kernels run as two passes up to 11x11 (kh + kw taps), then FFT
+}
 # For filters scipy's 'wrap' and 'grid-wrap' are the same; cupyx.scipy.ndimage knows only 'wrap'.
 NDIMAGE_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "wrap", "constant": "constant"}
 

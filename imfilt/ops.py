@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .convolve import MODES, SIZES, convolve, resolve_method
+from .convolve import MODES, SIZES, check_method, convolve, resolve_method
 from .engine import Engine
 from .errors import UsageError, check_choice
 from .io import Loaded
@@ -63,16 +63,15 @@ class Apply:
         check_choice("size", self.size, SIZES)
         if not math.isfinite(self.cval):
             raise UsageError(f"cval must be a finite number, got {self.cval}")
-        resolve_method(self.kernel.parts[0], self.method)  # separable on a rank > 1 kernel raises
+        check_method(self.kernel.parts, self.method)  # separable on a rank > 1 kernel raises
 
     @property
     def name(self) -> str:
         return self.kernel.name
 
-    @property
-    def resolved_method(self) -> str:
-        """What --method auto becomes for this kernel; a UsageError for separable on rank > 1."""
-        return resolve_method(self.kernel.parts[0], self.method)
+    def method_on(self, engine: Engine) -> str:
+        """What --method auto becomes for this kernel on this engine."""
+        return resolve_method(self.kernel.parts[0], self.method, engine)
 
     def _filter(self, pixels: np.ndarray, engine: Engine) -> np.ndarray:
         return convolve(pixels, self.kernel, mode=self.mode, cval=self.cval, size=self.size,
@@ -90,7 +89,7 @@ class Apply:
         if self.gray:
             colour = luminance(colour)
         auto_scale = "clip" if self.kernel.sum > 1e-9 and not self.kernel.magnitude else "abs"
-        facts = {"kernel": self.kernel.name, "method": self.resolved_method}
+        facts = {"kernel": self.kernel.name, "method": self.method_on(engine)}
         if alpha is None or self.alpha == "drop":
             return Result(self._filter(colour, engine), False, auto_scale, facts)
         if self.alpha == "keep":

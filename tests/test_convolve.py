@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import imfilt
 from conftest import ndimage_cpu_engine
 from imfilt.convolve import MODES, choose_method, rank_one_factors, resolve_method
+from imfilt import cvfilters, ndfilters
 from imfilt.engine import cpu_engine
 from imfilt.errors import UsageError
 from imfilt.io import Loaded
@@ -185,12 +186,17 @@ def test_sobel_x_is_positive_on_a_rising_edge():
 # --- the cost model ----------------------------------------------------------------------
 
 
-def test_auto_picks_by_rank_and_size():
-    assert choose_method((3, 3), separable=False) == "direct"
-    assert choose_method((31, 31), separable=False) == "fft"
-    assert choose_method((9, 9), separable=True) == "separable"
-    assert choose_method((3, 3), separable=True) == "direct"
-    assert choose_method((63, 63), separable=True) == "fft"
+@pytest.mark.parametrize("filters, picks", [
+    (ndfilters, {(3, 3, False): "direct", (31, 31, False): "fft", (9, 9, True): "separable",
+                 (3, 3, True): "direct", (63, 63, True): "fft"}),
+    (cvfilters, {(3, 3, False): "direct", (31, 31, False): "direct", (255, 255, False): "fft",
+                 (9, 9, True): "separable", (3, 3, True): "direct", (63, 63, True): "separable",
+                 (95, 95, True): "direct", (1, 15, True): "direct"}),
+])
+def test_auto_picks_by_rank_and_size(filters, picks):
+    """Each spatial backend's measured crossovers (README, Speed)."""
+    for (kh, kw, separable), method in picks.items():
+        assert choose_method((kh, kw), separable, filters.CROSSOVERS) == method, (kh, kw, separable)
     assert rank_one_factors(builtin("gaussian", sigma=2).weights) is not None
     assert rank_one_factors(builtin("sharpen").weights) is None
 
@@ -222,8 +228,9 @@ def test_auto_never_checks_the_rank_of_a_kernel_too_large_to_separate(monkeypatc
     """A 2000x2000 kernel: separable cannot win at that size, so auto asks for no rank (it took 6 s)."""
     calls = _count_rank_checks(monkeypatch)
     kernel = Kernel("big", np.ones((2000, 2000)))
-    assert resolve_method(kernel.weights) == "fft"
-    assert Apply(kernel).resolved_method == "fft"
+    for engine in (cpu_engine(), ndimage_cpu_engine()):
+        assert resolve_method(kernel.weights, "auto", engine) == "fft"
+        assert Apply(kernel).method_on(engine) == "fft"
     assert calls == []
 
 
