@@ -1,7 +1,8 @@
 """imfilt benchmarks: medians and ratios from one run (tests never assert timings).
 
-    python benchmarks/bench.py [convolve|crossover|png|cli|frequency|batch ...]
+    python benchmarks/bench.py [inprocess|convolve|crossover|png|cli|frequency|batch ...]
 
+inprocess  the everyday filters vs OpenCV float32 on the same 4096x4096x3 array, alternating A/B
 convolve   each method vs per-channel scipy.ndimage.convolve in float64, 2048x2048 RGB
 crossover  direct vs separable vs FFT by kernel size: where --method auto switches
 png        Pillow's PNG encoder settings on a 4096x4096 photo-like image
@@ -29,6 +30,7 @@ from PIL import Image
 
 import imfilt
 import imfilt.ops
+from imfilt.convolve import rank_one_factors
 from imfilt.engine import cpu_engine
 from imfilt.kernels import builtin
 
@@ -64,6 +66,59 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 def baseline(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     x = image.astype(np.float64)
     return np.stack([ndi.convolve(x[..., c], kernel, mode="reflect") for c in range(x.shape[2])], axis=-1)
+
+
+def alternating(fns: list, repeat: int = 5) -> list[float]:
+    """Median seconds of each function, run in turns (A, B, A, B, ...) so that a busy machine
+    slows every peer alike."""
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def bench_inprocess() -> None:
+    """The everyday filters against OpenCV float32 on the same 4096x4096x3 array, border reflect."""
+    import cv2
+
+    image = photo_like(4096)  # interleaved (H, W, 3) float32, as OpenCV holds images
+    engine = cpu_engine()
+    rng = np.random.default_rng(3)
+    reflect = {"borderType": cv2.BORDER_REFLECT}
+
+    def peer_filter2d(kernel):  # convolution = correlation with the flipped kernel
+        flipped = np.ascontiguousarray(kernel[::-1, ::-1], dtype=np.float32)
+        return lambda: cv2.filter2D(image, cv2.CV_32F, flipped, **reflect)
+
+    def peer_separable(kernel):
+        column, row = (f.astype(np.float32) for f in rank_one_factors(kernel[::-1, ::-1]))
+        return lambda: cv2.sepFilter2D(image, cv2.CV_32F, row, column, **reflect)
+
+    def peer_sobel():
+        gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3, **reflect)
+        return cv2.magnitude(gx, cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3, **reflect))
+
+    dense = {n: rng.standard_normal((n, n)) for n in (15, 31)}
+    cases = [("box 3x3", builtin("box"), "cv2.filter2D", peer_filter2d(builtin("box").weights)),
+             ("sharpen 3x3", builtin("sharpen"), "cv2.filter2D", peer_filter2d(builtin("sharpen").weights)),
+             ("sobel magnitude", builtin("sobel"), "cv2.Sobel x2 + cv2.magnitude", peer_sobel)]
+    for sigma in (2, 10):
+        gauss = builtin("gaussian", sigma=sigma)
+        cases.append((f"gaussian sigma={sigma}", gauss, "cv2.sepFilter2D", peer_separable(gauss.weights)))
+    for n, kernel in dense.items():
+        cases.append((f"dense {n}x{n}", imfilt.Kernel(f"{n}x{n}", kernel), "cv2.filter2D", peer_filter2d(kernel)))
+    rows = []
+    for label, kernel, peer_name, peer in cases:
+        ours = lambda: imfilt.convolve(image, kernel, engine=engine)  # noqa: E731
+        difference = float(np.abs(ours() - peer()).max())
+        mine, theirs = alternating([ours, peer])
+        rows.append([label, imfilt.ops.Apply(kernel).method_on(engine), mine * 1000, peer_name, theirs * 1000,
+                     f"{mine / theirs:.2f}x", f"{difference:.1e}"])
+    table("in-process: 4096x4096x3 float32, border reflect, ms (median of 5, alternating A/B)",
+          ["op", "auto picks", "imfilt.convolve", "OpenCV float32 peer", "peer", "ratio", "max |diff|"], rows)
 
 
 def bench_convolve() -> None:
@@ -232,7 +287,7 @@ def bench_match(rounds: int = 3) -> None:
     print(f"\ncv2 {cv2.__version__}, {cv2.getNumThreads()} threads; the template was cut at (1500, 1900).")
 
 
-SECTIONS = {"convolve": bench_convolve, "crossover": bench_crossover, "png": bench_png, "cli": bench_cli,
+SECTIONS = {"inprocess": bench_inprocess, "convolve": bench_convolve, "crossover": bench_crossover, "png": bench_png, "cli": bench_cli,
             "frequency": bench_frequency, "batch": bench_batch, "match": bench_match}
 
 if __name__ == "__main__":
