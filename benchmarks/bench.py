@@ -1,15 +1,16 @@
 """imfilt benchmarks: medians and ratios from one run (tests never assert timings).
 
+    python benchmarks/bench.py            # the README's Speed tables: inprocess, cli, batch
     python benchmarks/bench.py [inprocess|convolve|crossover|png|cli|frequency|batch ...]
 
 inprocess  the everyday filters vs OpenCV float32 on the same 4096x4096x3 array, alternating A/B
 convolve   each method vs per-channel scipy.ndimage.convolve in float64, 2048x2048 RGB
 crossover  direct vs separable vs FFT by kernel size: where --method auto switches
 png        Pillow's PNG encoder settings on a 4096x4096 photo-like image
-cli        the whole `imfilt apply` on a 4096x4096 photo-like PNG
+cli        one CLI call per op on a 4096x4096 photo-like PNG vs the vips CLI, with peak RSS
 frequency  spectrum and lowpass on 4096x4096 RGB vs numpy.fft in float64; scipy vs pyfftw
-batch      images per second for 100 photo-sized images: --jobs 1, --jobs 2, one process each
-match      imfilt.match_template vs cv2.matchTemplate (TM_CCOEFF_NORMED), 4096x4096 RGB photo (`bench` extra)
+batch      100 photos of 640x480 and 40 smaller ones: -j 1, -j 2, xargs -P2 vips gaussblur
+match      imfilt.match_template vs cv2.matchTemplate (TM_CCOEFF_NORMED), 4096x4096 RGB photo
 """
 
 from __future__ import annotations
@@ -177,22 +178,57 @@ def bench_png() -> None:
     table("PNG encoding of a 4096x4096 RGB photo-like image", ["encoder", "seconds", "size"], rows)
 
 
+def run_measured(cmd: list[str]) -> tuple[float, int]:
+    """(seconds, peak RSS in bytes) of one command: os.wait4 gives that child's own peak."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, cmd)
+    return time.perf_counter() - start, usage.ru_maxrss * 1024
+
+
+def alternating_commands(commands: list[list[str]], repeat: int = 3) -> list[tuple[float, int]]:
+    """Median seconds and the largest peak RSS of each command, run in turns."""
+    runs = [[] for _ in commands]
+    for _ in range(repeat):
+        for cmd, spent in zip(commands, runs):
+            spent.append(run_measured(cmd))
+    return [(statistics.median(t for t, _ in r), max(m for _, m in r)) for r in runs]
+
+
 def bench_cli() -> None:
+    """One CLI call on a 4096x4096 photo-like PNG, op by op against the vips CLI, with peak memory."""
     folder = Path(tempfile.mkdtemp())
     source = folder / "big.png"
     Image.fromarray(np.rint(photo_like(4096) * 255).astype(np.uint8)).save(source, compress_level=1)
-    rows = []
-    for kernel in ("box", "sobel", "gaussian:sigma=5", "sharpen"):
-        cmd = [sys.executable, "-m", "imfilt", "apply", str(source), "-k", kernel, "-o", str(folder / "out.png"),
-               "--overwrite"]
-        rows.append([f"imfilt apply -k {kernel}", median_time(lambda: subprocess.run(cmd, check=True))])
+    (folder / "box.mat").write_text("3 3 9 0\n1 1 1\n1 1 1\n1 1 1\n")
+    imfilt_cmd = [sys.executable, "-m", "imfilt"]
+    out, peer_out = str(folder / "out.png"), str(folder / "vips.png")
+    cases = [
+        (["apply", "-k", "box"], ["conv", str(source), peer_out, str(folder / "box.mat")]),
+        (["apply", "-k", "sobel"], ["sobel", str(source), peer_out]),
+        (["apply", "-k", "gaussian:sigma=2"], ["gaussblur", str(source), peer_out, "2"]),
+        (["spectrum"], ["spectrum", str(source), peer_out]),
+        (["lowpass", "--radius", "30"], None),
+    ]
     vips = shutil.which("vips")
-    if vips:
-        mat = folder / "box.mat"
-        mat.write_text("3 3 9 0\n1 1 1\n1 1 1\n1 1 1\n")
-        rows.append(["vips conv (box 3x3)", median_time(lambda: subprocess.run(
-            [vips, "conv", str(source), str(folder / "vips.png"), str(mat)], check=True))])
-    table("the whole CLI on a 4096x4096 RGB PNG, seconds (median of 3)", ["command", "seconds"], rows)
+    rows = []
+    for args, peer_args in cases:
+        commands = [imfilt_cmd + args + [str(source), "-o", out, "--overwrite", "-q"]]
+        if vips and peer_args:
+            commands.append([vips] + peer_args)
+        measured = alternating_commands(commands)
+        (mine, mine_rss), (theirs, theirs_rss) = measured[0], (measured[1] if len(measured) > 1 else (None, None))
+        peer = f"vips {peer_args[0]}" if vips and peer_args else "-"
+        rows.append([f"imfilt {' '.join(args)}", mine, f"{mine_rss / 2**20:.0f} MiB", peer,
+                     theirs if theirs else "-", f"{theirs_rss / 2**20:.0f} MiB" if theirs_rss else "-",
+                     f"{mine / theirs:.2f}x" if theirs else "-"])
+    table("the whole CLI on a 4096x4096 RGB PNG, seconds (median of 3, alternating A/B) and peak RSS",
+          ["command", "seconds", "peak RSS", "vips peer", "seconds", "peak RSS", "ratio"], rows)
+    if not vips:
+        print("\nvips is not installed (apt-get install libvips-tools): the peer columns are empty.")
     shutil.rmtree(folder)
 
 
@@ -222,34 +258,46 @@ def bench_frequency() -> None:
            "imfilt lowpass", "ratio"], rows)
 
 
-def bench_batch(count: int = 100) -> None:
+def write_photos(folder: Path, sizes: list[tuple[int, int]]) -> list[str]:
+    folder.mkdir(parents=True)
+    for i, (height, width) in enumerate(sizes):
+        pixels = photo_like(max(height, width) + 64, seed=i)[:height, :width]
+        Image.fromarray(np.rint(pixels * 255).astype(np.uint8)).save(folder / f"{i:03}.png")
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def bench_batch() -> None:
+    """Throughput of one imfilt call over many photos, against vips with xargs -P2."""
     folder = Path(tempfile.mkdtemp())
-    inputs = folder / "in"
-    inputs.mkdir()
-    for i in range(count):
-        Image.fromarray(np.rint(photo_like(640, seed=i)[:427] * 255).astype(np.uint8)).save(inputs / f"{i:03}.png")
-    files = sorted(str(p) for p in inputs.iterdir())
-    imfilt_cmd = [sys.executable, "-m", "imfilt", "apply", "-k", "gaussian:sigma=2", "-q", "--overwrite"]
-    rows = []
-    for jobs in (1, 2):
-        seconds = median_time(lambda: subprocess.run(imfilt_cmd + files + ["--out-dir", str(folder / "o"), "-j", str(jobs)],
-                                                     check=True), 1)
-        rows.append([f"imfilt --jobs {jobs} (one process)", seconds, count / seconds])
-    start = time.perf_counter()
-    for f in files:
-        subprocess.run(imfilt_cmd + [f, "-o", str(folder / "one.png")], check=True)
-    seconds = time.perf_counter() - start
-    rows.append(["one imfilt process per image", seconds, count / seconds])
+    rng = np.random.default_rng(5)
+    batches = {
+        "100 photos of 640x480": write_photos(folder / "large", [(480, 640)] * 100),
+        "40 photos of 300x450 to 512x512": write_photos(
+            folder / "small", [(int(rng.integers(300, 513)), int(rng.integers(450, 513))) for _ in range(40)]),
+    }
     vips = shutil.which("vips")
-    if vips:
-        start = time.perf_counter()
-        for f in files:
-            subprocess.run([vips, "gaussblur", f, str(folder / "v.png"), "2"], check=True)
-        seconds = time.perf_counter() - start
-        rows.append(["vips gaussblur, one process per image", seconds, count / seconds])
-    base = rows[0][2]
-    table(f"batch: {count} images of 640x427, gaussian sigma=2", ["how", "seconds", "images/s"],
-          [r + [f"{r[2] / base:.2f}x"] for r in rows])
+    rows = []
+    for label, files in batches.items():
+        out = folder / "out"
+        out.mkdir(exist_ok=True)
+        imfilt_cmd = [sys.executable, "-m", "imfilt", "apply", "-k", "gaussian:sigma=2", "-q", "--overwrite",
+                      "--out-dir", str(out)] + files
+        commands = [imfilt_cmd + ["-j", "1"], imfilt_cmd + ["-j", "2"]]
+        names = ["imfilt -j 1", "imfilt -j 2"]
+        if vips:
+            names.append("xargs -P2 vips gaussblur 2")
+            commands.append(["sh", "-c", f"cd {files[0].rsplit('/', 1)[0]} && ls *.png | "
+                             f"xargs -P2 -I{{}} {vips} gaussblur {{}} {out}/v{{}} 2"])
+        measured = alternating_commands(commands)
+        base = measured[0][0]
+        peer = measured[2][0] if vips else None
+        for name, (seconds, rss) in zip(names, measured):
+            rows.append([label, name, seconds, f"{len(files) / seconds:.1f}", f"{base / seconds:.2f}x",
+                         f"{peer / seconds:.2f}x" if peer else "-", f"{rss / 2**20:.0f} MiB"])
+    table("batch, gaussian sigma=2, seconds (median of 3, alternating)",
+          ["batch", "how", "seconds", "images/s", "speed vs -j 1", "speed vs vips", "peak RSS"], rows)
+    if not vips:
+        print("\nvips is not installed (apt-get install libvips-tools): no vips rows.")
     shutil.rmtree(folder)
 
 
@@ -292,5 +340,6 @@ SECTIONS = {"inprocess": bench_inprocess, "convolve": bench_convolve, "crossover
 
 if __name__ == "__main__":
     print(f"# imfilt benchmarks — {os.cpu_count()} cores, numpy {np.__version__}")
-    for name in sys.argv[1:] or list(SECTIONS):
+    # One command prints the tables of the README's Speed section; the others on request.
+    for name in sys.argv[1:] or ["inprocess", "cli", "batch"]:
         SECTIONS[name]()
