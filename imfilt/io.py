@@ -44,15 +44,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def unit_pixels(planes: np.ndarray, maxval: float = 1.0) -> np.ndarray:
-    """(C, H, W) stored values -> float32 (H, W, C) in [0, 1], as a view of planar memory.
+def unit_pixels(stored: np.ndarray, maxval: float = 1.0) -> np.ndarray:
+    """(H, W, C) stored values -> float32 (H, W, C) in [0, 1], interleaved as decoders give them.
 
-    The per-channel filters then run on contiguous planes without a copy (planar data
-    measured 2-3x faster in scipy.ndimage than interleaved); indexing is still (H, W, C).
+    The filters work in either layout (engine.planes), and the encoders want interleaved rows,
+    so the pixels stay interleaved from decoding to encoding: no reordering copy on the way.
     """
-    out = np.empty(planes.shape, dtype=np.float32)
-    np.divide(planes, np.float32(maxval), out=out, casting="unsafe")
-    return np.moveaxis(out, 0, -1)
+    out = np.empty(stored.shape, dtype=np.float32)
+    np.divide(stored, np.float32(maxval), out=out, casting="unsafe")
+    return out
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
 def _from_hwc(array: np.ndarray, depth: int) -> Loaded:
     """An (H, W) or (H, W, C) array as decoded -> Loaded; 2 or 4 channels carry alpha last."""
     array = array[..., None] if array.ndim == 2 else array
-    return Loaded(unit_pixels(np.moveaxis(array, -1, 0), _MAXVAL.get(depth, 1.0)), depth, array.shape[2] in (2, 4))
+    return Loaded(unit_pixels(array, _MAXVAL.get(depth, 1.0)), depth, array.shape[2] in (2, 4))
 
 
 def _check_pixels(width: int, height: int, limit: int) -> None:
@@ -167,6 +167,48 @@ def _load_png16(data: bytes, limit: int) -> Loaded:
     return _from_hwc(np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes), 16)
 
 
+# Chunks OpenCV's libpng decodes without a word on stderr; any other (tRNS, eXIf, iCCP, PLTE, ...)
+# and the file goes to Pillow, which keeps transparency keys and EXIF orientation.
+_PLAIN_PNG_CHUNKS = {b"IHDR", b"IDAT", b"IEND", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"gAMA", b"cHRM",
+                     b"sRGB", b"sBIT", b"bKGD"}
+
+
+def _plain_png(data: bytes) -> bool:
+    """Every chunk whole, with a right CRC and of a plain kind, up to IEND at the very end."""
+    position = len(_PNG_SIGNATURE)
+    view = memoryview(data)
+    while position + 12 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        tag, end = data[position + 4 : position + 8], position + 12 + length
+        if tag not in _PLAIN_PNG_CHUNKS or end > len(data):
+            return False
+        if zlib.crc32(view[position + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return False
+        if tag == b"IEND":
+            return end == len(data)
+        position = end
+    return False
+
+
+def _decode_png8(data: bytes, limit: int) -> Loaded | None:
+    """An 8-bit grey, RGB or RGBA PNG through OpenCV (1.2-1.4x faster than Pillow); None for the
+    rest, which Pillow reads: transparency keys, EXIF orientation, grey+alpha, palettes, other
+    depths, and damaged files (OpenCV would print libpng's complaint; Pillow says what is wrong)."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24] != 8 or data[25] not in (0, 2, 6):
+        return None
+    if not _plain_png(data):
+        return None
+    _check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), limit)
+    import cv2
+
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint8:
+        return None
+    if decoded.ndim == 3:  # OpenCV's channel order is BGR(A)
+        cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB, dst=decoded)
+    return _from_hwc(decoded, 8)
+
+
 # Pillow's decompression-bomb limit is a global that Image.open reads: imfilt switches it off
 # only around its own open (under a lock, for threads) and checks the limit the user gave itself.
 _PILLOW_GLOBALS = threading.Lock()
@@ -178,6 +220,9 @@ def _pillow_limit() -> int:
 
 
 def _load_pillow(data: bytes, limit: int) -> Loaded:
+    fast = _decode_png8(data, limit)
+    if fast is not None:
+        return fast
     with _PILLOW_GLOBALS:
         previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
@@ -188,7 +233,7 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
     if image.format != "MPO":  # a camera's MPO JPEG: the primary image first, then previews
         _frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
     image.load()
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
     return _from_pillow(image)
 
 
@@ -217,17 +262,18 @@ def _from_pillow(image: Image.Image) -> Loaded:
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("L", "RGB") and "transparency" in image.info:
+        image = image.convert({"L": "LA", "RGB": "RGBA"}[mode])  # a tRNS colour key becomes alpha
     elif mode in _CONVERT:
         image = image.convert(_CONVERT[mode])  # CMYK becomes RGB, never RGBA
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
-        return Loaded(unit_pixels(np.asarray(image)[None], 65535), 16, False)
+        return Loaded(unit_pixels(np.asarray(image)[..., None], 65535), 16, False)
     if mode == "F":
-        return Loaded(unit_pixels(np.asarray(image)[None]), 32, False)
+        return Loaded(unit_pixels(np.asarray(image)[..., None]), 32, False)
     if mode not in ("L", "LA", "RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in mode else "RGB")
-    planes = np.stack([np.asarray(band) for band in image.split()])  # uint8 (C, H, W)
-    return Loaded(unit_pixels(planes, 255), 8, image.mode in ("LA", "RGBA"))
+    return _from_hwc(np.asarray(image), 8)  # uint8 (H, W) or (H, W, C), interleaved
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -267,9 +313,10 @@ def to_storage(pixels: np.ndarray, depth: int, scale: str = "clip", alpha: bool 
     check_choice("scale", scale, tuple(SCALERS))
     colour = SCALERS[scale](pixels[..., :-1] if alpha else pixels)
     out = np.concatenate([colour, pixels[..., -1:]], axis=-1) if alpha else colour
-    stored = np.empty_like(out, dtype=np.uint8 if depth == 8 else np.uint16)  # same memory order
+    # interleaved rows, as the encoders take them: a planar result is reordered within the blocks
+    stored = np.empty(out.shape, dtype=np.uint8 if depth == 8 else np.uint16)
     rows = max(1, (1 << 22) // max(1, out[0].size))  # blocks of ~16 MB of float32: no big temporary
-    block = np.empty_like(out[:rows])
+    block = np.empty((min(rows, out.shape[0]),) + out.shape[1:], dtype=np.float32)
     for top in range(0, out.shape[0], rows):
         part = block[: min(rows, out.shape[0] - top)]
         np.clip(out[top : top + rows], 0.0, 1.0, out=part)

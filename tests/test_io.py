@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from imfilt.errors import InputError
 from imfilt.io import atomic_write, load, read_image, to_storage, write_image
@@ -75,6 +76,44 @@ def test_palette_with_transparency_keeps_alpha(tmp_path):
     image.save(tmp_path / "p.png", transparency=1)
     loaded = load(tmp_path / "p.png")
     assert loaded.alpha and loaded.pixels[0, 0, 3] == 0 and loaded.pixels[1, 1, 3] == 1
+
+
+@pytest.mark.parametrize("mode, key", [("RGB", (10, 20, 30)), ("L", 10)])
+def test_a_png_transparency_key_becomes_alpha(tmp_path, mode, key):
+    """An RGB or grey PNG with a tRNS colour key: pixels of that colour come back transparent."""
+    image = Image.new(mode, (5, 3), (200, 100, 50) if mode == "RGB" else 200)
+    image.putpixel((1, 2), key)
+    image.save(tmp_path / "k.png", transparency=key)
+    loaded = load(tmp_path / "k.png")
+    assert loaded.alpha and loaded.pixels.shape == (3, 5, 4 if mode == "RGB" else 2)
+    assert loaded.pixels[2, 1, -1] == 0 and (np.delete(loaded.pixels[..., -1].ravel(), 2 * 5 + 1) == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_8bit_pngs_decode_as_pillow_decodes_them(tmp_path, mode):
+    """The fast (OpenCV) PNG decoder keeps Pillow's channel order and values, text chunks or not."""
+    rng = np.random.default_rng(9)
+    channels = len(mode)
+    stored = (rng.random((37, 29, channels)) * 255).astype(np.uint8)
+    stored[0, 0, :3] = (255, 0, 0)[:channels]  # a red corner pins the channel order
+    image = Image.fromarray(stored[..., 0] if channels == 1 else stored, mode)
+    info = PngInfo()
+    info.add_text("comment", "made by a test")
+    image.save(tmp_path / "x.png", pnginfo=info, dpi=(300, 300))
+    expected = np.asarray(Image.open(tmp_path / "x.png"), dtype=np.float32).reshape(37, 29, channels) / 255
+    loaded = load(tmp_path / "x.png")
+    assert loaded.depth == 8 and loaded.alpha == (mode == "RGBA")
+    np.testing.assert_array_equal(loaded.pixels, expected)
+
+
+def test_a_damaged_png_is_one_message_and_no_decoder_noise(tmp_path, small_rgb, capfd):
+    """A flipped bit in the image data: the error names the file, and no library writes to stderr."""
+    data = bytearray(small_rgb.read_bytes())
+    data[data.index(b"IDAT") + 20] ^= 0xFF
+    (tmp_path / "d.png").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="d.png"):
+        load(tmp_path / "d.png")
+    assert capfd.readouterr().err == ""
 
 
 def test_exif_orientation_is_applied(tmp_path):
