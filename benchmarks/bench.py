@@ -178,15 +178,17 @@ def bench_png() -> None:
     table("PNG encoding of a 4096x4096 RGB photo-like image", ["encoder", "seconds", "size"], rows)
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int]:
-    """(seconds, peak RSS in bytes) of one command: os.wait4 gives that child's own peak."""
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, cmd)
-    return time.perf_counter() - start, usage.ru_maxrss * 1024
+def run_measured(cmd: list[str]) -> tuple[float, int | None]:
+    """(seconds, peak RSS in bytes) of one command. The peak comes from GNU time, which forks
+    afresh: a child started from this (large) process would report this process's peak as its own."""
+    gnu_time = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
+    with tempfile.NamedTemporaryFile("r") as report:
+        wrapped = [gnu_time, "-f", "%M", "-o", report.name] + cmd if gnu_time else cmd
+        start = time.perf_counter()
+        subprocess.run(wrapped, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        text = report.read().strip().splitlines()
+    return seconds, int(text[-1]) * 1024 if gnu_time and text else None
 
 
 def alternating_commands(commands: list[list[str]], repeat: int = 3) -> list[tuple[float, int]]:
@@ -195,7 +197,7 @@ def alternating_commands(commands: list[list[str]], repeat: int = 3) -> list[tup
     for _ in range(repeat):
         for cmd, spent in zip(commands, runs):
             spent.append(run_measured(cmd))
-    return [(statistics.median(t for t, _ in r), max(m for _, m in r)) for r in runs]
+    return [(statistics.median(t for t, _ in r), max((m or 0) for _, m in r) or None) for r in runs]
 
 
 def bench_cli() -> None:
@@ -222,7 +224,7 @@ def bench_cli() -> None:
         measured = alternating_commands(commands)
         (mine, mine_rss), (theirs, theirs_rss) = measured[0], (measured[1] if len(measured) > 1 else (None, None))
         peer = f"vips {peer_args[0]}" if vips and peer_args else "-"
-        rows.append([f"imfilt {' '.join(args)}", mine, f"{mine_rss / 2**20:.0f} MiB", peer,
+        rows.append([f"imfilt {' '.join(args)}", mine, f"{mine_rss / 2**20:.0f} MiB" if mine_rss else "-", peer,
                      theirs if theirs else "-", f"{theirs_rss / 2**20:.0f} MiB" if theirs_rss else "-",
                      f"{mine / theirs:.2f}x" if theirs else "-"])
     table("the whole CLI on a 4096x4096 RGB PNG, seconds (median of 3, alternating A/B) and peak RSS",
@@ -293,7 +295,7 @@ def bench_batch() -> None:
         peer = measured[2][0] if vips else None
         for name, (seconds, rss) in zip(names, measured):
             rows.append([label, name, seconds, f"{len(files) / seconds:.1f}", f"{base / seconds:.2f}x",
-                         f"{peer / seconds:.2f}x" if peer else "-", f"{rss / 2**20:.0f} MiB"])
+                         f"{peer / seconds:.2f}x" if peer else "-", f"{rss / 2**20:.0f} MiB" if rss else "-"])
     table("batch, gaussian sigma=2, seconds (median of 3, alternating)",
           ["batch", "how", "seconds", "images/s", "speed vs -j 1", "speed vs vips", "peak RSS"], rows)
     if not vips:
