@@ -279,26 +279,31 @@ def _from_pillow(image: Image.Image) -> Loaded:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _stretch(x: np.ndarray) -> np.ndarray:
-    low, high = float(x.min()), float(x.max())
-    return (x - low) / (high - low) if high > low else np.zeros_like(x)
+def _stretch(whole: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    low, high = float(whole.min()), float(whole.max())
+    return (lambda x: (x - low) / (high - low)) if high > low else np.zeros_like
 
 
-def _peak(x: np.ndarray) -> np.ndarray:
-    high = float(x.max())
-    return x / high if high > 0 else np.zeros_like(x)
+def _peak(whole: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    high = float(whole.max())
+    return (lambda x: x / high) if high > 0 else np.zeros_like
 
 
-# float response -> [0, 1] before the clip; "peak" and "phase" are what the spectrum uses
+def _pointwise(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], Callable]:
+    return lambda whole: fn
+
+
+# float response -> [0, 1] before the clip; "peak" and "phase" are what the spectrum uses. Each
+# looks at the whole image once (stretch, peak) and gives the map that is applied block by block.
 SCALERS = {
-    "clip": lambda x: x,
-    "auto": lambda x: x,
-    "abs": np.abs,
-    "offset": lambda x: x + 0.5,
+    "clip": _pointwise(None),
+    "auto": _pointwise(None),
+    "abs": _pointwise(np.abs),
+    "offset": _pointwise(lambda x: x + 0.5),
     "stretch": _stretch,
     "peak": _peak,
-    "phase": lambda x: (x + np.pi) / (2 * np.pi),
-    "score": lambda x: (x + 1) / 2,  # a correlation coefficient, -1..1 (imfilt match)
+    "phase": _pointwise(lambda x: (x + np.pi) / (2 * np.pi)),
+    "score": _pointwise(lambda x: (x + 1) / 2),  # a correlation coefficient, -1..1 (imfilt match)
 }
 
 
@@ -311,15 +316,21 @@ def to_storage(pixels: np.ndarray, depth: int, scale: str = "clip", alpha: bool 
     if depth == 32:
         return np.ascontiguousarray(pixels, dtype=np.float32)
     check_choice("scale", scale, tuple(SCALERS))
-    colour = SCALERS[scale](pixels[..., :-1] if alpha else pixels)
-    out = np.concatenate([colour, pixels[..., -1:]], axis=-1) if alpha else colour
-    # interleaved rows, as the encoders take them: a planar result is reordered within the blocks
-    stored = np.empty(out.shape, dtype=np.uint8 if depth == 8 else np.uint16)
-    rows = max(1, (1 << 22) // max(1, out[0].size))  # blocks of ~16 MB of float32: no big temporary
-    block = np.empty((min(rows, out.shape[0]),) + out.shape[1:], dtype=np.float32)
-    for top in range(0, out.shape[0], rows):
-        part = block[: min(rows, out.shape[0] - top)]
-        np.clip(out[top : top + rows], 0.0, 1.0, out=part)
+    colours = slice(0, -1) if alpha else slice(None)
+    scaler = SCALERS[scale](pixels[..., colours])
+    # interleaved rows, as the encoders take them (a planar result is reordered within the
+    # blocks), scaled block by block: no temporary the size of the image
+    stored = np.empty(pixels.shape, dtype=np.uint8 if depth == 8 else np.uint16)
+    rows = max(1, (1 << 22) // max(1, pixels[0].size))  # blocks of ~16 MB of float32
+    block = np.empty((min(rows, pixels.shape[0]),) + pixels.shape[1:], dtype=np.float32)
+    for top in range(0, pixels.shape[0], rows):
+        source, part = pixels[top : top + rows], block[: min(rows, pixels.shape[0] - top)]
+        if scaler is not None:
+            part[..., colours] = scaler(source[..., colours])
+            if alpha:
+                part[..., -1] = source[..., -1]
+            source = part
+        np.clip(source, 0.0, 1.0, out=part)
         part *= _MAXVAL[depth]
         np.rint(part, out=part)
         stored[top : top + rows] = part
