@@ -337,9 +337,15 @@ def _worker_init() -> None:
     """
     import signal
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    for sig in _ending_signals():
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _ending_signals())  # blocked from the start (below)
+
+
+def _ending_signals() -> set:
+    import signal
+
+    return {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)}
 
 
 def quiet_decoders() -> None:
@@ -421,6 +427,7 @@ def as_finished(futures: list, completed: Iterable, fail_fast: bool) -> Iterator
 
 def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:
     import multiprocessing
+    import signal
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # One BLAS/FFT thread per worker (jobs carry threads=1 too), so N workers do not fight
@@ -429,5 +436,17 @@ def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterato
         os.environ[var] = "1"
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_worker_init) as pool:
-        futures = [pool.submit(_safe_run, job) for job in jobs]
+        # Workers start (in submit) with the ending signals blocked, until their initializer
+        # ignores them: one sent to the group while a worker was still importing killed it.
+        futures = []
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ending_signals())
+        try:
+            futures += [pool.submit(_safe_run, job) for job in jobs]
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held meanwhile arrives here
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         yield from as_finished(futures, as_completed(futures), fail_fast)
