@@ -6,7 +6,7 @@ scipy.ndimage, to float32 rounding. Its borders are scipy's for reflect (BORDER_
 BORDER_WRAP and know no other constant, so wrap and a non-zero cval are padded first
 (copyMakeBorder), filtered and cropped. Planes that are a view of interleaved (H, W, C) memory
 are filtered in that layout in one call, planar memory plane by plane: no layout copy either
-way. OpenCV spreads each call over its own threads (the engine sets how many).
+way. OpenCV spreads each call over its own threads, as many as the engine's.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def _layout(planes):
     return [np.ascontiguousarray(plane) for plane in planes], list(out), out
 
 
-def _run(planes, shape, anchor, mode: str, cval: float, filter_one):
+def _run(engine, planes, shape, anchor, mode: str, cval: float, filter_one):
     """filter_one(source, target, border) over the planes; padded first where OpenCV has no border."""
+    if cv2.getNumThreads() != engine.threads:  # a process-wide setting: the engine in use decides
+        cv2.setNumThreads(engine.threads)
     sources, targets, result = _layout(np.asarray(planes, dtype=np.float32))
     padded = mode == "wrap" or (mode == "constant" and cval != 0)
     top, left = anchor
@@ -67,7 +69,7 @@ def correlate(engine, planes, weights: np.ndarray, anchor, mode: str, cval: floa
     def filter_one(source, target, border):
         return cv2.filter2D(source, cv2.CV_32F, kernel, dst=target, anchor=point, borderType=border)
 
-    return _run(planes, weights.shape, anchor, mode, cval, filter_one)
+    return _run(engine, planes, weights.shape, anchor, mode, cval, filter_one)
 
 
 def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anchor, mode: str, cval: float):
@@ -78,7 +80,7 @@ def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anc
     def filter_one(source, target, border):
         return cv2.sepFilter2D(source, cv2.CV_32F, row32, column32, dst=target, anchor=point, borderType=border)
 
-    return _run(planes, (column.size, row.size), anchor, mode, cval, filter_one)
+    return _run(engine, planes, (column.size, row.size), anchor, mode, cval, filter_one)
 
 
 def _flat(array):

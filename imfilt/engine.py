@@ -150,12 +150,9 @@ def default_fft_backend() -> str:
 
 @functools.lru_cache(maxsize=None)
 def cpu_engine(threads: int | None = None, fft_backend: str | None = None) -> Engine:
-    import cv2
-
     from . import cvfilters
 
     threads = threads or os.cpu_count() or 1
-    cv2.setNumThreads(threads)  # process-wide: worker processes make their engine with threads=1
     fft_backend = fft_backend or default_fft_backend()
     if fft_backend not in FFT_BACKENDS:
         raise EngineUnavailable(f"unknown FFT backend {fft_backend!r} (IMFILT_FFT): choose from {', '.join(FFT_BACKENDS)}")
