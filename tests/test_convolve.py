@@ -152,6 +152,16 @@ def test_large_kernels_match_scipy(chelsea, mode, cval, size, correlate, engine)
             np.testing.assert_allclose(out, expected, atol=1e-5 * np.abs(kernel).sum(), err_msg=method)
 
 
+@pytest.mark.parametrize("channels", [2, 5])
+@pytest.mark.parametrize("method", METHODS)
+def test_any_channel_count_with_a_constant_border(channels, method, engine):
+    """Grey+alpha and 5-channel .npy arrays, interleaved, with a non-zero cval: each channel alone."""
+    image = np.random.default_rng(channels).random((23, 17, channels)).astype(np.float32)
+    kernel = np.outer([1.0, -2.0, 0.5], [0.25, 1.0, 2.0, -1.0])
+    out = imfilt.convolve(image, kernel, mode="constant", cval=0.6, method=method, engine=engine)
+    np.testing.assert_allclose(out, reference(image, kernel, "constant", cval=0.6), atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", ["sharpen", "gaussian:sigma=1.5", "sobel"])
 def test_planar_and_interleaved_memory_give_the_same_result(chelsea, mode, name):
