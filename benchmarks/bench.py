@@ -309,7 +309,7 @@ def bench_batch() -> None:
 
 
 def bench_match(rounds: int = 3) -> None:
-    import cv2  # pip install -e ".[bench]"
+    import cv2  # a runtime dependency (the CPU engine's filters)
 
     from imfilt.match import match_template
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .convolve import DIRECT_MAX_TAPS, SEPARABLE_MAX_TAPS, SEPARABLE_MIN_TAPS, rank_one_factors, resolve_method
+from .convolve import rank_one_factors
+from .engine import cpu_engine
 from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
 from .ops import Apply
@@ -38,17 +39,20 @@ def method_and_why(op) -> tuple[str, str]:
         rank_one = rank_one_factors(np.asarray(weights, dtype=np.float64)) is not None
         if op.method != "auto":
             return method, f"--method {op.method}"
+        crossovers = cpu_engine().filters.CROSSOVERS  # the CPU engine's measured cost model
+        min_taps, max_passes = crossovers["separable_min_taps"], crossovers["separable_max_taps"]
+        direct_max = crossovers["direct_max_taps"]
         taps, passes = kh * kw, kh + kw
         if method == "separable":
             why = (f"rank 1: two 1-D passes of {kh} + {kw} = {passes} taps instead of {taps} "
-                   f"(separable from {SEPARABLE_MIN_TAPS} taps, up to {SEPARABLE_MAX_TAPS} in the passes)")
+                   f"(separable from {min_taps} taps, up to {max_passes} in the passes)")
         elif method == "direct":
-            why = f"{kw}x{kh} = {taps} taps <= {DIRECT_MAX_TAPS}: direct beats FFT"
-            if rank_one and taps < SEPARABLE_MIN_TAPS:
-                why += f" (rank 1, but under {SEPARABLE_MIN_TAPS} taps two passes cost more)"
+            why = f"{kw}x{kh} = {taps} taps <= {direct_max}: direct beats FFT"
+            if rank_one and taps < min_taps:
+                why += f" (rank 1, but under {min_taps} taps two passes cost more)"
         else:
-            why = f"{kw}x{kh} = {taps} taps > {DIRECT_MAX_TAPS}" + (
-                f", and two 1-D passes would be {passes} > {SEPARABLE_MAX_TAPS} taps" if rank_one else ", rank > 1")
+            why = f"{kw}x{kh} = {taps} taps > {direct_max}" + (
+                f", and two 1-D passes would be {passes} > {max_passes} taps" if rank_one else ", rank > 1")
         return method, why
     if isinstance(op, Spectrum):
         return "fft", "rfft2 of each channel"

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .convolve import rank_one_factors, resolve_method
+from .engine import cpu_engine
 from .errors import UsageError
 from .kernels import BUILTINS, Kernel, builtin
 
@@ -45,7 +46,7 @@ def facts(kernel: Kernel, flipped: bool = False) -> dict:
         "rank": ranks if kernel.magnitude else ranks[0],
         "separable": all(rank_one_factors(p) is not None for p in kernel.parts),
         "anchor": anchor,  # row, column of the matrix shown
-        "auto_method": resolve_method(kernel.parts[0], "auto"),
+        "auto_method": resolve_method(kernel.parts[0], "auto", cpu_engine()),  # the default engine's choice
         "magnitude": kernel.magnitude,
     }
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .convolve import MODES, SIZES, check_method, convolve, resolve_method
-from .engine import Engine
+from .engine import Engine, cpu_engine
 from .errors import UsageError, check_choice
 from .io import Loaded
 from .kernels import Kernel
@@ -72,6 +72,11 @@ class Apply:
     def method_on(self, engine: Engine) -> str:
         """What --method auto becomes for this kernel on this engine."""
         return resolve_method(self.kernel.parts[0], self.method, engine)
+
+    @property
+    def resolved_method(self) -> str:
+        """What --method auto becomes on the CPU engine, the default (--dry-run shows it)."""
+        return self.method_on(cpu_engine())
 
     def _filter(self, pixels: np.ndarray, engine: Engine) -> np.ndarray:
         return convolve(pixels, self.kernel, mode=self.mode, cval=self.cval, size=self.size,
