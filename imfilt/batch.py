@@ -24,7 +24,7 @@ from .engine import ENGINES, get_engine
 from .errors import UsageError
 from .io import DEPTHS, check_stdout_format
 from .pipeline import (Expanded, Report, Settings, execute, expand_inputs, output_name_pattern, plan,
-                       prepare_folders, read_list)
+                       prepare_folders, read_list, remove_partial_files)
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -273,6 +273,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
             if not (batch.fail_fast and report.failed):
                 _report_jobs(batch, jobs, workers, report)
     except Interrupted as exc:
+        remove_partial_files(jobs)
         how = "interrupted" if exc.signum == signal.SIGINT else f"stopped by {signal.Signals(exc.signum).name}"
         err.print(f"imfilt: {how}; {report.summary()}", markup=False)
         raise typer.Exit(128 + exc.signum) from None

@@ -377,20 +377,19 @@ def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -
     target, never the temporary file.
     """
     target = Path(target)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    except OSError as exc:
-        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
-    try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass  # renamed already: the target is whole
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass  # renamed already: the target is whole
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
             raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
         raise

@@ -217,6 +217,16 @@ def prepare_folders(jobs: list[Job]) -> None:
             raise UsageError(f"{shown}: cannot write into this folder (permission denied)")
 
 
+def remove_partial_files(jobs: list[Job]) -> None:
+    """After a signal: temporary files that it cut off between their creation and clean-up."""
+    for job in jobs:
+        for file in (f for o in job.outputs for f in o.files):
+            path = Path(file)
+            pattern = "." + glob.escape(path.name).replace(glob.escape("{channel}"), "*") + ".*.part"
+            for part in path.parent.glob(pattern):
+                part.unlink(missing_ok=True)
+
+
 def _channel_names(count: int) -> list[str]:
     """--split-channels file names: r, g, b; y for grey; c0, c1, ... otherwise."""
     return {1: ["y"], 3: list("rgb")}.get(count) or [f"c{i}" for i in range(count)]
@@ -255,13 +265,16 @@ def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]
     return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
 
 
-def run_job(job: Job) -> list[dict]:
+def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     """Read one input, compute each output, write each file atomically; one record per output.
 
-    An InputError (bad image, output over its input) fails this job only.
+    Records are appended to ``records`` as outputs are written, so a run interrupted in the
+    middle of a job still counts the outputs it finished. An InputError (bad image, output
+    over its input) fails this job only.
     """
     settings = job.settings
-    records = [_record(job, o, skipped=True) for o in job.outputs if o.skip]
+    records = [] if records is None else records
+    records.extend(_record(job, o, skipped=True) for o in job.outputs if o.skip)
     todo = [o for o in job.outputs if not o.skip]
     if not todo:
         return records
@@ -363,11 +376,11 @@ def quiet_decoders() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _safe_run(job: Job) -> tuple[Job, list[dict] | None, str | None]:
+def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[dict] | None, str | None]:
     """A failure costs only this job: its one-line message goes back with it."""
     quiet_decoders()
     try:
-        return job, run_job(job), None
+        return job, run_job(job, records), None
     except InputError as exc:
         return job, None, str(exc)
     except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
@@ -393,7 +406,13 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
             yield from as_finished(futures, completed, fail_fast)
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            result = _safe_run(job)
+            done: list[dict] = []
+            try:
+                result = _safe_run(job, done)
+            except KeyboardInterrupt:  # Ctrl-C or a signal mid-job: what it wrote is whole, and counted
+                if done:
+                    yield job, done, None
+                raise
             yield result
             if fail_fast and result[2]:
                 return
