@@ -216,7 +216,7 @@ def test_a_txt_kernel_is_never_read_as_a_libvips_matrix(work):
 
 
 @pytest.mark.parametrize("requested, inputs, cores, expected", [
-    (None, 3, 2, 1), (None, 9, 2, 2), (1000, 30, 2, 2), (1000, 1, 16, 1), (4, 3, 16, 3), (2, 100, 2, 2)])
+    (None, 3, 2, 1), (None, 9, 2, 1), (1000, 30, 2, 2), (1000, 1, 16, 1), (4, 3, 16, 3), (2, 100, 2, 2)])
 def test_workers_are_capped_by_cores_and_inputs(requested, inputs, cores, expected):
     assert worker_count(requested, inputs, cores) == expected
 
