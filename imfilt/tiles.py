@@ -1,0 +1,296 @@
+"""The tile layer for images larger than memory: a lazy source, a sink of tiles, a plan of windows.
+
+- ``open_source(path)`` reads any window of a tiled or striped TIFF/BigTIFF (tifffile's zarr
+  view decodes only the tiles or strips it touches), a ``.npy`` (memory-mapped) or a zarr
+  array, as float32 in the same [0, 1] units and planar layout as ``io.load``;
+  ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
+  ``extend_index``, numpy.pad's extension of each boundary mode.
+- ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
+  (Big)TIFF through tifffile's tile iterator, a ``.npy`` through a memory map, or a zarr array;
+  atomically, as every output.
+- ``Plan`` cuts an output into windows bounded in both dimensions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+# imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
+PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+TILED_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")  # what a tiled job reads and writes
+_MAXVAL = {8: 255.0, 16: 65535.0, 32: 1.0}
+BIGTIFF_BYTES = 2**31  # above this a TIFF needs 64-bit offsets (which Pillow cannot read)
+
+
+# --- index maps ----------------------------------------------------------------------------
+
+
+def extend_index(start: int, stop: int, n: int, mode: str) -> np.ndarray:
+    """Source index of positions start..stop-1 of a line of n values extended past both ends.
+
+    As numpy.pad extends it (also for halos wider than the line); -1 marks cval (``constant``).
+    """
+    i = np.arange(start, stop)
+    if mode == "constant":
+        return np.where((i >= 0) & (i < n), i, -1)
+    if mode == "nearest":
+        return np.clip(i, 0, n - 1)
+    if mode == "wrap":
+        return i % n
+    if mode == "mirror" and n == 1:
+        return np.zeros_like(i)
+    period = 2 * n if mode == "reflect" else 2 * n - 2  # reflect repeats edge values, mirror does not
+    m = i % period
+    return np.where(m < n, m, period - 1 - m if mode == "reflect" else period - m)
+
+
+def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
+    """(position, source start, length) of each run of consecutive source indices (-1 skipped)."""
+    outside = index < 0
+    breaks = np.flatnonzero((np.diff(index) != 1) | outside[1:] | outside[:-1]) + 1
+    runs = []
+    for part, first in zip(np.split(index, breaks), np.concatenate([[0], breaks])):
+        if part[0] >= 0:
+            runs.append((int(first), int(part[0]), len(part)))
+    return runs
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """A lazily read (H, W, C) image: ``array`` is anything sliceable (zarr, memmap)."""
+
+    name: str
+    array: object
+    depth: int
+    closer: object = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        shape = tuple(self.array.shape)
+        return shape if len(shape) == 3 else shape + (1,)
+
+    @property
+    def alpha(self) -> bool:
+        return self.shape[2] in (2, 4)
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """Stored values of a rectangle inside the image, (h, w, C)."""
+        block = np.asarray(self.array[rows, cols])
+        return block if block.ndim == 3 else block[..., None]
+
+    def window(self, rows: np.ndarray, cols: np.ndarray, cval: float = 0.0) -> np.ndarray:
+        """Float32 (h, w, C) pixels at row and column indices (from ``extend_index``; -1 = cval).
+
+        In [0, 1] units and planar memory, as ``io.load`` gives them, so filters see the same
+        numbers and layout; a run of consecutive indices is one read.
+        """
+        channels = self.shape[2]
+        out = np.empty((channels, len(rows), len(cols)), dtype=np.float32)
+        if (rows < 0).any() or (cols < 0).any():
+            out[...] = np.float32(cval)
+        for r_at, r_from, r_len in _runs(rows):
+            for c_at, c_from, c_len in _runs(cols):
+                block = self.read(slice(r_from, r_from + r_len), slice(c_from, c_from + c_len))
+                np.divide(np.moveaxis(block, -1, 0), np.float32(_MAXVAL[self.depth]),
+                          out=out[:, r_at : r_at + r_len, c_at : c_at + c_len], casting="unsafe")
+        return np.moveaxis(out, 0, -1)
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer.close()
+
+
+def _depth(dtype: np.dtype) -> int:
+    return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(np.dtype(dtype), 32)
+
+
+def open_source(path: str) -> Source:
+    """A lazy source for a TIFF, .npy or zarr path; an InputError names what cannot stream."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return _open_zarr(path)
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic[:6] == b"\x93NUMPY":
+            return _open_npy(path)
+        if magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            return _open_tiff(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
+    raise InputError(f"{path}: too large for memory, and only TIFF, .npy and zarr images are read in tiles; "
+                     "convert it (e.g. vips tiffsave IN OUT.tif --tile --bigtiff) or raise --memory")
+
+
+def _open_npy(path: str) -> Source:
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise InputError(f"{path}: a .npy image must be a real (H, W) or (H, W, C) array, got {array.dtype} {array.shape}")
+    return Source(path, array, 32)  # .npy values are taken as they are, as io.load does
+
+
+def _open_tiff(path: str) -> Source:
+    import tifffile
+    import zarr
+
+    try:
+        tiff = tifffile.TiffFile(path)
+    except tifffile.TiffFileError as exc:
+        raise InputError(f"{path}: truncated or corrupt TIFF ({exc})") from None
+    page = tiff.pages.first
+    orientation = page.tags.get("Orientation")
+    problem = (page.planarconfig != 1 and page.samplesperpixel > 1 and "planar (separate) channels"
+               or page.photometric not in (0, 1, 2) and f"photometric {page.photometric.name}"
+               or orientation is not None and orientation.value != 1 and "an EXIF orientation"
+               or page.bitspersample not in (8, 16, 32) and f"{page.bitspersample}-bit samples")
+    if problem:
+        tiff.close()
+        raise InputError(f"{path}: a TIFF with {problem} is not read in tiles; convert it to a tiled RGB TIFF")
+    store = tiff.series[0].aszarr()
+    return Source(path, zarr.open(store, mode="r"), _depth(page.dtype), tiff)
+
+
+def _open_zarr(path: str) -> Source:
+    import zarr
+
+    try:
+        array = zarr.open_array(path, mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several kinds for a folder that is not an array
+        raise InputError(f"{path}: not a zarr array ({exc})") from None
+    if array.ndim not in (2, 3):
+        raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C), got {array.shape}")
+    return Source(path, array, _depth(array.dtype))
+
+
+def image_shape(path: str) -> tuple[int, int, int] | None:
+    """(H, W, C) from the header alone (None if unknown): whether a job needs tiles at all."""
+    try:
+        source = open_source(path)
+    except InputError:
+        return _pillow_shape(path)
+    try:
+        return source.shape
+    finally:
+        source.close()
+
+
+def _pillow_shape(path: str) -> tuple[int, int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:  # reads the header only
+            return image.height, image.width, len(image.getbands())
+    except Exception:  # noqa: BLE001 - not an image: io.load gives the one-line error later
+        return None
+
+
+# --- sinks ---------------------------------------------------------------------------------
+
+
+Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C)
+
+
+def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
+                tile: tuple[int, int], alpha: bool = False) -> None:
+    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy or zarr.
+
+    Written next to the target and renamed, as every output: a failure leaves nothing behind.
+    """
+    suffix = Path(path).suffix.lower()
+    target = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")) / target.name
+    try:
+        if suffix == ".npy":
+            _write_npy(str(tmp), shape, dtype, blocks)
+        elif suffix == ".zarr":
+            _write_zarr(str(tmp), shape, dtype, blocks, tile)
+        else:
+            _write_tiff(str(tmp), shape, dtype, blocks, tile, alpha)
+        if target.is_dir() and suffix == ".zarr":
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    for rows, cols, block in blocks:
+        out[rows, cols] = block
+    out.flush()
+    del out
+
+
+def _write_zarr(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int]) -> None:
+    import zarr
+
+    out = zarr.create_array(path, shape=shape, dtype=dtype, chunks=tile + shape[2:], zarr_format=3)
+    for rows, cols, block in blocks:
+        out[rows, cols] = block
+
+
+def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool) -> None:
+    import tifffile
+
+    height, width, channels = shape
+
+    def tiles():  # blocks are whole tile rows cut into windows: split each into the TIFF's tiles
+        for _, cols, block in blocks:
+            for left in range(0, block.shape[1], tile[1]):
+                piece = np.zeros(tile + (channels,), dtype=dtype)
+                part = block[:, left : left + tile[1]]
+                piece[: part.shape[0], : part.shape[1]] = part
+                yield piece if channels > 1 else piece[..., 0]
+
+    extras = {"extrasamples": ("unassalpha",)} if alpha else {}
+    nbytes = height * width * channels * np.dtype(dtype).itemsize
+    tifffile.imwrite(path, tiles(), shape=shape if channels > 1 else shape[:2], dtype=dtype, tile=tile,
+                     photometric="minisblack" if channels <= 2 else "rgb", planarconfig="contig",
+                     bigtiff=nbytes > BIGTIFF_BYTES, compression="zlib", compressionargs={"level": 1},
+                     buffersize=2**24, **extras)
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An output of ``height`` x ``width`` cut into windows of at most ``window`` pixels.
+
+    Windows come in row-major order and rows of windows are ``window[0]`` high, which is also
+    the TIFF tile height, so a row of windows is a row of tiles.
+    """
+
+    height: int
+    width: int
+    window: tuple[int, int]
+
+    def windows(self) -> Iterator[tuple[slice, slice]]:
+        wh, ww = self.window
+        for top in range(0, self.height, wh):
+            for left in range(0, self.width, ww):
+                yield slice(top, min(top + wh, self.height)), slice(left, min(left + ww, self.width))
+
+
+def window_for(memory: int, bytes_per_pixel: int, halo: tuple[int, int], tile: int) -> tuple[int, int]:
+    """The largest window (a multiple of ``tile`` in both dimensions) whose haloed area fits ``memory``."""
+    pixels = max(1, memory // max(1, bytes_per_pixel))
+    side = max(tile, int(pixels**0.5) - 2 * max(halo))
+    side -= side % tile
+    return tile, max(tile, (side * side // tile) // tile * tile)
