@@ -25,6 +25,7 @@ from .errors import UsageError
 from .io import DEPTHS, check_stdout_format
 from .pipeline import (Expanded, Report, Settings, execute, expand_inputs, output_name_pattern, plan,
                        prepare_folders, read_list, remove_partial_files)
+from .tiled import DEFAULT_MEMORY, parse_size
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -104,6 +105,7 @@ class Batch:
     fail_fast: bool
     scheduler: Optional[str]
     max_pixels: Optional[int]
+    memory: str
     gray: bool
     debug: bool
     dry_run: bool
@@ -134,6 +136,8 @@ _COMMON = {
     "fail_fast": (Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed input.")], False),
     "scheduler": (Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Run the jobs on a Dask cluster, e.g. tcp://host:8786.")], None),
     "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
+    "memory": (Annotated[str, typer.Option(metavar="SIZE", help="Memory budget: larger images are streamed in tiles "
+                                           "(TIFF, .npy in; .tif, .npy out), e.g. 600M, 8G.")], DEFAULT_MEMORY),
     "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),
     "debug": (Annotated[bool, typer.Option("--debug", help="Show tracebacks.")], False),
     "dry_run": (Annotated[bool, typer.Option("--dry-run", help="Print the plan (inputs, outputs, methods, memory) and write nothing.")], False),
@@ -231,7 +235,7 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
         sources = [os.path.abspath(s) for s in sources]
     settings = Settings(depth=int(batch.depth.value) if batch.depth else None, scale=scale,
                         engine=batch.engine.value, max_pixels=batch.max_pixels, split_channels=split_channels,
-                        stdout_suffix=check_stdout_format(batch.format))
+                        stdout_suffix=check_stdout_format(batch.format), memory=parse_size(batch.memory))
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
                 absolute=bool(batch.scheduler))

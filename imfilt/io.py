@@ -370,6 +370,12 @@ def _encode_tifffile(stored: np.ndarray, alpha: bool, out: BinaryIO) -> None:
     out.write(buffer.getbuffer())
 
 
+def fitting_depth(depth: int, suffix: str) -> int:
+    """The input's depth where the format holds it, else the deepest it holds (16-bit -> JPEG: 8)."""
+    held = FORMATS[suffix][1]
+    return depth if depth in held else max(held)
+
+
 def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in the same folder, then rename: never a partial file.
 

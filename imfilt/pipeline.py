@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from . import tiled
 from .engine import get_engine
 from .errors import InputError, UsageError
-from .io import FORMATS, Loaded, check_output_format, load, write_image
+from .io import FORMATS, Loaded, check_output_format, fitting_depth, load, write_image
+from .tiles import image_shape
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".npy"}
 DEFAULT_TEMPLATE = "{stem}.{op}{ext}"
@@ -35,6 +37,7 @@ class Settings:
     max_pixels: int | None = None
     split_channels: bool = False
     stdout_suffix: str = ".png"
+    memory: int = tiled.parse_size(tiled.DEFAULT_MEMORY)  # above this an image is processed in tiles
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Job:
     outputs: tuple[Output, ...]
     settings: Settings
     data: bytes | None = None  # standard input's bytes
+    tiled: bool = False  # too large for memory: streamed window by window (tiled.py)
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -196,7 +200,11 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 seen[key] = source
             skip = skip_existing and bool(output.files) and all(_exists(f, settings) for f in output.files)
             outputs.append(replace(output, skip=skip))
-        jobs.append(Job(source, tuple(outputs), settings))
+        quiet_decoders()  # the header read below must not log about a bad file: its job reports it
+        big = source != "-" and tiled.needs_tiles(image_shape(source), settings.memory)
+        for output in outputs if big else ():
+            tiled.check_tiled_output(source, output, split)
+        jobs.append(Job(source, tuple(outputs), settings, tiled=big))
     if not overwrite:
         _check_overwrites(jobs)
     return jobs
@@ -282,6 +290,8 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         if job.source != "-" and _same_file(file, job.source):  # a link made since planning
             raise InputError(f"{job.source}: the output {file} is the input itself; not overwritten")
     engine = get_engine(settings.engine, settings.threads)
+    if job.tiled:
+        return records + [_tiled_output(job, output, engine) for output in todo]
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
     for output in todo:
@@ -292,21 +302,24 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
                  else [(output.path, result.pixels, result.alpha)])
         for path, pixels, alpha in files:
-            depth = settings.depth or _fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
+            depth = settings.depth or fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
             write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
         for name, path in output.extras:  # e.g. the mask: its values as they are, grey
             extra = result.extras[name]
             write_image(path, extra[..., None] if extra.ndim == 2 else extra,
-                        depth=_fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
+                        depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
         seconds = time.perf_counter() - start
         records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
     return records
 
 
-def _fitting_depth(depth: int, suffix: str) -> int:
-    """The input's depth where the format holds it, else the deepest it holds (16-bit -> JPEG: 8)."""
-    held = FORMATS[suffix][1]
-    return depth if depth in held else max(held)
+def _tiled_output(job: Job, output: Output, engine) -> dict:
+    start = time.perf_counter()
+    facts = tiled.run_output(job.source, output.op, output.path, depth=job.settings.depth, scale=job.settings.scale,
+                             memory=job.settings.memory, engine=engine)
+    record = _record(job, output)
+    record.update(facts, engine=engine.name, seconds=round(time.perf_counter() - start, 4))
+    return record
 
 
 def _record(job: Job, output: Output, *, skipped: bool = False, result=None, engine=None, seconds=0.0) -> dict:

@@ -181,23 +181,26 @@ def _open_zarr(path: str) -> Source:
 def image_shape(path: str) -> tuple[int, int, int] | None:
     """(H, W, C) from the header alone (None if unknown): whether a job needs tiles at all."""
     try:
-        source = open_source(path)
-    except InputError:
-        return _pillow_shape(path)
-    try:
-        return source.shape
-    finally:
-        source.close()
+        if Path(path).is_dir():
+            return tuple(_open_zarr(path).shape)
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic[:6] == b"\x93NUMPY":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        elif magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            import tifffile
 
+            with tifffile.TiffFile(path) as tiff:
+                page = tiff.pages.first
+                shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
+        else:
+            from PIL import Image
 
-def _pillow_shape(path: str) -> tuple[int, int, int] | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:  # reads the header only
-            return image.height, image.width, len(image.getbands())
-    except Exception:  # noqa: BLE001 - not an image: io.load gives the one-line error later
+            with Image.open(path) as image:  # reads the header only
+                shape = (image.height, image.width, len(image.getbands()))
+    except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
         return None
+    return shape if len(shape) == 3 else tuple(shape) + (1,)
 
 
 # --- sinks ---------------------------------------------------------------------------------
@@ -288,9 +291,11 @@ class Plan:
                 yield slice(top, min(top + wh, self.height)), slice(left, min(left + ww, self.width))
 
 
-def window_for(memory: int, bytes_per_pixel: int, halo: tuple[int, int], tile: int) -> tuple[int, int]:
-    """The largest window (a multiple of ``tile`` in both dimensions) whose haloed area fits ``memory``."""
-    pixels = max(1, memory // max(1, bytes_per_pixel))
-    side = max(tile, int(pixels**0.5) - 2 * max(halo))
-    side -= side % tile
-    return tile, max(tile, (side * side // tile) // tile * tile)
+def window_for(memory: int, bytes_per_pixel: int, halo: int, max_tile: int = 256) -> tuple[int, int]:
+    """The largest window whose haloed area fits ``memory``: (tile, a multiple of tile) pixels.
+
+    The tile (the TIFF's, a multiple of 16) is at most ``max_tile``, smaller for small budgets.
+    """
+    side = max(16, int((max(1, memory) / max(1, bytes_per_pixel)) ** 0.5) - 2 * halo)
+    tile = min(max_tile, side - side % 16)
+    return tile, max(tile, side * side // tile // tile * tile)

@@ -1,0 +1,161 @@
+"""Running an operation on an image larger than memory, window by window (see tiles.py).
+
+Each output window reads the input it depends on: the window plus the kernel's reach (the
+halo), cut at the image's true edges so that the operation extends the image there exactly as
+it does whole: the window's values are bit-identical to the whole-image result (direct and
+separable; FFT within float32 rounding). ``wrap`` reaches across the image, so its halo is read
+by index mapping instead (tiles.extend_index) and the window keeps its "valid" part. (Mapping
+``constant`` the same way would not be exact: scipy's cval is a double, and premultiplied alpha
+and --gray would see the cval before filtering rather than after.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import UsageError
+from .io import SCALERS, Loaded, fitting_depth, to_storage
+from .ops import Apply, Result
+from .tiles import Plan, Source, extend_index, open_source, window_for, write_tiles
+
+DEFAULT_MEMORY = "2G"
+# Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo
+# (201 MB of float32) peaked at 0.65-1.1 GB (README, "Limits"), so ~6 copies at the most.
+WHOLE_IMAGE_COPIES = 6
+# ... and of one window (input, premultiplied copy, one response per kernel part, FFT padding).
+WINDOW_COPIES = 12
+TILE = 256  # TIFF tile side for outputs (a multiple of 16, as TIFF wants)
+STREAMED_OUTPUTS = (".tif", ".tiff", ".npy")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'600M', '2G', '1.5g', '4096' -> bytes; --memory's syntax."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)i?[bB]?\s*", text)
+    if not match or float(match[1]) <= 0:
+        raise UsageError(f"--memory {text!r}: give a size such as 600M or 2G")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def needs_tiles(shape: tuple[int, int, int] | None, memory: int) -> bool:
+    """Whether processing the image whole would pass the memory budget."""
+    return shape is not None and shape[0] * shape[1] * shape[2] * 4 * WHOLE_IMAGE_COPIES > memory
+
+
+def check_tiled_output(source: str, output, split_channels: bool) -> None:
+    """Planning: an output that a tiled job cannot write is refused before anything runs."""
+    for path in (output.path, *(p for _, p in output.extras)):
+        suffix = Path(path).suffix.lower()
+        if path == "-" or suffix not in STREAMED_OUTPUTS or split_channels:
+            what = "--split-channels" if split_channels else "standard output" if path == "-" else f"{suffix} output"
+            raise UsageError(f"{source}: too large for memory (see --memory), and images are streamed only into "
+                             f"{', '.join(STREAMED_OUTPUTS)} files: not {what}")
+
+
+# --- windows of an apply -------------------------------------------------------------------
+
+
+def _axis_reads(op: Apply, start: int, stop: int, n: int, k: int) -> tuple[np.ndarray, slice]:
+    """Input indices that output positions start..stop-1 read along one axis, and which to keep.
+
+    Output o reads the input from o - before to o + after. The window is cut at the image's true
+    edges, where the operation extends the image itself as it does whole (with one reach of
+    margin, so reflections near an edge find their rows); wrap reaches across the image, so its
+    halo is index-mapped and the window keeps its "valid" part.
+    """
+    before = {"valid": 0, "full": k - 1}.get(op.size, k // 2 if op.correlate else k - 1 - k // 2)
+    after = k - 1 - before
+    if op.mode == "wrap" and op.size != "valid":
+        return extend_index(start - before, stop + after, n, "wrap"), slice(None)
+    margin = max(before, after) + 1
+    low, high = max(0, start - before - margin), min(n, stop + after + margin)
+    return np.arange(low, high), slice(start - low, stop - low)
+
+
+def output_shape(op: Apply, height: int, width: int) -> tuple[int, int]:
+    kh, kw = op.kernel.shape
+    if op.size == "same":
+        return height, width
+    grow = 1 if op.size == "full" else -1
+    shape = (height + grow * (kh - 1), width + grow * (kw - 1))
+    if min(shape) < 1:
+        raise UsageError(f"--size valid: the {kh}x{kw} kernel does not fit in the {height}x{width} image")
+    return shape
+
+
+def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int]) -> Iterator[tuple[slice, slice, Result]]:
+    """(rows, columns, result) for each output window of ``op`` in row-major order."""
+    height, width, _ = source.shape
+    kh, kw = op.kernel.shape
+    mapped = op.mode == "wrap" and op.size != "valid"
+    # --method auto is resolved once for the image, never per window
+    window_op = replace(op, size="valid" if mapped else op.size, method=op.resolved_method)
+    for rows, cols in Plan(*output_shape(op, height, width), window).windows():
+        row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
+        col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
+        pixels = source.window(row_index, col_index, cval=op.cval)
+        result = window_op.run(Loaded(pixels, source.depth, source.alpha), engine)
+        yield rows, cols, replace(result, pixels=result.pixels[keep_rows, keep_cols])
+
+
+# --- a whole tiled output ------------------------------------------------------------------
+
+
+def run_output(source_path: str, op, path: str, *, depth: int | None, scale: str, memory: int, engine) -> dict:
+    """Filter a source too large for memory into ``path``, window by window; facts for --json."""
+    if not isinstance(op, Apply):
+        raise UsageError(f"{source_path}: {op.name} of an image larger than memory is not supported yet")
+    source = open_source(source_path)
+    try:
+        window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), TILE)
+        return _write(source, op, path, window, depth=depth, scale=scale, engine=engine)
+    finally:
+        source.close()
+
+
+def _write(source: Source, op: Apply, path: str, window: tuple[int, int], *, depth, scale, engine) -> dict:
+    suffix = Path(path).suffix.lower()
+    depth = depth or fitting_depth(source.depth, suffix)
+    windows = apply_windows(op, source, engine, window)
+    rows, cols, first = next(windows)  # what the result is (channels, alpha, auto scale) before writing
+    scale = first.auto_scale if scale == "auto" else scale
+    bounds = _colour_bounds(apply_windows(op, source, engine, window), first.alpha) if scale == "stretch" else None
+
+    def stored(result: Result) -> np.ndarray:
+        if suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
+            return result.pixels
+        if depth == 32:
+            return to_storage(result.pixels, 32)
+        if bounds is None:
+            return to_storage(result.pixels, depth, scale, result.alpha)
+        pixels = result.pixels.copy()
+        colour = pixels[..., :-1] if result.alpha else pixels
+        # io's map for the whole image, from the minimum and maximum that the first pass found
+        colour[...] = SCALERS[scale](np.array(bounds, dtype=np.float32))(colour)
+        return to_storage(pixels, depth, "clip", result.alpha)
+
+    def blocks():
+        yield rows, cols, stored(first)
+        for r, c, result in windows:
+            yield r, c, stored(result)
+
+    height, width = output_shape(op, *source.shape[:2])
+    dtype = np.float32 if suffix == ".npy" or depth == 32 else np.uint8 if depth == 8 else np.uint16
+    write_tiles(path, (height, width, first.pixels.shape[2]), dtype, blocks(), tile=(window[0], min(window)),
+                alpha=first.alpha)
+    return {**first.facts, "shape": [height, width, first.pixels.shape[2]], "tiled": True,
+            "window": list(window)}
+
+
+def _colour_bounds(windows, alpha: bool) -> tuple[float, float]:
+    """--scale stretch: the first pass finds the minimum and maximum over the whole image."""
+    low, high = np.inf, -np.inf
+    for _, _, result in windows:
+        colour = result.pixels[..., :-1] if alpha else result.pixels
+        low, high = min(low, float(colour.min())), max(high, float(colour.max()))
+    return low, high

@@ -1,0 +1,183 @@
+"""Images larger than memory: tiled results against the whole-image path, bit for bit."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imfilt.engine import cpu_engine
+from imfilt.io import Loaded, unit_pixels
+from imfilt.kernels import Kernel, load_kernel
+from imfilt.ops import Apply
+from imfilt.tiled import apply_windows, output_shape
+from imfilt.tiles import Source
+
+MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
+
+
+def tiled_result(op, image, window, engine):
+    """The windows of a tiled run put together (an in-memory source: the same code as a file's)."""
+    source = Source("test", image, 32)
+    height, width = output_shape(op, *image.shape[:2])
+    out = None
+    for rows, cols, result in apply_windows(op, source, engine, window):
+        if out is None:
+            out = np.full((height, width, result.pixels.shape[2]), np.nan, dtype=np.float32)
+        out[rows, cols] = result.pixels
+    return out
+
+
+def whole_result(op, image, engine):
+    return op.run(Loaded(unit_pixels(np.moveaxis(image, -1, 0)), 32, image.shape[2] in (2, 4)), engine).pixels
+
+
+@st.composite
+def kernels(draw):
+    kind = draw(st.sampled_from(["dense", "rank1", "magnitude"]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    values = st.floats(-2, 2, allow_nan=False, width=32)
+    if kind == "magnitude":
+        return load_kernel(draw(st.sampled_from(["sobel", "prewitt", "scharr"]))), "direct"
+    if kind == "rank1":
+        column = np.array(draw(st.lists(values, min_size=kh, max_size=kh)))
+        row = np.array(draw(st.lists(values, min_size=kw, max_size=kw)))
+        weights = np.outer(column, row)
+        if not np.any(weights):
+            weights[0, 0] = 1.0
+        from imfilt.convolve import rank_one_factors
+
+        method = "separable" if rank_one_factors(weights) is not None else "direct"
+        return Kernel("rank1", weights), draw(st.sampled_from([method, "direct"]))
+    weights = np.array(draw(st.lists(values, min_size=kh * kw, max_size=kh * kw))).reshape(kh, kw)
+    return Kernel("dense", weights), "direct"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    height=st.integers(1, 13), width=st.integers(1, 13), channels=st.integers(1, 4),
+    kernel_method=kernels(), mode=st.sampled_from(MODES), size=st.sampled_from(["same", "valid", "full"]),
+    correlate=st.booleans(), cval=st.sampled_from([0.0, 0.1, -0.7]), gray=st.booleans(),
+    alpha=st.sampled_from(["premultiply", "keep", "drop"]),
+    window=st.tuples(st.integers(1, 16), st.integers(1, 16)), threads=st.sampled_from([1, 2]), seed=st.integers(0, 9),
+)
+def test_tiled_equals_whole_bit_for_bit(height, width, channels, kernel_method, mode, size, correlate, cval, gray,
+                                        alpha, window, threads, seed):
+    """Direct and separable, every mode, size, kernel kind, cval and alpha handling; windows of
+    1x1, smaller than the kernel, not dividing the image, larger than it; 1xN images."""
+    kernel, method = kernel_method
+    kh, kw = kernel.shape
+    if size == "valid" and (kh > height or kw > width):
+        return
+    image = np.random.default_rng(seed).random((height, width, channels)).astype(np.float32)
+    if channels in (2, 4):
+        image[..., -1] = np.round(image[..., -1] * 2) / 2  # transparent, half and opaque pixels
+    op = Apply(kernel, mode=mode, cval=cval, size=size, method=method, correlate=correlate, gray=gray, alpha=alpha)
+    engine = cpu_engine(threads)
+    expected = whole_result(op, image, engine)
+    got = tiled_result(op, image, window, engine)
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected, equal_nan=True), np.nanmax(np.abs(got - expected))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("size", ["same", "valid", "full"])
+def test_tiled_fft_within_bound(mode, size):
+    """FFT per window differs from one whole-image FFT only by float32 rounding: < 1e-5 here."""
+    image = np.random.default_rng(3).random((61, 47, 3)).astype(np.float32)
+    op = Apply(load_kernel("gaussian:sigma=3"), mode=mode, size=size, method="fft")
+    engine = cpu_engine(1)
+    difference = np.abs(tiled_result(op, image, (16, 20), engine) - whole_result(op, image, engine))
+    assert difference.max() < 1e-5
+
+
+# --- the command line: `--memory` small enough that these small images stream in 16x16 windows ---
+
+
+def _tiff(path, image, **kwargs):
+    import tifffile
+
+    extras = {"extrasamples": ("unassalpha",)} if image.shape[2] in (2, 4) else {}
+    tifffile.imwrite(path, image if image.shape[2] > 1 else image[..., 0], photometric="rgb" if image.shape[2] >= 3 else "minisblack",
+                     planarconfig="contig", compression="zlib", **kwargs, **extras)
+    return path
+
+
+@pytest.fixture
+def big_tiff(tmp_path):
+    rng = np.random.default_rng(11)
+    return _tiff(tmp_path / "big.tif", (rng.random((70, 101, 3)) * 255).astype(np.uint8), tile=(32, 32))
+
+
+def _run(*args):
+    from typer.testing import CliRunner
+
+    from imfilt.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args", [
+    ["-k", "box"],
+    ["-k", "sobel"],
+    ["-k", "gaussian:sigma=2", "--method", "separable", "--boundary", "wrap"],
+    ["-k", "laplacian", "--scale", "stretch", "--size", "full", "--boundary", "constant", "--cval", "0.3"],
+    ["-k", "emboss", "--correlate", "--size", "valid", "--depth", "16", "--gray"],
+    ["-k", "3x2: 1,2,3,-1,0,4", "--scale", "offset", "--boundary", "mirror"],
+])
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_cli_tiled_equals_in_memory(big_tiff, tmp_path, args, suffix):
+    from imfilt.io import load
+
+    if suffix == ".npy" and "--depth" in args:
+        args = args[: args.index("--depth")] + args[args.index("--depth") + 2 :]  # .npy holds float32 only
+    tiled = _run("apply", big_tiff, *args, "-o", tmp_path / f"tiled{suffix}", "--memory", "100K", "--json")
+    whole = _run("apply", big_tiff, *args, "-o", tmp_path / f"whole{suffix}", "--json")
+    assert tiled.exit_code == 0 and whole.exit_code == 0, tiled.stderr + whole.stderr
+    assert '"tiled": true' in tiled.stdout and '"tiled"' not in whole.stdout
+    got, expected = load(str(tmp_path / f"tiled{suffix}")), load(str(tmp_path / f"whole{suffix}"))
+    assert got.depth == expected.depth and np.array_equal(got.pixels, expected.pixels)
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint16, 4), (np.uint8, 2), (np.float32, 1)])
+def test_cli_tiled_alpha_and_depths(tmp_path, dtype, channels):
+    from imfilt.io import load
+
+    rng = np.random.default_rng(5)
+    top = 1 if dtype == np.float32 else np.iinfo(dtype).max
+    image = (rng.random((40, 55, channels)) * top).astype(dtype)
+    if channels in (2, 4):
+        image[:20, :, -1] = 0  # a transparent half
+    source = _tiff(tmp_path / "a.tif", image, rowsperstrip=5)  # striped
+    for name, memory in (("tiled", "20K"), ("whole", "2G")):
+        result = _run("apply", source, "-k", "gaussian:sigma=1", "--method", "direct", "-o", tmp_path / f"{name}.tif",
+                      "--memory", memory)
+        assert result.exit_code == 0, result.stderr
+    got, expected = load(str(tmp_path / "tiled.tif")), load(str(tmp_path / "whole.tif"))
+    assert (got.depth, got.alpha) == (expected.depth, expected.alpha)
+    assert np.array_equal(got.pixels, expected.pixels)
+
+
+@pytest.mark.parametrize("output,message", [
+    ("out.png", "streamed only into .tif, .tiff, .npy files: not .png output"),
+    ("-", "not standard output"),
+])
+def test_cli_tiled_refuses_outputs_that_do_not_stream(big_tiff, tmp_path, output, message):
+    result = _run("apply", big_tiff, "-k", "box", "-o", output if output == "-" else tmp_path / output, "--memory", "100K")
+    assert result.exit_code == 2 and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
+
+
+def test_cli_too_large_png_is_one_line_and_exit_1(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "a.png")
+    result = _run("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "o.tif", "--memory", "100K")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[0].endswith("only TIFF, .npy and zarr images are read in tiles; "
+                                                         "convert it (e.g. vips tiffsave IN OUT.tif --tile --bigtiff) or raise --memory")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_cli_bad_memory_is_usage_error(big_tiff, tmp_path):
+    result = _run("apply", big_tiff, "-k", "box", "-o", tmp_path / "o.tif", "--memory", "lots")
+    assert result.exit_code == 2 and "--memory 'lots'" in result.stderr
