@@ -1,5 +1,7 @@
 """Images larger than memory: tiled results against the whole-image path, bit for bit."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -181,3 +183,69 @@ def test_cli_too_large_png_is_one_line_and_exit_1(tmp_path):
 def test_cli_bad_memory_is_usage_error(big_tiff, tmp_path):
     result = _run("apply", big_tiff, "-k", "box", "-o", tmp_path / "o.tif", "--memory", "lots")
     assert result.exit_code == 2 and "--memory 'lots'" in result.stderr
+
+
+# --- memory: measured under a hard limit, not hoped ---
+
+_LIMITED = """
+import resource, sys
+limit = int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.argv = ["imfilt"] + sys.argv[2:]
+from imfilt.cli import main
+main()
+"""
+
+
+def _pattern_tiff(path, height, width, tile=256):
+    """A tiled RGB TIFF written tile by tile, so the test never holds the image either."""
+    import tifffile
+
+    def tiles():
+        y, x = np.mgrid[:tile, :tile]
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                yield np.stack([(x + left) % 251, (y + top) % 241, ((x + left) * (y + top)) % 239], -1).astype(np.uint8)
+
+    tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
+    return path
+
+
+def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
+    """4000x4000 RGB (192 MB as float32) under RLIMIT_AS = 300 MB: the whole-image path fails there
+    (so the limit binds), the tiled one passes and gives the right pixels."""
+    import subprocess
+    import sys
+
+    import scipy.ndimage as ndi
+    import tifffile
+
+    source = _pattern_tiff(tmp_path / "big.tif", 4000, 4000)
+    # one OpenBLAS thread: its per-thread buffers are address space too (and under a tight limit
+    # OpenBLAS's start-up can spin instead of failing)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+
+    def limited(memory, output):
+        return subprocess.run([sys.executable, "-c", _LIMITED, "300", "apply", source, "-k", "box", "-o", output,
+                               "--memory", memory], capture_output=True, text=True, env=env, timeout=300)
+
+    whole = limited("100G", tmp_path / "whole.tif")
+    assert whole.returncode == 1 and "not enough memory" in whole.stderr, whole.stderr
+    tiled = limited("64M", tmp_path / "tiled.tif")
+    assert tiled.returncode == 0, tiled.stderr
+    out = tifffile.imread(tmp_path / "tiled.tif", aszarr=True)
+    import zarr
+
+    out = zarr.open(out, mode="r")
+    assert out.shape == (4000, 4000, 3)
+    pixels = tifffile.imread(source, aszarr=True)
+    pixels = zarr.open(pixels, mode="r")
+    for top, left in ((0, 0), (1234, 2987), (3990, 3990)):  # corners cut at the true edges, and the middle
+        rows, cols = slice(max(0, top - 1), top + 11), slice(max(0, left - 1), left + 11)
+        block = np.moveaxis(pixels[rows, cols], -1, 0) / np.float32(255)
+        box = np.full((3, 3), 1 / 9, dtype=np.float32)
+        expected = np.stack([ndi.correlate(plane, box, mode="reflect") for plane in block], -1)
+        expected = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
+        r, c = top - rows.start, left - cols.start
+        got = out[top : top + 10, left : left + 10]
+        assert np.array_equal(got, expected[r : r + got.shape[0], c : c + got.shape[1]])
