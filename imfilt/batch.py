@@ -106,6 +106,7 @@ class Batch:
     scheduler: Optional[str]
     max_pixels: Optional[int]
     memory: str
+    temp_dir: Optional[str]
     gray: bool
     debug: bool
     dry_run: bool
@@ -138,6 +139,8 @@ _COMMON = {
     "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
     "memory": (Annotated[str, typer.Option(metavar="SIZE", help="Memory budget: larger images are streamed in tiles "
                                            "(TIFF, .npy in; .tif, .npy out), e.g. 600M, 8G.")], DEFAULT_MEMORY),
+    "temp_dir": (Annotated[Optional[str], typer.Option(metavar="DIR", help="Scratch space for the FFTs of images larger than "
+                                                       "memory.  [default: TMPDIR]")], None),
     "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),
     "debug": (Annotated[bool, typer.Option("--debug", help="Show tracebacks.")], False),
     "dry_run": (Annotated[bool, typer.Option("--dry-run", help="Print the plan (inputs, outputs, methods, memory) and write nothing.")], False),
@@ -235,7 +238,8 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
         sources = [os.path.abspath(s) for s in sources]
     settings = Settings(depth=int(batch.depth.value) if batch.depth else None, scale=scale,
                         engine=batch.engine.value, max_pixels=batch.max_pixels, split_channels=split_channels,
-                        stdout_suffix=check_stdout_format(batch.format), memory=parse_size(batch.memory))
+                        stdout_suffix=check_stdout_format(batch.format), memory=parse_size(batch.memory),
+                        temp_dir=batch.temp_dir and os.path.abspath(batch.temp_dir))
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
                 absolute=bool(batch.scheduler))

@@ -23,7 +23,8 @@ from .errors import EngineUnavailable
 
 ENGINES = ("auto", "cpu", "gpu")
 FFT_BACKENDS = ("scipy", "pyfftw")
-_FFT_FUNCTIONS = ("rfft2", "irfft2")  # real images: the real transforms are all the operations use
+# real images: the real transforms, and the 1-D ones that a tiled image's rows and columns take
+_FFT_FUNCTIONS = ("rfft2", "irfft2", "rfft", "irfft", "fft", "ifft")
 NO_GPU = "no CUDA device: install imfilt[gpu] on a machine with a GPU, or use --engine cpu"
 
 

@@ -75,11 +75,16 @@ def frequency_mask(shape: tuple[int, int], radius: float, *, profile: str = "ide
     ideal: 1 where u² + v² <= R²; gaussian: exp(-d² / 2R²); butterworth: 1 / (1 + (d/R)^2n).
     ``band=INNER`` keeps INNER < d <= R (a band-pass); ``highpass`` is 1 - the low-pass.
     """
-    check_mask_options(radius, profile, order, band)
     height, width = shape
-    u = np.arange(height) - height // 2
-    v = np.arange(width) - width // 2
-    d2 = u[:, None].astype(np.float64) ** 2 + v[None, :] ** 2
+    return mask_at(np.arange(height) - height // 2, np.arange(width) - width // 2, radius, profile=profile,
+                   order=order, highpass=highpass, band=band)
+
+
+def mask_at(u: np.ndarray, v: np.ndarray, radius: float, *, profile: str = "ideal", order: float = 2.0,
+            highpass: bool = False, band: float | None = None) -> np.ndarray:
+    """The mask at centred frequencies u (rows) x v (columns): any block of it, e.g. for a tiled image."""
+    check_mask_options(radius, profile, order, band)
+    d2 = np.asarray(u)[:, None].astype(np.float64) ** 2 + np.asarray(v)[None, :] ** 2
 
     def lowpass_of(r: float) -> np.ndarray:
         if profile == "ideal":
@@ -134,12 +139,16 @@ class Spectrum:
     def name(self) -> str:
         return "phase" if self.phase else "spectrum"
 
+    @property
+    def auto_scale(self) -> str:
+        return "phase" if self.phase else "peak"
+
     def run(self, loaded: Loaded, engine: Engine) -> Result:
         colour, _ = split_alpha(loaded)  # the alpha channel has no spectrum worth showing
         if self.gray:
             colour = luminance(colour)
         out = spectrum(colour, window=self.window, phase=self.phase, engine=engine)
-        return Result(out, False, "phase" if self.phase else "peak", {"window": self.window})
+        return Result(out, False, self.auto_scale, {"window": self.window})
 
 
 @dataclass(frozen=True)
@@ -161,17 +170,25 @@ class Lowpass:
         kind = "bandpass" if self.band is not None else "highpass" if self.highpass else "lowpass"
         return f"{kind}{self.radius:g}"
 
+    @property
+    def auto_scale(self) -> str:
+        # high- and band-pass results have zero mean: offset shows them around mid-grey
+        return "offset" if self.highpass or self.band is not None else "clip"
+
+    def mask_at(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return mask_at(u, v, self.radius, profile=self.profile, order=self.order, highpass=self.highpass, band=self.band)
+
+    def facts(self, kept: float) -> dict:
+        # "kept": the fraction of coefficients the mask keeps, the compression-ratio view
+        return {"profile": self.profile, "radius": self.radius, "kept": round(kept, 6)}
+
     def run(self, loaded: Loaded, engine: Engine) -> Result:
         colour, alpha = split_alpha(loaded)
         if self.gray:
             colour = luminance(colour)
-        mask = frequency_mask(colour.shape[:2], self.radius, profile=self.profile, order=self.order,
-                              highpass=self.highpass, band=self.band)
+        height, width = colour.shape[:2]
+        mask = self.mask_at(np.arange(height) - height // 2, np.arange(width) - width // 2)
         out = apply_mask(colour, mask, engine=engine)
         if alpha is not None:  # alpha is carried through unfiltered
             out = np.concatenate([out, alpha], axis=-1)
-        # "kept": the fraction of coefficients the mask keeps, the compression-ratio view
-        facts = {"profile": self.profile, "radius": self.radius, "kept": round(float(mask.mean()), 6)}
-        # high- and band-pass results have zero mean: offset shows them around mid-grey
-        auto_scale = "offset" if self.highpass or self.band is not None else "clip"
-        return Result(out, alpha is not None, auto_scale, facts, extras={"mask": mask})
+        return Result(out, alpha is not None, self.auto_scale, self.facts(float(mask.mean())), extras={"mask": mask})

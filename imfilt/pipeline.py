@@ -38,6 +38,7 @@ class Settings:
     split_channels: bool = False
     stdout_suffix: str = ".png"
     memory: int = tiled.parse_size(tiled.DEFAULT_MEMORY)  # above this an image is processed in tiles
+    temp_dir: str | None = None  # scratch for the FFTs of tiled images (None: TMPDIR)
 
 
 @dataclass(frozen=True)
@@ -315,8 +316,8 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
 
 def _tiled_output(job: Job, output: Output, engine) -> dict:
     start = time.perf_counter()
-    facts = tiled.run_output(job.source, output.op, output.path, depth=job.settings.depth, scale=job.settings.scale,
-                             memory=job.settings.memory, engine=engine)
+    facts = tiled.run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
+                             memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
     record = _record(job, output)
     record.update(facts, engine=engine.name, seconds=round(time.perf_counter() - start, 4))
     return record

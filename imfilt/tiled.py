@@ -106,32 +106,43 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int]) ->
 # --- a whole tiled output ------------------------------------------------------------------
 
 
-def run_output(source_path: str, op, path: str, *, depth: int | None, scale: str, memory: int, engine) -> dict:
-    """Filter a source too large for memory into ``path``, window by window; facts for --json."""
-    if not isinstance(op, Apply):
-        raise UsageError(f"{source_path}: {op.name} of an image larger than memory is not supported yet")
+def run_output(source_path: str, output, *, depth: int | None, scale: str, memory: int, engine,
+               temp_dir: str | None = None) -> dict:
+    """Filter a source too large for memory into the output's files, window by window; facts for --json."""
+    from . import tiled_fft
+
     source = open_source(source_path)
     try:
-        window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), TILE)
-        return _write(source, op, path, window, depth=depth, scale=scale, engine=engine)
+        op = output.op
+        if isinstance(op, Apply):
+            window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), TILE)
+            shape = output_shape(op, *source.shape[:2])
+            return write_result(output.path, shape, lambda: apply_windows(op, source, engine, window), window[0],
+                                source_depth=source.depth, depth=depth, scale=scale)
+        return tiled_fft.run(source, output, depth=depth, scale=scale, memory=memory, engine=engine, temp_dir=temp_dir)
     finally:
         source.close()
 
 
-def _write(source: Source, op: Apply, path: str, window: tuple[int, int], *, depth, scale, engine) -> dict:
+def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int, depth: int | None, scale: str,
+                 bounds: tuple[float, float] | None = None) -> dict:
+    """Write the windows that ``make_windows()`` yields (rows, cols, Result) as ``write_image`` would.
+
+    ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of the whole
+    result: ``bounds`` when known, else a first pass over the windows finds them.
+    """
     suffix = Path(path).suffix.lower()
-    depth = depth or fitting_depth(source.depth, suffix)
-    windows = apply_windows(op, source, engine, window)
+    depth = depth or fitting_depth(source_depth, suffix)
+    windows = make_windows()
     rows, cols, first = next(windows)  # what the result is (channels, alpha, auto scale) before writing
     scale = first.auto_scale if scale == "auto" else scale
-    bounds = _colour_bounds(apply_windows(op, source, engine, window), first.alpha) if scale == "stretch" else None
+    if scale in ("stretch", "peak") and bounds is None and depth != 32 and suffix != ".npy":
+        bounds = _colour_bounds(make_windows(), first.alpha)
 
     def stored(result: Result) -> np.ndarray:
         if suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
             return result.pixels
-        if depth == 32:
-            return to_storage(result.pixels, 32)
-        if bounds is None:
+        if depth == 32 or scale not in ("stretch", "peak"):
             return to_storage(result.pixels, depth, scale, result.alpha)
         pixels = result.pixels.copy()
         colour = pixels[..., :-1] if result.alpha else pixels
@@ -144,12 +155,10 @@ def _write(source: Source, op: Apply, path: str, window: tuple[int, int], *, dep
         for r, c, result in windows:
             yield r, c, stored(result)
 
-    height, width = output_shape(op, *source.shape[:2])
+    channels = first.pixels.shape[2]
     dtype = np.float32 if suffix == ".npy" or depth == 32 else np.uint8 if depth == 8 else np.uint16
-    write_tiles(path, (height, width, first.pixels.shape[2]), dtype, blocks(), tile=(window[0], min(window)),
-                alpha=first.alpha)
-    return {**first.facts, "shape": [height, width, first.pixels.shape[2]], "tiled": True,
-            "window": list(window)}
+    write_tiles(path, (shape[0], shape[1], channels), dtype, blocks(), tile=(tile, tile), alpha=first.alpha)
+    return {**first.facts, "shape": [shape[0], shape[1], channels], "tiled": True}
 
 
 def _colour_bounds(windows, alpha: bool) -> tuple[float, float]:

@@ -93,19 +93,18 @@ class Source:
     def window(self, rows: np.ndarray, cols: np.ndarray, cval: float = 0.0) -> np.ndarray:
         """Float32 (h, w, C) pixels at row and column indices (from ``extend_index``; -1 = cval).
 
-        In [0, 1] units and planar memory, as ``io.load`` gives them, so filters see the same
+        In [0, 1] units and interleaved, as ``io.load`` gives them, so filters see the same
         numbers and layout; a run of consecutive indices is one read.
         """
-        channels = self.shape[2]
-        out = np.empty((channels, len(rows), len(cols)), dtype=np.float32)
+        out = np.empty((len(rows), len(cols), self.shape[2]), dtype=np.float32)
         if (rows < 0).any() or (cols < 0).any():
             out[...] = np.float32(cval)
         for r_at, r_from, r_len in _runs(rows):
             for c_at, c_from, c_len in _runs(cols):
                 block = self.read(slice(r_from, r_from + r_len), slice(c_from, c_from + c_len))
-                np.divide(np.moveaxis(block, -1, 0), np.float32(_MAXVAL[self.depth]),
-                          out=out[:, r_at : r_at + r_len, c_at : c_at + c_len], casting="unsafe")
-        return np.moveaxis(out, 0, -1)
+                np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[r_at : r_at + r_len, c_at : c_at + c_len],
+                          casting="unsafe")
+        return out
 
     def close(self) -> None:
         if self.closer is not None:

@@ -1,0 +1,162 @@
+"""Spectrum and lowpass of images larger than memory: row FFTs -> scratch on disk -> column FFTs.
+
+rfft2 is a real FFT along each row followed by a complex FFT along each column. Done as bands
+of rows, then blocks of columns, through a zarr scratch array, every 1-D transform is the same
+call on the same numbers as in memory, so the coefficients are bit-identical to rfft2's; the
+inverse applies its 1/(H·W) once at the end, as pocketfft does, and is bit-identical too.
+The mask is computed per block, never as a whole (H, W) array. Scratch space (8 bytes a
+coefficient, 12 for a spectrum) is checked before anything is written and removed on failure
+and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .frequency import Lowpass, Spectrum
+from .io import Loaded
+from .ops import Result, luminance, split_alpha
+from .tiles import Plan, Source, write_tiles
+from .tiled import TILE, write_result
+
+SCRATCH_CHUNK = 512  # scratch chunks are square: rows are written in bands, read back in columns
+
+
+def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_dir: str | None) -> dict:
+    op = output.op
+    height, width, channels = source.shape
+    half = width // 2 + 1
+    colours = 1 if op.gray else channels - source.alpha
+    # rows are read whole (a row FFT needs them): bands as high as the budget allows
+    band = max(1, min(height, memory // (width * channels * 4 * 8)))
+    block = max(1, min(half, memory // (height * colours * 8 * 4)))
+    tile = min(TILE, max(16, band - band % 16))
+    folder = temp_dir or tempfile.gettempdir()
+    needed = colours * height * half * (12 if isinstance(op, Spectrum) else 8)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
+                         f"{folder}, which has {free / 2**30:.2f} GiB free: set --temp-dir or TMPDIR")
+    with tempfile.TemporaryDirectory(dir=folder, prefix="imfilt-fft-") as scratch_dir:
+        coefficients = _scratch(scratch_dir, "coefficients", (colours, height, half), np.complex64)
+        for top in range(0, height, band):
+            rows = slice(top, min(top + band, height))
+            planes = engine.planes(_colour(source, op, rows)[0])
+            if isinstance(op, Spectrum) and op.window == "hann":
+                taper = np.outer(np.hanning(height)[rows], np.hanning(width)).astype(np.float32)
+                planes = planes * engine.asarray(taper)
+            coefficients[:, rows] = engine.to_host(engine.fft.rfft(planes, axis=-1))
+        if isinstance(op, Spectrum):
+            return _spectrum(source, op, output.path, coefficients, scratch_dir, block, tile, engine,
+                             depth=depth, scale=scale, memory=memory)
+        return _lowpass(source, op, output, coefficients, block, band, tile, engine, depth=depth, scale=scale)
+
+
+def _scratch(folder: str, name: str, shape, dtype):
+    import zarr
+
+    chunks = (1, min(shape[1], SCRATCH_CHUNK), min(shape[2], SCRATCH_CHUNK))
+    return zarr.create_array(str(Path(folder) / name), shape=shape, dtype=dtype, chunks=chunks, compressors=None,
+                             zarr_format=3)
+
+
+def _colour(source: Source, op, rows: slice) -> tuple[np.ndarray, np.ndarray | None]:
+    """A band of whole rows, as the operation sees them: colour (or luminance) and alpha."""
+    pixels = source.window(np.arange(rows.start, rows.stop), np.arange(source.shape[1]))
+    colour, alpha = split_alpha(Loaded(pixels, source.depth, source.alpha))
+    return (luminance(colour) if op.gray else colour), alpha
+
+
+def _column_blocks(coefficients, block: int):
+    half = coefficients.shape[2]
+    for left in range(0, half, block):
+        yield slice(left, min(left + block, half))
+
+
+def _spectrum(source, op: Spectrum, path, coefficients, scratch_dir, block, tile, engine, *, depth, scale, memory) -> dict:
+    xp = engine.xp
+    colours, height, half = coefficients.shape
+    width = source.shape[1]
+    values = _scratch(scratch_dir, "values", coefficients.shape, np.float32)
+    low, high = np.inf, -np.inf
+    for cols in _column_blocks(coefficients, block):
+        transformed = engine.fft.fft(engine.asarray(coefficients[:, :, cols]), axis=-2)
+        part = engine.to_host(xp.angle(transformed) if op.phase else xp.log1p(xp.abs(transformed)))
+        values[:, :, cols] = part
+        low, high = min(low, float(part.min())), max(high, float(part.max()))
+    # the mirrored half repeats the magnitudes; a phase's are negated, so its bounds take a first pass
+    bounds = None if op.phase else (low, high)
+    columns = max(tile, memory // (16 * colours * tile) // tile * tile)
+
+    def windows():
+        # centred output (i, j) holds F at u = i - H//2, v = j - W//2 (mod H, W); the columns
+        # past the half-plane are mirrored: F(u, v) = conj F(-u, -v)
+        for rows, cols in Plan(height, width, (tile, columns)).windows():
+            u = (np.arange(rows.start, rows.stop) - height // 2) % height
+            v = (np.arange(cols.start, cols.stop) - width // 2) % width
+            out = np.empty((colours, len(u), len(v)), dtype=np.float32)
+            direct = v < half
+            if direct.any():
+                out[:, :, direct] = values.oindex[:, u, v[direct]]
+            if not direct.all():
+                mirrored = values.oindex[:, (-u) % height, width - v[~direct]]
+                out[:, :, ~direct] = -mirrored if op.phase else mirrored
+            yield rows, cols, Result(np.moveaxis(out, 0, -1), False, op.auto_scale, {"window": op.window})
+
+    return write_result(path, (height, width), windows, tile, source_depth=source.depth, depth=depth, scale=scale,
+                        bounds=bounds)
+
+
+def _lowpass(source, op: Lowpass, output, coefficients, block, band, tile, engine, *, depth, scale) -> dict:
+    colours, height, half = coefficients.shape
+    width = source.shape[1]
+    u = (np.arange(height) + height // 2) % height - height // 2  # the FFT's row order, centred
+    for cols in _column_blocks(coefficients, block):
+        v = (np.arange(cols.start, cols.stop) + width // 2) % width - width // 2
+        transformed = engine.fft.fft(engine.asarray(coefficients[:, :, cols]), axis=-2)
+        transformed *= engine.asarray(op.mask_at(u, v).astype(np.float32))
+        coefficients[:, :, cols] = engine.to_host(engine.fft.ifft(transformed, axis=-2, norm="forward"))
+    kept = _mask_mean(op, height, width, band)
+    scale_back = np.float32(1 / np.longdouble(height * width))  # pocketfft's one 1/(H·W), as irfft2 applies it
+
+    def windows():
+        for top in range(0, height, tile):
+            rows = slice(top, min(top + tile, height))
+            planes = engine.fft.irfft(engine.asarray(coefficients[:, rows]), n=width, axis=-1, norm="forward")
+            out = engine.image(planes * scale_back)
+            alpha = _colour(source, op, rows)[1] if source.alpha else None
+            if alpha is not None:  # alpha is carried through unfiltered
+                out = np.concatenate([out, alpha], axis=-1)
+            yield rows, slice(0, width), Result(out, alpha is not None, op.auto_scale, op.facts(kept))
+
+    facts = write_result(output.path, (height, width), windows, tile, source_depth=source.depth, depth=depth, scale=scale)
+    for name, path in output.extras:  # the mask, centred, as the whole-image path writes it
+        _write_mask(op, path, height, width, tile)
+    return facts
+
+
+def _mask_mean(op: Lowpass, height: int, width: int, band: int) -> float:
+    v = np.arange(width) - width // 2
+    total = sum(float(op.mask_at(np.arange(top, min(top + band, height)) - height // 2, v).sum())
+                for top in range(0, height, band))
+    return total / (height * width)
+
+
+def _write_mask(op: Lowpass, path: str, height: int, width: int, tile: int) -> None:
+    from .io import fitting_depth, to_storage
+
+    suffix = Path(path).suffix.lower()
+    depth = fitting_depth(8, suffix)
+
+    def blocks():
+        for rows, cols in Plan(height, width, (tile, width)).windows():
+            mask = op.mask_at(np.arange(rows.start, rows.stop) - height // 2, np.arange(width) - width // 2)
+            pixels = mask.astype(np.float32)[..., None]
+            yield rows, cols, pixels if suffix == ".npy" else to_storage(pixels, depth)
+
+    write_tiles(path, (height, width, 1), np.float32 if suffix == ".npy" else np.uint8, blocks(), tile=(tile, tile))
