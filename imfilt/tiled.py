@@ -12,6 +12,8 @@ and --gray would see the cval before filtering rather than after.)
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -88,14 +90,15 @@ def output_shape(op: Apply, height: int, width: int) -> tuple[int, int]:
     return shape
 
 
-def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int]) -> Iterator[tuple[slice, slice, Result]]:
-    """(rows, columns, result) for each output window of ``op`` in row-major order."""
+def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
+                  stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, Result]]:
+    """(rows, columns, result) for each output window of ``op`` in row-major order (in ``stripe``'s rows)."""
     height, width, _ = source.shape
     kh, kw = op.kernel.shape
     mapped = op.mode == "wrap" and op.size != "valid"
     # --method auto is resolved once for the image, never per window
     window_op = replace(op, size="valid" if mapped else op.size, method=op.resolved_method)
-    for rows, cols in Plan(*output_shape(op, height, width), window).windows():
+    for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe):
         row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
         col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
         pixels = source.window(row_index, col_index, cval=op.cval)
@@ -117,9 +120,80 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
         if isinstance(op, Apply):
             window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), TILE)
             shape = output_shape(op, *source.shape[:2])
-            return write_result(output.path, shape, lambda: apply_windows(op, source, engine, window), window[0],
-                                source_depth=source.depth, depth=depth, scale=scale)
+            scratch = _on_dask(source_path, op, output.path, shape, window, engine)
+            try:
+                make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
+                    lambda: apply_windows(op, source, engine, window))
+                return write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
+                                    depth=depth, scale=scale)
+            finally:
+                if scratch:
+                    shutil.rmtree(scratch[0], ignore_errors=True)
         return tiled_fft.run(source, output, depth=depth, scale=scale, memory=memory, engine=engine, temp_dir=temp_dir)
+    finally:
+        source.close()
+
+
+# --- the windows of one image on a Dask cluster -------------------------------------------
+
+
+def _on_dask(source_path: str, op: Apply, path: str, shape, window, engine) -> tuple[Path, Result] | None:
+    """On a Dask worker: stripes of windows go to the cluster and write float32 results into a
+    zarr scratch beside the output, each task whole chunks (so no two write one chunk).
+
+    (the scratch, the first window's result) when on Dask, else None.
+    """
+    if "distributed" not in sys.modules:  # a local run never imports Dask
+        return None
+    from distributed import get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:
+        return None
+    import zarr
+
+    source = open_source(source_path)
+    try:
+        _, _, first = next(apply_windows(op, source, engine, window))
+    finally:
+        source.close()
+    channels = first.pixels.shape[2]
+    scratch = Path(path).parent / f".{Path(path).name}.dask.zarr"
+    zarr.create_array(str(scratch), shape=(*shape, channels), dtype=np.float32, chunks=(window[0], window[0], channels),
+                      compressors=None, zarr_format=3, overwrite=True)
+    stripe_rows = window[0] * max(1, (shape[0] // window[0]) // 8)  # ~8 stripes, whole rows of chunks
+    stripes = [slice(top, top + stripe_rows) for top in range(0, shape[0], stripe_rows)]
+    try:
+        with worker_client() as client:
+            client.gather(client.map(_stripe, stripes, source_path=source_path, op=op, window=window,
+                                     scratch=str(scratch), pure=False))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return scratch, first
+
+
+def _read_back(scratch: tuple[Path, Result], shape, window) -> Iterator[tuple[slice, slice, Result]]:
+    import zarr
+
+    folder, first = scratch
+    array = zarr.open_array(str(folder), mode="r")
+    for rows, cols in Plan(*shape, window).windows():
+        yield rows, cols, replace(first, pixels=array[rows, cols])
+
+
+def _stripe(stripe: slice, *, source_path: str, op: Apply, window, scratch: str) -> None:
+    """One Dask task: the windows of a stripe of rows, written to the scratch (whole chunks)."""
+    import zarr
+
+    from .engine import get_engine
+
+    array = zarr.open_array(scratch, mode="r+")
+    source = open_source(source_path)
+    try:
+        for rows, cols, result in apply_windows(op, source, get_engine("cpu", 1), window, stripe):
+            array[rows, cols] = result.pixels
     finally:
         source.close()
 

@@ -283,9 +283,10 @@ class Plan:
     width: int
     window: tuple[int, int]
 
-    def windows(self) -> Iterator[tuple[slice, slice]]:
+    def windows(self, rows: slice = slice(None)) -> Iterator[tuple[slice, slice]]:
+        """The windows whose top row is in ``rows`` (all by default)."""
         wh, ww = self.window
-        for top in range(0, self.height, wh):
+        for top in range(*slice(rows.start or 0, rows.stop or self.height, wh).indices(self.height)):
             for left in range(0, self.width, ww):
                 yield slice(top, min(top + wh, self.height)), slice(left, min(left + ww, self.width))
 
