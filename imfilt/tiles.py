@@ -232,11 +232,18 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
 
 
 def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    for rows, cols, block in blocks:
-        out[rows, cols] = block
-    out.flush()
-    del out
+    """Row by row with plain writes: a memory map's dirty pages would count as our memory."""
+    dtype = np.dtype(dtype)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        start, row_bytes = f.tell(), shape[1] * shape[2] * dtype.itemsize
+        f.truncate(start + shape[0] * row_bytes)
+        for rows, cols, block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            for i, row in enumerate(block):
+                f.seek(start + (rows.start + i) * row_bytes + cols.start * shape[2] * dtype.itemsize)
+                f.write(row.tobytes())
 
 
 def _write_zarr(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int]) -> None:
