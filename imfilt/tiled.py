@@ -12,7 +12,6 @@ and --gray would see the cval before filtering rather than after.)
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from .errors import UsageError
 from .io import SCALERS, Loaded, fitting_depth, to_storage
 from .ops import Apply, Result
-from .tiles import Plan, Source, extend_index, open_source, window_for, write_tiles
+from .tiles import Plan, Source, extend_index, open_source, remove_tree, window_for, write_tiles
 
 DEFAULT_MEMORY = "2G"
 # Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo
@@ -128,7 +127,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
                                     depth=depth, scale=scale)
             finally:
                 if scratch:
-                    shutil.rmtree(scratch[0], ignore_errors=True)
+                    remove_tree(scratch[0])
         return tiled_fft.run(source, output, depth=depth, scale=scale, memory=memory, engine=engine, temp_dir=temp_dir)
     finally:
         source.close()
@@ -169,7 +168,7 @@ def _on_dask(source_path: str, op: Apply, path: str, shape, window, engine) -> t
             client.gather(client.map(_stripe, stripes, source_path=source_path, op=op, window=window,
                                      scratch=str(scratch), pure=False))
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
         raise
     return scratch, first
 

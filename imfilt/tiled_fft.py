@@ -21,7 +21,7 @@ from .errors import InputError
 from .frequency import Lowpass, Spectrum
 from .io import Loaded
 from .ops import Result, luminance, split_alpha
-from .tiles import Plan, Source, write_tiles
+from .tiles import Plan, Source, remove_tree, write_tiles
 from .tiled import TILE, write_result
 
 SCRATCH_CHUNK = 512  # scratch chunks are square: rows are written in bands, read back in columns
@@ -42,7 +42,8 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     if needed > free:
         raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
                          f"{folder}, which has {free / 2**30:.2f} GiB free: set --temp-dir or TMPDIR")
-    with tempfile.TemporaryDirectory(dir=folder, prefix="imfilt-fft-") as scratch_dir:
+    scratch_dir = tempfile.mkdtemp(dir=folder, prefix="imfilt-fft-")
+    try:
         coefficients = _scratch(scratch_dir, "coefficients", (colours, height, half), np.complex64)
         for top in range(0, height, band):
             rows = slice(top, min(top + band, height))
@@ -55,6 +56,8 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
             return _spectrum(source, op, output.path, coefficients, scratch_dir, block, tile, engine,
                              depth=depth, scale=scale, memory=memory)
         return _lowpass(source, op, output, coefficients, block, band, tile, engine, depth=depth, scale=scale)
+    finally:
+        remove_tree(scratch_dir)  # also on failure and Ctrl-C
 
 
 def _scratch(folder: str, name: str, shape, dtype):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -228,7 +229,16 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        remove_tree(tmp.parent)
+
+
+def remove_tree(folder) -> None:
+    """Remove a folder even while zarr's I/O thread finishes writes that Ctrl-C cut short."""
+    for _ in range(100):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(folder):
+            return
+        time.sleep(0.02)
 
 
 def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:

@@ -342,3 +342,25 @@ def test_tiled_on_dask_is_byte_identical_to_local(big_tiff, tmp_path):
             assert local.exit_code == 0, local.stderr
             assert (tmp_path / f"remote{i}{suffix}").read_bytes() == (tmp_path / f"local{i}{suffix}").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the scratch is gone
+
+
+def test_ctrl_c_during_an_out_of_core_fft_leaves_no_scratch_and_no_output(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    source = _pattern_tiff(tmp_path / "big.tif", 1024, 1024)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    process = subprocess.Popen([Path(sys.executable).parent / "imfilt", "lowpass", source, "--radius", "50", "-o",
+                                tmp_path / "low.tif", "--memory", "200K", "--temp-dir", scratch], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(scratch.glob("imfilt-fft-*/coefficients/c/*")):
+        time.sleep(0.01)  # interrupted once the scratch holds coefficients
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and b"Traceback" not in stderr, stderr
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "scratch"]
