@@ -33,8 +33,10 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     half = width // 2 + 1
     colours = 1 if op.gray else channels - source.alpha
     # rows are read whole (a row FFT needs them): bands as high as the budget allows
-    band = max(1, min(height, memory // (width * channels * 4 * 8)))
-    block = max(1, min(half, memory // (height * colours * 8 * 4)))
+    # ~16 float32 copies of a band (input, planes, coefficients, their host copy, zarr's buffers)
+    # and of a column block (coefficients, transformed, values); whole scratch chunks where they fit
+    band = _aligned(min(height, memory // (width * channels * 4 * 16)))
+    block = _aligned(min(half, memory // (height * colours * 4 * 16)))
     tile = min(TILE, max(16, band - band % 16))
     folder = temp_dir or tempfile.gettempdir()
     needed = colours * height * half * (12 if isinstance(op, Spectrum) else 8)
@@ -58,6 +60,10 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
         return _lowpass(source, op, output, coefficients, block, band, tile, engine, depth=depth, scale=scale)
     finally:
         remove_tree(scratch_dir)  # also on failure and Ctrl-C
+
+
+def _aligned(size: int) -> int:
+    return max(1, size - size % SCRATCH_CHUNK if size >= SCRATCH_CHUNK else size)
 
 
 def _scratch(folder: str, name: str, shape, dtype):
