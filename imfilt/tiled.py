@@ -2,8 +2,9 @@
 
 Each output window reads the input it depends on: the window plus the kernel's reach (the
 halo), cut at the image's true edges so that the operation extends the image there exactly as
-it does whole: the window's values are bit-identical to the whole-image result (direct and
-separable; FFT within float32 rounding). ``wrap`` reaches across the image, so its halo is read
+it does whole: with scipy.ndimage's filters the window's values are bit-identical to the
+whole-image result (direct and separable; FFT within float32 rounding); OpenCV's filters round
+by position in a row, so there they agree to float32 rounding. ``wrap`` reaches across the image, so its halo is read
 by index mapping instead (tiles.extend_index) and the window keeps its "valid" part. (Mapping
 ``constant`` the same way would not be exact: scipy's cval is a double, and premultiplied alpha
 and --gray would see the cval before filtering rather than after.)

@@ -7,6 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dataclasses import replace
+
+from imfilt import ndfilters
 from imfilt.engine import cpu_engine
 from imfilt.io import Loaded, unit_pixels
 from imfilt.kernels import Kernel, load_kernel
@@ -74,11 +77,34 @@ def test_tiled_equals_whole_bit_for_bit(height, width, channels, kernel_method, 
     if channels in (2, 4):
         image[..., -1] = np.round(image[..., -1] * 2) / 2  # transparent, half and opaque pixels
     op = Apply(kernel, mode=mode, cval=cval, size=size, method=method, correlate=correlate, gray=gray, alpha=alpha)
-    engine = cpu_engine(threads)
+    # with scipy.ndimage's filters every pixel is the same sum in the same order, wherever the
+    # window is; OpenCV's SIMD rows round differently at different positions (next test)
+    engine = replace(cpu_engine(threads), filters=ndfilters)
     expected = whole_result(op, image, engine)
     got = tiled_result(op, image, window, engine)
     assert got.shape == expected.shape
     assert np.array_equal(got, expected, equal_nan=True), np.nanmax(np.abs(got - expected))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    height=st.integers(1, 13), width=st.integers(1, 13), channels=st.integers(1, 4), kernel_method=kernels(),
+    mode=st.sampled_from(MODES), size=st.sampled_from(["same", "valid", "full"]), correlate=st.booleans(),
+    cval=st.sampled_from([0.0, 0.1]), window=st.tuples(st.integers(1, 16), st.integers(1, 16)),
+)
+def test_tiled_equals_whole_to_float32_rounding_on_opencv(height, width, channels, kernel_method, mode, size,
+                                                          correlate, cval, window):
+    """The default CPU engine (OpenCV): tiled = whole to float32 rounding of the sums."""
+    kernel, method = kernel_method
+    kh, kw = kernel.shape
+    if size == "valid" and (kh > height or kw > width):
+        return
+    image = np.random.default_rng(0).random((height, width, channels)).astype(np.float32)
+    op = Apply(kernel, mode=mode, cval=cval, size=size, method=method, correlate=correlate, alpha="drop")
+    expected = whole_result(op, image, cpu_engine(1))
+    got = tiled_result(op, image, window, cpu_engine(1))
+    scale = np.abs(kernel.weights).sum() * max(1.0, abs(cval))
+    assert np.abs(got - expected).max() <= 1e-6 * scale
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -137,7 +163,10 @@ def test_cli_tiled_equals_in_memory(big_tiff, tmp_path, args, suffix):
     assert tiled.exit_code == 0 and whole.exit_code == 0, tiled.stderr + whole.stderr
     assert '"tiled": true' in tiled.stdout and '"tiled"' not in whole.stdout
     got, expected = load(str(tmp_path / f"tiled{suffix}")), load(str(tmp_path / f"whole{suffix}"))
-    assert got.depth == expected.depth and np.array_equal(got.pixels, expected.pixels)
+    assert got.depth == expected.depth and got.pixels.shape == expected.pixels.shape
+    # OpenCV's filters round differently at different positions: a stored level may differ by one
+    tolerance = 1e-5 if suffix == ".npy" else 1 / {8: 255, 16: 65535}[got.depth] + 1e-7
+    assert np.abs(got.pixels - expected.pixels).max() <= tolerance
 
 
 @pytest.mark.parametrize("dtype,channels", [(np.uint16, 4), (np.uint8, 2), (np.float32, 1)])
@@ -156,7 +185,7 @@ def test_cli_tiled_alpha_and_depths(tmp_path, dtype, channels):
         assert result.exit_code == 0, result.stderr
     got, expected = load(str(tmp_path / "tiled.tif")), load(str(tmp_path / "whole.tif"))
     assert (got.depth, got.alpha) == (expected.depth, expected.alpha)
-    assert np.array_equal(got.pixels, expected.pixels)
+    assert np.abs(got.pixels - expected.pixels).max() <= (1e-6 if got.depth == 32 else 1 / 255 + 1e-7)
 
 
 @pytest.mark.parametrize("output,message", [
@@ -212,7 +241,7 @@ def _pattern_tiff(path, height, width, tile=256):
 
 
 def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
-    """4000x4000 RGB (192 MB as float32) under RLIMIT_AS = 300 MB: the whole-image path fails there
+    """6000x6000 RGB (432 MB as float32) under RLIMIT_AS = 500 MB: the whole-image path fails there
     (so the limit binds), the tiled one passes and gives the right pixels."""
     import subprocess
     import sys
@@ -220,13 +249,13 @@ def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
     import scipy.ndimage as ndi
     import tifffile
 
-    source = _pattern_tiff(tmp_path / "big.tif", 4000, 4000)
+    source = _pattern_tiff(tmp_path / "big.tif", 6000, 6000)
     # one OpenBLAS thread: its per-thread buffers are address space too (and under a tight limit
     # OpenBLAS's start-up can spin instead of failing)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
 
     def limited(memory, output):
-        return subprocess.run([sys.executable, "-c", _LIMITED, "300", "apply", source, "-k", "box", "-o", output,
+        return subprocess.run([sys.executable, "-c", _LIMITED, "500", "apply", source, "-k", "box", "-o", output,
                                "--memory", memory], capture_output=True, text=True, env=env, timeout=300)
 
     whole = limited("100G", tmp_path / "whole.tif")
@@ -237,10 +266,10 @@ def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
     import zarr
 
     out = zarr.open(out, mode="r")
-    assert out.shape == (4000, 4000, 3)
+    assert out.shape == (6000, 6000, 3)
     pixels = tifffile.imread(source, aszarr=True)
     pixels = zarr.open(pixels, mode="r")
-    for top, left in ((0, 0), (1234, 2987), (3990, 3990)):  # corners cut at the true edges, and the middle
+    for top, left in ((0, 0), (1234, 2987), (5990, 5990)):  # corners cut at the true edges, and the middle
         rows, cols = slice(max(0, top - 1), top + 11), slice(max(0, left - 1), left + 11)
         block = np.moveaxis(pixels[rows, cols], -1, 0) / np.float32(255)
         box = np.full((3, 3), 1 / 9, dtype=np.float32)
@@ -248,7 +277,8 @@ def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
         expected = np.rint(np.clip(expected, 0, 1) * 255).astype(np.uint8)
         r, c = top - rows.start, left - cols.start
         got = out[top : top + 10, left : left + 10]
-        assert np.array_equal(got, expected[r : r + got.shape[0], c : c + got.shape[1]])
+        # OpenCV's filters equal scipy's to float32 rounding: a pixel may round the other way
+        assert np.abs(got.astype(int) - expected[r : r + got.shape[0], c : c + got.shape[1]]).max() <= 1
 
 
 # --- spectrum and lowpass out of core ---
