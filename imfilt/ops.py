@@ -41,7 +41,10 @@ def luminance(colour: np.ndarray) -> np.ndarray:
     """ITU-R 601 luma of RGB; a single channel is returned as it is."""
     if colour.shape[2] == 1:
         return colour
-    return (colour[..., :3] @ LUMA_601)[..., None]
+    # term by term, not a matrix product: BLAS rounds differently with the array's shape, and a
+    # window of an image must get the same bits as the whole image
+    r, g, b = (colour[..., i : i + 1] for i in range(3))
+    return r * LUMA_601[0] + g * LUMA_601[1] + b * LUMA_601[2]
 
 
 @dataclass(frozen=True)
