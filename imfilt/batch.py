@@ -21,10 +21,10 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .engine import ENGINES, get_engine
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .io import DEPTHS, check_stdout_format
 from .pipeline import (Expanded, Report, Settings, execute, expand_inputs, output_name_pattern, plan,
-                       prepare_folders, read_list, remove_partial_files)
+                       prepare_folders, read_list, remove_partial_files, WHILE_WRITING)
 from .tiled import DEFAULT_MEMORY, parse_size
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -291,14 +291,6 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     raise typer.Exit(report.exit_code)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, or a signal that asks a program to end (SIGTERM from kill, timeout or a job scheduler)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
                        if hasattr(signal, name))
@@ -318,6 +310,9 @@ def _signals_interrupt():
     def interrupt(signum, frame):
         for sig in ENDING_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+        if WHILE_WRITING.active:  # an output being written finishes, and is counted, first
+            WHILE_WRITING.pending = signum
+            return
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in ENDING_SIGNALS}

@@ -21,6 +21,14 @@ class EngineUnavailable(UsageError):
     """The requested engine cannot run on this machine."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or a signal that asks a program to end (SIGTERM from kill, timeout or a job scheduler)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """The one check for every option with a fixed set of values."""
     if value not in choices:

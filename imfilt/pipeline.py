@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import tiled
 from .engine import get_engine
-from .errors import InputError, UsageError
+from .errors import InputError, Interrupted, UsageError
 from .io import FORMATS, Loaded, check_output_format, fitting_depth, load, write_image
 from .tiles import image_shape
 
@@ -274,6 +274,29 @@ def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]
     return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
 
 
+class _WhileWriting:
+    """Where an ending signal waits (batch's handler asks): an output is written and counted whole.
+
+    Only the main thread's handler looks at it; on leaving, a signal that came meanwhile is
+    raised as Interrupted.
+    """
+
+    active = False
+    pending: int | None = None
+
+    def __enter__(self):
+        self.active = True
+
+    def __exit__(self, kind, value, traceback):
+        self.active = False
+        if self.pending is not None:  # the signal outranks an error of this output
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
+
+
+WHILE_WRITING = _WhileWriting()
+
+
 def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     """Read one input, compute each output, write each file atomically; one record per output.
 
@@ -302,15 +325,16 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         suffix = settings.stdout_suffix if output.path == "-" else None
         files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
                  else [(output.path, result.pixels, result.alpha)])
-        for path, pixels, alpha in files:
-            depth = settings.depth or fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
-            write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
-        for name, path in output.extras:  # e.g. the mask: its values as they are, grey
-            extra = result.extras[name]
-            write_image(path, extra[..., None] if extra.ndim == 2 else extra,
-                        depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
-        seconds = time.perf_counter() - start
-        records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
+        with WHILE_WRITING:  # a signal now waits until this output is written and counted
+            for path, pixels, alpha in files:
+                depth = settings.depth or fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
+                write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
+            for name, path in output.extras:  # e.g. the mask: its values as they are, grey
+                extra = result.extras[name]
+                write_image(path, extra[..., None] if extra.ndim == 2 else extra,
+                            depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
+            seconds = time.perf_counter() - start
+            records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
     return records
 
 
