@@ -18,6 +18,7 @@ from .engine import cpu_engine
 from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
 from .ops import Apply
+from .tiles import image_shape
 
 # Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
 # `imfilt` runs on a 2048x2048 RGB PNG (GNU time -f %M): direct 12-13 B, separable 15, FFT 24,
@@ -95,23 +96,8 @@ def probe(source: str) -> tuple[tuple[int, int, int] | None, str | None]:
         return None, "no such file"
     if path.is_dir():
         return None, "is a directory"
-    try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            return (array.shape[0], array.shape[1], 1 if array.ndim == 2 else array.shape[2]), None
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return (image.height, image.width, len(image.getbands())), None
-    except Exception as exc:  # noqa: BLE001 - the real run reports it the same way: this input fails
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tiff:
-                page = tiff.pages.first
-                return (page.imagelength, page.imagewidth, page.samplesperpixel), None
-        except Exception:  # noqa: BLE001
-            return None, f"not an image, or a format imfilt cannot read ({type(exc).__name__})"
+    shape = image_shape(source)
+    return (shape, None) if shape else (None, "not an image, or a format imfilt cannot read")
 
 
 def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: str) -> tuple[list[dict], dict]:

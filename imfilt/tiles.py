@@ -198,9 +198,12 @@ def image_shape(path: str) -> tuple[int, int, int] | None:
 
             with Image.open(path) as image:  # reads the header only
                 shape = (image.height, image.width, len(image.getbands()))
+        shape = tuple(int(n) for n in shape)  # a damaged header can hold tuples or negative numbers
     except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
         return None
-    return shape if len(shape) == 3 else tuple(shape) + (1,)
+    if min(shape) < 0:
+        return None
+    return shape if len(shape) == 3 else shape + (1,)
 
 
 # --- sinks ---------------------------------------------------------------------------------
