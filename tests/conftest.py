@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,12 @@ def small_rgb(tmp_path) -> Path:
     path = tmp_path / "small.png"
     Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """A run with workers sets OMP_NUM_THREADS & co. in this process: no test leaks that to the next."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

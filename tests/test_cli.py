@@ -110,10 +110,10 @@ def test_broken_pipe_exits_quietly(tmp_path):
     assert run.stdout.strip() == "141" and run.stderr == ""
 
 
-def test_a_file_named_like_an_option(small_rgb, tmp_path):
+def test_a_file_named_like_an_option(small_rgb, tmp_path, monkeypatch):
     odd = tmp_path / "-x.png"
     odd.write_bytes(small_rgb.read_bytes())
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     assert imfilt("apply", "-k", "box", "-o", "y.png", "--", "-x.png").exit_code == 0
 
 
@@ -130,8 +130,8 @@ def test_a_file_named_like_an_option(small_rgb, tmp_path):
     (["-k", "box", "--boundary", "sideways"], "sideways"),
     (["-k", "box", "--engine", "gpu"], "no CUDA device"),
 ])
-def test_bad_usage_exits_2_before_reading(small_rgb, tmp_path, args, message):
-    os.chdir(tmp_path)
+def test_bad_usage_exits_2_before_reading(small_rgb, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
     result = imfilt("apply", small_rgb, *args)
     assert result.exit_code == 2 and message in result.stderr
     assert "Traceback" not in result.stderr
