@@ -149,12 +149,15 @@ def default_fft_backend() -> str:
     return os.environ.get("IMFILT_FFT", "scipy")
 
 
-@functools.lru_cache(maxsize=None)
 def cpu_engine(threads: int | None = None, fft_backend: str | None = None) -> Engine:
+    """The CPU engine; IMFILT_FFT is read on every call, so the cache never hides a new value."""
+    return _cpu_engine(threads or os.cpu_count() or 1, fft_backend or default_fft_backend())
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_engine(threads: int, fft_backend: str) -> Engine:
     from . import cvfilters
 
-    threads = threads or os.cpu_count() or 1
-    fft_backend = fft_backend or default_fft_backend()
     if fft_backend not in FFT_BACKENDS:
         raise EngineUnavailable(f"unknown FFT backend {fft_backend!r} (IMFILT_FFT): choose from {', '.join(FFT_BACKENDS)}")
     pool = ThreadPoolExecutor(threads, thread_name_prefix="imfilt") if threads > 1 else None
