@@ -36,9 +36,10 @@ FORMATS = {
     ".npy": ("NPY", (32,)),  # float32 values in [0, 1] units, unscaled
 }
 _FEW_CHANNELS = ("PNG", "JPEG", "WEBP", "BMP")  # at most grey/RGB + alpha
-# WebP is written lossless, JPEG at quality 95: a filter's result should not be smeared by the
-# encoder. PNG has its own fast writer (png.py).
-SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}
+# WebP is written lossless (exact: libwebp would otherwise zero the colour under alpha 0), JPEG
+# at quality 95: a filter's result should not be smeared by the encoder. PNG has its own fast
+# writer (png.py).
+SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True, "exact": True}}
 _MAXVAL = {8: 255, 16: 65535}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UMASK = os.umask(0)
