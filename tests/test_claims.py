@@ -266,13 +266,16 @@ def test_lowpass_carries_alpha_through_unfiltered(rgba, tmp_path):
     assert np.abs(written[..., :3] - np.rint(expected * 255)).max() <= 1
 
 
-def test_mask_out_with_several_inputs_holds_the_last_ones(tmp_path):
+def test_mask_out_with_several_inputs_names_one_mask_per_input(tmp_path):
     save(tmp_path / "a.png", random_u8((20, 30, 3)))
     save(tmp_path / "b.png", random_u8((25, 16, 3)))
-    run_ok("lowpass", tmp_path / "a.png", tmp_path / "b.png", "--radius", "5", "--mask-out", tmp_path / "m.png",
-           "--out-dir", tmp_path / "o", "-j", "1")
-    mask = np.asarray(Image.open(tmp_path / "m.png"))
-    np.testing.assert_array_equal(mask, np.where(distance2((25, 16)) <= 25, 255, 0))
+    args = ["lowpass", tmp_path / "a.png", tmp_path / "b.png", "--radius", "5", "--out-dir", tmp_path / "o"]
+    refused = imfilt(*args, "--mask-out", tmp_path / "m.png")
+    assert refused.exit_code == 2 and "put {stem} in it" in refused.stderr
+    run_ok(*args, "--mask-out", tmp_path / "{stem}.mask.png")
+    for stem, shape in (("a", (20, 30)), ("b", (25, 16))):
+        mask = np.asarray(Image.open(tmp_path / f"{stem}.mask.png"))
+        np.testing.assert_array_equal(mask, np.where(distance2(shape) <= 25, 255, 0))
 
 
 # --- shared options ----------------------------------------------------------------------------
@@ -306,7 +309,7 @@ def test_an_internal_error_is_one_line_and_a_traceback_with_debug(rgb, tmp_path,
     def planted_bug(*args, **kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr("imfilt.cli.plan", planted_bug)
+    monkeypatch.setattr("imfilt.batch.plan", planted_bug)
     path, _ = rgb
     result = imfilt("apply", path, "-k", "box", "-o", tmp_path / "o.png")
     assert result.exit_code == 1
@@ -333,20 +336,14 @@ def test_from_file_reads_one_path_a_line(rgb, tmp_path):
     assert sorted(os.listdir(tmp_path / "o")) == ["rgb.box.png", "with space.box.png"]
 
 
-def test_jobs_default_is_one_for_small_batches_and_the_cores_above_eight(tmp_path):
-    from imfilt.cli import _COMMON, Batch, _plan_jobs
+@pytest.mark.parametrize("requested, inputs, cores, workers", [
+    (None, 8, 4, 1), (None, 9, 4, 4), (None, 100, 2, 2), (3, 9, 4, 3), (8, 9, 4, 4), (4, 2, 4, 2), (None, 0, 4, 1),
+])
+def test_jobs_default_is_one_for_small_batches_and_the_cores_above_eight(requested, inputs, cores, workers):
+    """-j: default the cores for more than 8 inputs, else 1; at most the cores and the inputs."""
+    from imfilt.batch import worker_count
 
-    for i in range(9):
-        save(tmp_path / f"i{i}.png", random_u8((4, 4, 3)))
-    files = sorted(str(p) for p in tmp_path.glob("*.png"))
-    defaults = {name: default for name, (_, default) in _COMMON.items()}
-
-    def workers(inputs):
-        batch = Batch(**{**defaults, "inputs": inputs, "out_dir": str(tmp_path / "o")})
-        return _plan_jobs(batch, [], "auto", False)[1]
-
-    assert workers(files[:8]) == 1
-    assert workers(files) == (os.cpu_count() or 1)
+    assert worker_count(requested, inputs, cores) == workers
 
 
 @pytest.mark.parametrize("make", ["png8", "png16", "tiff16"])

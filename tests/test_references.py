@@ -14,6 +14,7 @@ import tifffile
 from PIL import Image
 
 import imfilt
+from imfilt.errors import InputError
 from imfilt.io import atomic_write, write_image
 
 RNG = np.random.default_rng(21)
@@ -162,7 +163,7 @@ def test_atomic_write_keeps_the_old_bytes_when_writing_fails(tmp_path):
         f.write(b"half a new file")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match="o.png: cannot write \\(disk full\\)"):
         atomic_write(target, half_then_fail)
     assert target.read_bytes() == b"old bytes" and os.listdir(tmp_path) == ["o.png"]
 
@@ -171,7 +172,7 @@ def test_write_image_keeps_the_old_file_when_encoding_fails(tmp_path):
     """BMP holds no grey + alpha: Pillow refuses while encoding, after the file would be open."""
     target = tmp_path / "o.bmp"
     target.write_bytes(b"old bytes")
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="o.bmp: cannot write"):
         write_image(target, UNIT[..., :2])
     assert target.read_bytes() == b"old bytes" and os.listdir(tmp_path) == ["o.bmp"]
 
