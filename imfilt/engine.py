@@ -37,6 +37,7 @@ class Engine:
     filters: ModuleType  # correlate, correlate_separable, magnitude (see ndfilters.py)
     threads: int = 1
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False, compare=False)
+    _pid: int = field(default_factory=os.getpid, repr=False, compare=False)  # the process that owns _pool
 
     def asarray(self, array) -> Any:
         """Host array -> engine array (a device copy on the GPU)."""
@@ -62,7 +63,9 @@ class Engine:
 
     def map(self, fn: Callable, items) -> list:
         """Run fn over items; the CPU engine uses its threads (ndimage releases the GIL)."""
-        if self._pool is None:
+        # a forked child (multiprocessing's fork) inherits the pool but not its threads: a job
+        # submitted there would wait forever, so the child runs the items itself
+        if self._pool is None or os.getpid() != self._pid:
             return [fn(item) for item in items]
         return list(self._pool.map(fn, items))
 

@@ -186,3 +186,28 @@ def test_write_image_replaces_the_file_by_rename(tmp_path):
     assert other.read_bytes() == b"old bytes"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(target.read_bytes()))), PIXELS[..., :3])
     assert sorted(os.listdir(tmp_path)) == ["o.png", "other.png"]
+
+
+# --- the engine in a forked process -----------------------------------------------------------
+
+
+def _box_on_two_threads(image):
+    from imfilt.engine import cpu_engine
+
+    return imfilt.convolve(image, imfilt.load_kernel("box"), engine=cpu_engine(2))
+
+
+def test_a_forked_child_can_use_the_engine_its_parent_used():
+    """multiprocessing's fork start method: the parent's thread pool has no threads in the child."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    image = UNIT[..., :3]
+    in_parent = _box_on_two_threads(image)  # the cached engine and its pool now exist
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        in_child = pool.apply_async(_box_on_two_threads, (image,)).get(timeout=30)
+    np.testing.assert_array_equal(in_child, in_parent)
+    expected = np.stack([ndi.convolve(image[..., c].astype(np.float64), np.full((3, 3), 1 / 9), mode="reflect")
+                         for c in range(3)], -1)
+    np.testing.assert_allclose(in_child, expected, atol=2e-6)
