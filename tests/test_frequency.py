@@ -137,6 +137,8 @@ def test_lowpass_band_must_be_inside_the_radius(tmp_path):
 
 def test_pyfftw_backend_gives_the_same_numbers(chelsea, tmp_path, monkeypatch):
     """pyfftw registered as scipy.fft's backend: same results, and its plans are kept as wisdom."""
+    import atexit
+
     from imfilt.engine import cpu_engine, save_fftw_wisdom
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -147,6 +149,7 @@ def test_pyfftw_backend_gives_the_same_numbers(chelsea, tmp_path, monkeypatch):
                                imfilt.convolve(image, np.ones((9, 9)) / 81, method="fft"), atol=1e-6)
     save_fftw_wisdom()
     assert (tmp_path / "imfilt" / "fftw-wisdom.bin").stat().st_size > 0
+    atexit.unregister(save_fftw_wisdom)  # at exit XDG_CACHE_HOME is restored: keep the test out of ~/.cache
 
 
 from hypothesis import given, settings  # noqa: E402
