@@ -211,3 +211,24 @@ def test_a_forked_child_can_use_the_engine_its_parent_used():
     expected = np.stack([ndi.convolve(image[..., c].astype(np.float64), np.full((3, 3), 1 / 9), mode="reflect")
                          for c in range(3)], -1)
     np.testing.assert_allclose(in_child, expected, atol=2e-6)
+
+
+# --- what mutation testing found unpinned (README, "Development") ----------------------------
+
+
+def test_storage_of_an_image_taller_than_one_conversion_block():
+    """to_storage converts in blocks of rows: every block, the last partial one too, is written."""
+    from imfilt.io import to_storage
+
+    tall = np.random.default_rng(4).random((5_000_003, 1, 1), dtype=np.float32) * 1.2 - 0.1  # > 1 block of 2²² rows
+    expected = np.rint(np.clip(tall, 0, 1) * np.float32(255)).astype(np.uint8)  # float32, as documented
+    np.testing.assert_array_equal(to_storage(tall, 8), expected)
+
+
+def test_a_2d_image_gives_a_2d_spectrum_and_lowpass():
+    """The library takes (H, W) as well as (H, W, C) and answers in the same shape."""
+    grey = UNIT[..., 0]
+    s = imfilt.spectrum(grey)
+    assert s.shape == grey.shape
+    np.testing.assert_allclose(s, np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(grey.astype(np.float64))))), rtol=1e-5)
+    assert imfilt.lowpass(grey, 3).shape == grey.shape
