@@ -266,6 +266,23 @@ def test_lowpass_carries_alpha_through_unfiltered(rgba, tmp_path):
     assert np.abs(written[..., :3] - np.rint(expected * 255)).max() <= 1
 
 
+def test_lowpass_gray_filters_the_luma(rgb, tmp_path):
+    path, pixels = rgb
+    run_ok("lowpass", path, "--radius", "4", "--gray", "-o", tmp_path / "o.npy")
+    luma = sum(w * pixels[..., c] for c, w in enumerate(LUMA))[..., None]
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), mask_filter(luma, distance2(luma.shape[:2]) <= 16), atol=2e-6)
+
+
+def test_highpass_auto_scale_is_offset_and_alpha_is_kept(rgba, tmp_path):
+    """A high-pass is centred on 0: --scale auto writes x + ½ (mid-grey), alpha as it came."""
+    path, pixels = rgba
+    run_ok("lowpass", path, "--radius", "3", "--highpass", "-o", tmp_path / "o.png")
+    written = np.asarray(Image.open(tmp_path / "o.png")).astype(np.int64)
+    highpass = mask_filter(pixels[..., :3], distance2(pixels.shape[:2]) > 9)
+    assert np.abs(written[..., :3] - np.rint(np.clip(highpass + 0.5, 0, 1) * 255)).max() <= 1
+    np.testing.assert_array_equal(written[..., 3], np.rint(pixels[..., 3] * 255))
+
+
 def test_mask_out_with_several_inputs_names_one_mask_per_input(tmp_path):
     save(tmp_path / "a.png", random_u8((20, 30, 3)))
     save(tmp_path / "b.png", random_u8((25, 16, 3)))
