@@ -205,6 +205,14 @@ def test_spectrum_npy_holds_s_itself(rgb, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), np.log1p(np.abs(centred_fft(pixels))), rtol=1e-5)
 
 
+def test_spectrum_gray_with_a_hann_window(rgb, tmp_path):
+    path, pixels = rgb
+    run_ok("spectrum", path, "--gray", "--window", "hann", "-o", tmp_path / "s.npy")
+    luma = sum(w * pixels[..., c] for c, w in enumerate(LUMA))
+    tapered = luma * np.outer(np.hanning(luma.shape[0]), np.hanning(luma.shape[1]))
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy")[..., 0], np.log1p(np.abs(centred_fft(tapered))), rtol=1e-5)
+
+
 def test_spectrum_at_16_bits_scales_to_65535(tmp_path):
     path = tmp_path / "grey.png"
     pixels = save(path, random_u8((15, 22)))
