@@ -13,6 +13,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -212,7 +213,7 @@ def _check_streams(batch: Batch, pipes: bool) -> None:
 
 
 def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
-               extras: dict[str, str] | None = None) -> tuple[list, Expanded, int]:
+               extras: dict[str, str] | None = None, reads: tuple[str, ...] = ()) -> tuple[list, Expanded, int]:
     """Everything that can be wrong with the whole run is found here, before any image is read.
 
     Returns the jobs, what the inputs expanded to (with the items that named no image), and
@@ -239,15 +240,22 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
     settings = Settings(depth=int(batch.depth.value) if batch.depth else None, scale=scale,
                         engine=batch.engine.value, max_pixels=batch.max_pixels, split_channels=split_channels,
                         stdout_suffix=check_stdout_format(batch.format), memory=parse_size(batch.memory),
-                        temp_dir=batch.temp_dir and os.path.abspath(batch.temp_dir))
+                        temp_dir=_temp_dir(batch.temp_dir))
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
-                absolute=bool(batch.scheduler))
+                absolute=bool(batch.scheduler), reads=reads)
     workers = worker_count(batch.jobs, len(jobs), os.cpu_count() or 1)
     threads = 1 if workers > 1 or batch.scheduler else None
     get_engine(settings.engine, threads)  # no GPU, or a bad IMFILT_FFT: one clear error now
     jobs = [replace(job, settings=replace(job.settings, threads=threads)) for job in jobs]
     return jobs, expanded, workers
+
+
+def _temp_dir(path: str | None) -> str | None:
+    """--temp-dir: an existing folder, made absolute (workers may run elsewhere)."""
+    if path is not None and not Path(path).is_dir():
+        raise UsageError(f"--temp-dir {path}: no such folder")
+    return path and os.path.abspath(path)
 
 
 def worker_count(requested: int | None, inputs: int, cores: int) -> int:
@@ -261,9 +269,12 @@ def worker_count(requested: int | None, inputs: int, cores: int) -> int:
 
 
 def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
-        extras: dict[str, str] | None = None) -> None:
-    """Plan, run and report a batch; raises typer.Exit with the exit code of docs/DESIGN.md."""
-    jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras)
+        extras: dict[str, str] | None = None, reads: tuple[str, ...] = ()) -> None:
+    """Plan, run and report a batch; raises typer.Exit with the exit code of docs/DESIGN.md.
+
+    ``reads`` are the other files the run reads (kernel files, a template): never outputs.
+    """
+    jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras, reads)
     if batch.dry_run:
         from .dry_run import describe, print_plan
 

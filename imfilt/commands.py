@@ -1,5 +1,6 @@
 """The commands: each parses its own options into operations and hands them to cli.run."""
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -51,7 +52,8 @@ def apply(
     kernels = distinct_names(kernels)  # two inline 3x3s: 3x3 and 3x3-2
     ops = [Apply(k, mode=boundary.value, cval=cval, size=size.value, method=method.value, correlate=correlate,
                  gray=batch.gray, alpha=alpha.value) for k in kernels]
-    run(batch, ops, scale=scale.value, split_channels=split_channels)
+    run(batch, ops, scale=scale.value, split_channels=split_channels,
+        reads=tuple(spec for spec in kernel if Path(spec).is_file()))
 
 
 

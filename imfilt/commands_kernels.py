@@ -9,7 +9,7 @@ import typer
 
 from .batch import app, choice_enum, err
 from .commands import Normalize
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .io import atomic_write
 from .kernel_view import KERNEL_FORMATS, builtin_rows, facts, kernel_file, matrix_text, oriented, picture
 from .kernels import load_kernels
@@ -102,10 +102,16 @@ def show(
             data = _png(picture(shown)) if target == "png" else kernel_file(shown, target)
         except UsageError as exc:
             _fail(exc, debug)
-        if output == "-":
-            sys.stdout.buffer.write(data)
-        else:
-            atomic_write(output, lambda f: f.write(data))
+        try:
+            if output == "-":
+                sys.stdout.buffer.write(data)
+            else:
+                atomic_write(output, lambda f: f.write(data))
+        except InputError as exc:  # a folder that is not there, a full disk: one line
+            if debug:
+                raise
+            err.print(f"imfilt: {exc}", markup=False)
+            raise typer.Exit(1) from None
 
 
 def _output_kind(output: Optional[str], format, overwrite: bool) -> Optional[str]:

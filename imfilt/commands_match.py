@@ -48,4 +48,4 @@ def match(
     """
     pixels = load_template(template, batch.max_pixels)
     run(batch, [Match(pixels, template_name=template, size=size.value, top=top, threshold=threshold,
-                      gray=batch.gray)], scale="auto")
+                      gray=batch.gray)], scale="auto", reads=(template,))

@@ -107,7 +107,7 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
         raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise InputError(f"{name}: empty file")
-    limit = max_pixels or _pillow_limit()
+    limit = max_pixels or pillow_limit()
     try:
         if data[:6] == b"\x93NUMPY":
             loaded = _load_npy(data)
@@ -139,7 +139,8 @@ def _from_hwc(array: np.ndarray, depth: int) -> Loaded:
     return Loaded(unit_pixels(array, _MAXVAL.get(depth, 1.0)), depth, array.shape[2] in (2, 4))
 
 
-def _check_pixels(width: int, height: int, limit: int) -> None:
+def check_pixels(width: int, height: int, limit: int) -> None:
+    """The decompression-bomb limit (--max-pixels), checked from the header before decoding."""
     if width * height > limit:
         raise InputError(f"{width}x{height} = {width * height} pixels is over the safety limit of {limit}; "
                          "raise it with --max-pixels")
@@ -164,7 +165,7 @@ def _load_png16(data: bytes, limit: int) -> Loaded:
 
     reader = png.Reader(bytes=data)
     width, height, rows, info = reader.asDirect()
-    _check_pixels(width, height, limit)
+    check_pixels(width, height, limit)
     planes = info["planes"]
     return _from_hwc(np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes), 16)
 
@@ -200,7 +201,7 @@ def _decode_png8(data: bytes, limit: int) -> Loaded | None:
         return None
     if not _plain_png(data):
         return None
-    _check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), limit)
+    check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), limit)
     import cv2
 
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -216,7 +217,7 @@ def _decode_png8(data: bytes, limit: int) -> Loaded | None:
 _PILLOW_GLOBALS = threading.Lock()
 
 
-def _pillow_limit() -> int:
+def pillow_limit() -> int:
     with _PILLOW_GLOBALS:
         return Image.MAX_IMAGE_PIXELS
 
@@ -231,7 +232,7 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
             image = Image.open(io.BytesIO(data))  # reads the header only
         finally:
             Image.MAX_IMAGE_PIXELS = previous
-    _check_pixels(*image.size, limit)
+    check_pixels(*image.size, limit)
     if image.format != "MPO":  # a camera's MPO JPEG: the primary image first, then previews
         _frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
     image.load()
@@ -246,7 +247,7 @@ def _load_tiff(data: bytes, limit: int) -> Loaded:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
-            _check_pixels(page.imagewidth, page.imagelength, limit)
+            check_pixels(page.imagewidth, page.imagelength, limit)
             _frames(sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False)))  # thumbnails are no frames
             if page.bitspersample <= 8 and page.sampleformat != 3:
                 return _load_pillow(data, limit)
@@ -406,10 +407,15 @@ def _write_stdout(data: bytes) -> None:
     """All of data to standard output: an unbuffered stream may take only part of a write."""
     out = sys.stdout.buffer
     view = memoryview(data)
-    while view:
-        written = out.write(view)
-        view = view[written if written is not None else 0 :]
-    out.flush()
+    try:
+        while view:
+            written = out.write(view)
+            view = view[written if written is not None else 0 :]
+        out.flush()
+    except BrokenPipeError:
+        raise  # the reader went away: the whole run ends with 141
+    except OSError as exc:  # a full disk behind the redirection
+        raise InputError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
 
 
 def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8, scale: str = "clip",

@@ -103,10 +103,11 @@ def gaussian(sigma: float = 1.0, truncate: float = 4.0) -> np.ndarray:
         raise KernelError(f"gaussian: sigma must be > 0, got {sigma:g}")
     if truncate <= 0:
         raise KernelError(f"gaussian: truncate must be > 0, got {truncate:g}")
-    radius = int(truncate * sigma + 0.5)
-    if 2 * radius + 1 > MAX_BUILTIN_SIZE:
-        raise KernelError(f"gaussian: sigma={sigma:g}, truncate={truncate:g} makes a {2 * radius + 1}x{2 * radius + 1} "
-                          f"kernel, over the {MAX_BUILTIN_SIZE} taps a side that built-ins allow")
+    reach = truncate * sigma + 0.5  # checked as a float first: sigma=1e308 would overflow int()
+    if 2 * reach > MAX_BUILTIN_SIZE:
+        raise KernelError(f"gaussian: sigma={sigma:g}, truncate={truncate:g} makes a kernel over the "
+                          f"{MAX_BUILTIN_SIZE} taps a side that built-ins allow")
+    radius = int(reach)
     x = np.arange(-radius, radius + 1)
     g = np.exp(-0.5 * (x / sigma) ** 2)
     g /= g.sum()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import tiled
 from .engine import get_engine
 from .errors import InputError, Interrupted, UsageError
-from .io import FORMATS, Loaded, check_output_format, fitting_depth, load, write_image
+from .io import FORMATS, Loaded, check_output_format, check_pixels, fitting_depth, load, pillow_limit, write_image
 from .tiles import image_shape
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".npy"}
@@ -159,7 +159,7 @@ def _key(path: str) -> str:
 def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None = None,
          out_dir: str | None = None, template: str | None = None, overwrite: bool = False,
          skip_existing: bool = False, extras: dict[str, str] | None = None,
-         absolute: bool = False) -> list[Job]:
+         absolute: bool = False, reads: Iterable[str] = ()) -> list[Job]:
     """One job per input; every output file named and checked before any image is read.
 
     ``extras`` are secondary files by name (``{"mask": "--mask-out template"}``); they get the
@@ -179,7 +179,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     for name, path in extras.items():
         if len(sources) > 1 and "{stem}" not in path:
             raise UsageError(f"--{name}-out {path!r} would be written for every input: put {{stem}} in it")
-    inputs = {_key(s): s for s in sources if s != "-"}
+    inputs = {_key(s): s for s in (*sources, *reads) if s != "-"}  # kernel files and templates too
     jobs, seen = [], {}
     for source in sources:
         outputs = []
@@ -202,11 +202,10 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
             skip = skip_existing and bool(output.files) and all(_exists(f, settings) for f in output.files)
             outputs.append(replace(output, skip=skip))
         quiet_decoders()  # the header read below must not log about a bad file: its job reports it
-        big = source != "-" and tiled.needs_tiles(image_shape(source), settings.memory)
-        for output in outputs if big else ():
-            tiled.check_tiled_output(source, output, split)
+        streams = all(isinstance(op, tiled.STREAMED_OPS) for op in ops)  # match works on whole images
+        big = source != "-" and streams and tiled.needs_tiles(image_shape(source), settings.memory)
         jobs.append(Job(source, tuple(outputs), settings, tiled=big))
-    if not overwrite:
+    if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
     return jobs
 
@@ -315,7 +314,16 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
             raise InputError(f"{job.source}: the output {file} is the input itself; not overwritten")
     engine = get_engine(settings.engine, settings.threads)
     if job.tiled:
-        return records + [_tiled_output(job, output, engine) for output in todo]
+        for output in todo:
+            tiled.check_tiled_output(job.source, output, settings.split_channels)
+        height, width, _ = image_shape(job.source) or (0, 0, 0)
+        try:
+            check_pixels(width, height, settings.max_pixels or pillow_limit())
+        except InputError as exc:
+            raise InputError(f"{job.source}: {exc}") from None
+        for output in todo:  # not shielded from signals: a streamed output can take minutes
+            records.append(_tiled_output(job, output, engine))
+        return records
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
     for output in todo:

@@ -20,8 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .io import SCALERS, Loaded, fitting_depth, to_storage
+from .frequency import Lowpass, Spectrum
 from .ops import Apply, Result
 from .tiles import Plan, Source, extend_index, open_source, remove_tree, window_for, write_tiles
 
@@ -44,18 +45,24 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
+STREAMED_OPS = (Apply, Spectrum, Lowpass)  # the operations a tiled job runs (match needs the whole image)
+
+
 def needs_tiles(shape: tuple[int, int, int] | None, memory: int) -> bool:
     """Whether processing the image whole would pass the memory budget."""
     return shape is not None and shape[0] * shape[1] * shape[2] * 4 * WHOLE_IMAGE_COPIES > memory
 
 
 def check_tiled_output(source: str, output, split_channels: bool) -> None:
-    """Planning: an output that a tiled job cannot write is refused before anything runs."""
+    """An output that a tiled job cannot write: that input fails before any pixel is read.
+
+    (Per input, not for the whole run: a damaged header may claim a huge size.)
+    """
     for path in (output.path, *(p for _, p in output.extras)):
         suffix = Path(path).suffix.lower()
         if path == "-" or suffix not in STREAMED_OUTPUTS or split_channels:
             what = "--split-channels" if split_channels else "standard output" if path == "-" else f"{suffix} output"
-            raise UsageError(f"{source}: too large for memory (see --memory), and images are streamed only into "
+            raise InputError(f"{source}: too large for memory (see --memory), and images are streamed only into "
                              f"{', '.join(STREAMED_OUTPUTS)} files: not {what}")
 
 

@@ -105,6 +105,8 @@ class Source:
                 block = self.read(slice(r_from, r_from + r_len), slice(c_from, c_from + c_len))
                 np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[r_at : r_at + r_len, c_at : c_at + c_len],
                           casting="unsafe")
+        if self.depth == 32 and not np.isfinite(out).all():  # as io.load refuses them in memory
+            raise InputError(f"{self.name}: has NaN or infinite samples; imfilt filters finite values only")
         return out
 
     def close(self) -> None:
@@ -154,6 +156,10 @@ def _open_tiff(path: str) -> Source:
     except tifffile.TiffFileError as exc:
         raise InputError(f"{path}: truncated or corrupt TIFF ({exc})") from None
     page = tiff.pages.first
+    frames = sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False))
+    if frames > 1:
+        tiff.close()
+        raise InputError(f"{path}: has {frames} frames; imfilt filters single images: extract the frame you want first")
     orientation = page.tags.get("Orientation")
     problem = (page.planarconfig != 1 and page.samplesperpixel > 1 and "planar (separate) channels"
                or page.photometric not in (0, 1, 2) and f"photometric {page.photometric.name}"

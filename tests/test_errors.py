@@ -60,6 +60,7 @@ def work(tmp_path, monkeypatch) -> Path:
     np.save("five.npy", np.random.default_rng(0).random((6, 6, 5)).astype(np.float32))
     np.save("bank0.npy", np.zeros((0, 3, 3)))
     Path("big.txt").write_text("1e39 0\n0 1\n")
+    np.save("k3.npy", np.ones((3, 3)) / 9)
     Path("afile").write_text("not a folder")
     Path("emptydir").mkdir()
     Path("folder.png").mkdir()
@@ -79,6 +80,8 @@ ERRORS = [
     # 2. an output that is another input of the run
     (["apply", "a.png", "a.sobel.png", "-k", "sobel", "--overwrite"], 2, "both an input and an output"),
     (["apply", "m.png", "a.png", "-k", "box", "--name", "m.png", "--overwrite", "--out-dir", "."], 2, "both an input"),
+    (["apply", "a.png", "-k", "k3.npy", "-o", "k3.npy", "--overwrite"], 2, "both an input and an output"),
+    (["match", "a.png", "-t", "b.png", "-o", "b.png", "--overwrite"], 2, "both an input and an output"),
     # 4. nothing to do
     (["apply", "emptydir", "-k", "box"], 1, "emptydir: no image in this folder"),
     (["apply", "nothing*.png", "-k", "box"], 1, "no image matches this pattern"),
@@ -369,3 +372,52 @@ def test_listings_into_a_closed_pipe_end_with_141(args):
     run = subprocess.run(["bash", "-c", f"{BIN / 'imfilt'} {command} | true; echo ${{PIPESTATUS[0]}}"],
                          capture_output=True, text=True)
     assert run.stdout.strip() == "141" and run.stderr == ""
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["kernels", "show", "sharpen", "-o", "nofolder/x.txt"], 1, "cannot write"),
+    (["apply", "a.png", "-k", "gaussian:sigma=1e308", "-o", "o.png"], 2, "over the 4097 taps"),
+    (["apply", "a.png", "-k", "gaussian:sigma=1,truncate=1e308", "-o", "o.png"], 2, "over the 4097 taps"),
+    (["spectrum", "a.png", "-o", "o.png", "--temp-dir", "nofolder"], 2, "--temp-dir nofolder: no such folder"),
+])
+def test_more_errors_found_by_review(work, args, code, message):
+    before = snapshot(work)
+    result = imfilt(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == code and len(lines) == 1 and message in lines[0], result.stderr
+    assert snapshot(work) == before
+
+
+def test_a_full_disk_behind_standard_output_is_one_line(tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    Image.fromarray(rgb(0)).save(tmp_path / "a.png")
+    run = subprocess.run(f"{BIN / 'imfilt'} apply a.png -k box -o - > /dev/full", shell=True, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip() == "<stdout>: cannot write (No space left on device)"
+
+
+def test_resume_redoes_an_output_whose_mask_is_missing(work):
+    args = ["lowpass", "a.png", "-R", "3", "--out-dir", "o", "--mask-out", "o/{stem}.mask.png"]
+    assert imfilt(*args).exit_code == 0
+    (work / "o" / "a.mask.png").unlink()
+    result = imfilt(*args, "--skip-existing")
+    assert result.exit_code == 0, result.stderr
+    assert (work / "o" / "a.mask.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["apply", "nan.npy", "-k", "box", "-o", "t.npy"], "NaN or infinite"),
+    (["spectrum", "inf.tif", "-o", "t.tif"], "NaN or infinite"),
+    (["apply", "pages.tif", "-k", "box", "-o", "t.tif"], "has 2 frames"),
+    (["apply", "a.png", "-k", "box", "-o", "t.tif", "--max-pixels", "10"], "safety limit of 10;"),
+])
+def test_streamed_inputs_get_the_checks_of_whole_ones(work, args, message):
+    """--memory 1K streams these small files window by window: the same refusals as in memory."""
+    tifffile.imwrite("a.tif", rgb(0), tile=(16, 16))
+    args = ["a.tif" if a == "a.png" else a for a in args]
+    before = snapshot(work)
+    result = imfilt(*args, "--memory", "1K")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.stderr
+    assert snapshot(work) == before
