@@ -362,10 +362,11 @@ def test_from_file_reads_one_path_a_line(rgb, tmp_path):
 
 
 @pytest.mark.parametrize("requested, inputs, cores, workers", [
-    (None, 8, 4, 1), (None, 100, 4, 1), (3, 9, 4, 3), (8, 9, 4, 4), (4, 2, 4, 2), (None, 0, 4, 1),
+    (None, 8, 4, 1), (None, 64, 4, 1), (None, 65, 4, 4), (None, 100, 2, 2), (3, 9, 4, 3), (8, 9, 4, 4),
+    (4, 2, 4, 2), (None, 0, 4, 1),
 ])
-def test_jobs_default_is_one_and_never_more_than_the_cores_or_inputs(requested, inputs, cores, workers):
-    """-j: default 1 (one process already uses every core); at most the cores and the inputs."""
+def test_jobs_default_and_never_more_than_the_cores_or_inputs(requested, inputs, cores, workers):
+    """-j: default 1, the cores for more than 64 inputs; at most the cores and the inputs."""
     from imfilt.batch import worker_count
 
     assert worker_count(requested, inputs, cores) == workers
