@@ -19,12 +19,13 @@ from . import ndfilters
 # --method auto's crossovers for OpenCV, from `benchmarks/bench.py crossover` (README, "Speed"),
 # 2048x2048 RGB on 2 shared cores: filter2D (its own blocked DFT from 50 taps) beat imfilt's
 # whole-image FFT at every size up to 255x255 (0.85 s against 1.68 s there); sepFilter2D beat
-# filter2D from 5x5 (4096x4096: 104 against 120 ms; at 3x3 65 against 69 ms the other way) and
-# tied it from 63x63 to 127x127.
+# filter2D from 5x5 (4096x4096: 104 against 120 ms; at 3x3 65 against 69 ms the other way); at
+# 4096x4096 (quiet machine) two passes won at 81x81 (0.30 against 0.46 s) and tied at 101x101
+# (0.44 s both) and 121x121 (0.57 against 0.55 s).
 CROSSOVERS = {
     "direct_max_taps": 255 * 255,
     "separable_min_taps": 25,
-    "separable_max_taps": 126,
+    "separable_max_taps": 202,  # rank-1 kernels up to 101x101 as two passes
 }
 
 _BORDER = {"reflect": cv2.BORDER_REFLECT, "mirror": cv2.BORDER_REFLECT_101, "nearest": cv2.BORDER_REPLICATE,

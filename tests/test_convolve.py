@@ -201,7 +201,7 @@ def test_sobel_x_is_positive_on_a_rising_edge():
                  (3, 3, True): "direct", (63, 63, True): "fft"}),
     (cvfilters, {(3, 3, False): "direct", (31, 31, False): "direct", (255, 255, False): "direct",
                  (257, 257, False): "fft", (5, 5, True): "separable", (3, 3, True): "direct",
-                 (63, 63, True): "separable", (95, 95, True): "direct", (1, 15, True): "direct"}),
+                 (63, 63, True): "separable", (101, 101, True): "separable", (103, 103, True): "direct", (1, 15, True): "direct"}),
 ])
 def test_auto_picks_by_rank_and_size(filters, picks):
     """Each spatial backend's measured crossovers (README, Speed)."""

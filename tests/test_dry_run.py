@@ -60,7 +60,7 @@ def test_methods_and_reasons_are_the_cost_model_s(tmp_path, monkeypatch):
     for record, spec in zip(outputs, ["box", "gaussian:sigma=1", "gaussian:sigma=40", "sharpen"]):
         assert record["method"] == Apply(load_kernel(spec)).resolved_method
     assert [r["method"] for r in outputs] == ["direct", "separable", "fft", "direct"]
-    # the CPU engine's (OpenCV's) crossovers: two passes up to 126 taps, direct up to 255x255
+    # the CPU engine's (OpenCV's) crossovers: two passes up to 202 taps, direct up to 255x255
     assert "9 + 9 = 18 taps" in outputs[1]["why"] and "103041 taps > 65025" in outputs[2]["why"]
     assert "shape" not in outputs[0]  # standard input is not read in a dry run
 
