@@ -24,8 +24,8 @@ from . import __version__
 from .engine import ENGINES, get_engine
 from .errors import Interrupted, UsageError
 from .io import DEPTHS, check_stdout_format
-from .pipeline import (Expanded, Report, Settings, execute, expand_inputs, output_name_pattern, plan,
-                       prepare_folders, read_list, remove_partial_files, WHILE_WRITING)
+from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, Report, Settings, execute, expand_inputs,
+                       output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
 from .tiled import DEFAULT_MEMORY, parse_size
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -302,11 +302,6 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     if len(jobs) + len(expanded.empty) > 1 and (report.failed or not batch.quiet):
         err.print(f"imfilt: {report.summary()}", markup=False)
     raise typer.Exit(report.exit_code)
-
-
-# The signals a shell, `timeout`, or a job scheduler sends to end a program.
-ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
-                       if hasattr(signal, name))
 
 
 @contextmanager

@@ -155,9 +155,15 @@ def _load_npy(data: bytes) -> Loaded:
     return _from_hwc(array, 32)
 
 
-def _frames(count: int) -> None:
+def check_frames(count: int) -> None:
+    """Several frames are refused: never silently cut to the first."""
     if count > 1:
         raise InputError(f"has {count} frames; imfilt filters single images: extract the frame you want first")
+
+
+def tiff_frames(tiff) -> int:
+    """A TIFF's frames: its pages less reduced-resolution ones (thumbnails, pyramid levels)."""
+    return sum(1 for page in tiff.pages if not getattr(page, "is_reduced", False))
 
 
 def _load_png16(data: bytes, limit: int) -> Loaded:
@@ -234,7 +240,7 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
             Image.MAX_IMAGE_PIXELS = previous
     check_pixels(*image.size, limit)
     if image.format != "MPO":  # a camera's MPO JPEG: the primary image first, then previews
-        _frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
+        check_frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame
     image.load()
     ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
     return _from_pillow(image)
@@ -248,7 +254,7 @@ def _load_tiff(data: bytes, limit: int) -> Loaded:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
             check_pixels(page.imagewidth, page.imagelength, limit)
-            _frames(sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False)))  # thumbnails are no frames
+            check_frames(tiff_frames(tiff))
             if page.bitspersample <= 8 and page.sampleformat != 3:
                 return _load_pillow(data, limit)
             array = page.asarray()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,9 @@ from .errors import InputError, Interrupted, UsageError
 from .io import FORMATS, Loaded, check_output_format, check_pixels, fitting_depth, load, pillow_limit, write_image
 from .tiles import image_shape
 
+# The signals a shell, `timeout`, or a job scheduler sends to end a program.
+ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                       if hasattr(signal, name))
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".npy"}
 DEFAULT_TEMPLATE = "{stem}.{op}{ext}"
 SPLIT_TEMPLATE = "{stem}.{op}.{channel}{ext}"
@@ -180,6 +184,8 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
         if len(sources) > 1 and "{stem}" not in path:
             raise UsageError(f"--{name}-out {path!r} would be written for every input: put {{stem}} in it")
     inputs = {_key(s): s for s in (*sources, *reads) if s != "-"}  # kernel files and templates too
+    streams = all(isinstance(op, tiled.STREAMED_OPS) for op in ops)  # match works on whole images
+    quiet_decoders()  # the header reads below must not log about a bad file: its job reports it
     jobs, seen = [], {}
     for source in sources:
         outputs = []
@@ -201,8 +207,6 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 seen[key] = source
             skip = skip_existing and bool(output.files) and all(_exists(f, settings) for f in output.files)
             outputs.append(replace(output, skip=skip))
-        quiet_decoders()  # the header read below must not log about a bad file: its job reports it
-        streams = all(isinstance(op, tiled.STREAMED_OPS) for op in ops)  # match works on whole images
         big = source != "-" and streams and tiled.needs_tiles(image_shape(source), settings.memory)
         jobs.append(Job(source, tuple(outputs), settings, tiled=big))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
@@ -394,17 +398,9 @@ def _worker_init() -> None:
     `timeout` and a terminal send theirs to the whole process group; the parent then cancels
     the jobs not started and waits for the running ones, so no output is cut short.
     """
-    import signal
-
-    for sig in _ending_signals():
+    for sig in ENDING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _ending_signals())  # blocked from the start (below)
-
-
-def _ending_signals() -> set:
-    import signal
-
-    return {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING_SIGNALS)  # blocked from the start (below)
 
 
 def quiet_decoders() -> None:
@@ -504,7 +500,7 @@ def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterato
         # Workers start (in submit) with the ending signals blocked, until their initializer
         # ignores them: one sent to the group while a worker was still importing killed it.
         futures = []
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ending_signals())
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING_SIGNALS)
         try:
             futures += [pool.submit(_safe_run, job) for job in jobs]
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal held meanwhile arrives here

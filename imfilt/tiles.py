@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
+from .io import check_frames, tiff_frames
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
 PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
@@ -156,10 +157,11 @@ def _open_tiff(path: str) -> Source:
     except tifffile.TiffFileError as exc:
         raise InputError(f"{path}: truncated or corrupt TIFF ({exc})") from None
     page = tiff.pages.first
-    frames = sum(1 for p in tiff.pages if not getattr(p, "is_reduced", False))
-    if frames > 1:
+    try:
+        check_frames(tiff_frames(tiff))  # as io.load refuses them in memory
+    except InputError as exc:
         tiff.close()
-        raise InputError(f"{path}: has {frames} frames; imfilt filters single images: extract the frame you want first")
+        raise InputError(f"{path}: {exc}") from None
     orientation = page.tags.get("Orientation")
     problem = (page.planarconfig != 1 and page.samplesperpixel > 1 and "planar (separate) channels"
                or page.photometric not in (0, 1, 2) and f"photometric {page.photometric.name}"
