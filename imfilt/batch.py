@@ -6,6 +6,7 @@ The commands (commands.py) parse their own options into operations and call ``ru
 import functools
 import inspect
 import json
+import logging
 import os
 import signal
 import sys
@@ -295,6 +296,9 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
             if not (batch.fail_fast and report.failed):
                 _report_jobs(batch, jobs, workers, report)
     except Interrupted as exc:
+        # zarr's I/O loop (streamed images) may hold tasks the interruption cut short: asyncio
+        # would log them at exit, after the one line
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         remove_partial_files(jobs)
         how = "interrupted" if exc.signum == signal.SIGINT else f"stopped by {signal.Signals(exc.signum).name}"
         err.print(f"imfilt: {how}; {report.summary()}", markup=False)
