@@ -80,11 +80,19 @@ def choose_method(shape: tuple[int, int], separable: bool, crossovers: dict) -> 
     return "fft"
 
 
-def _pad(engine: Engine, planes, before: tuple[int, int], after: tuple[int, int], mode: str, cval: float):
-    width = ((0, 0), (before[0], after[0]), (before[1], after[1]))
-    if mode == "constant":
-        return engine.xp.pad(planes, width, mode="constant", constant_values=cval)
-    return engine.xp.pad(planes, width, mode=_PAD_MODE[mode])
+def _pad(engine: Engine, planes, before: tuple[int, int], after: tuple[int, int], mode: str, cval: float,
+         keep_layout: bool = False):
+    """The planes extended by the boundary mode: planar, or with ``keep_layout`` interleaved if they are.
+
+    (--size full keeps the layout: OpenCV's rows are then as long as a tiled window's, and round alike.)
+    """
+    xp = engine.xp
+    interleaved = keep_layout and planes.shape[0] > 1 and xp.moveaxis(planes, 0, -1).flags.c_contiguous
+    width = [(before[0], after[0]), (before[1], after[1])]
+    width = width + [(0, 0)] if interleaved else [(0, 0)] + width
+    extra = {"constant_values": cval} if mode == "constant" else {}
+    padded = xp.pad(xp.moveaxis(planes, 0, -1) if interleaved else planes, width, mode=_PAD_MODE[mode], **extra)
+    return xp.moveaxis(padded, -1, 0) if interleaved else padded
 
 
 def _fft(engine, planes, c, anchor, mode, cval):
@@ -121,7 +129,7 @@ def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="refle
     kh, kw = weights.shape
     method = resolve_method(weights, method, engine)
     if size == "full":
-        planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval)
+        planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval, keep_layout=True)
     if size == "same":
         anchor = (kh - 1 - kh // 2, kw - 1 - kw // 2) if not correlate else (kh // 2, kw // 2)
         return _correlate(engine, planes, weights, correlate, method, anchor, mode, cval)

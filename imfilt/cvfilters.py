@@ -93,9 +93,19 @@ def _flat(array):
 
 
 def magnitude(engine, responses: list):
-    """sqrt(gx² + gy²) in one cv2.magnitude pass, into the first response's memory."""
+    """sqrt(gx² + gy²) into the first response's memory (the second is scratch).
+
+    Four correctly rounded passes, not cv2.magnitude: its vector loop fuses the multiply-add
+    and its scalar tail does not, so its result depends on each value's position and memory
+    alignment, and a window of a tiled job would round differently from the whole image.
+    (+40 ms at 4096x4096x3 against the fused call.)
+    """
     flat = [_flat(response) for response in responses]
     if len(responses) != 2 or any(f is None for f in flat) or flat[0].shape != flat[1].shape:
         return ndfilters.magnitude(engine, responses)
-    cv2.magnitude(flat[0], flat[1], magnitude=flat[0])
+    gx, gy = flat
+    cv2.multiply(gx, gx, dst=gx)
+    cv2.multiply(gy, gy, dst=gy)
+    cv2.add(gx, gy, dst=gx)
+    cv2.sqrt(gx, dst=gx)
     return responses[0]

@@ -2,10 +2,11 @@
 
 Each output window reads the input it depends on: the window plus the kernel's reach (the
 halo), cut at the image's true edges so that the operation extends the image there exactly as
-it does whole: with scipy.ndimage's filters the window's values are bit-identical to the
-whole-image result (direct and separable; FFT within float32 rounding); OpenCV's filters round
-by position in a row, so there they agree to float32 rounding. ``wrap`` reaches across the image, so its halo is read
-by index mapping instead (tiles.extend_index) and the window keeps its "valid" part. (Mapping
+it does whole. Direct and separable results are bit-identical to the whole-image result (FFT
+within float32 rounding): with scipy.ndimage's filters for any window, with OpenCV's (whose
+vector loops round by position in a row) for windows of whole rows, which tiles.window_for
+chooses whenever a band at least 16 rows high fits the budget. ``wrap`` reaches across the
+image, so its halo is read by index mapping instead (tiles.extend_index). (Mapping
 ``constant`` the same way would not be exact: scipy's cval is a double, and premultiplied alpha
 and --gray would see the cval before filtering rather than after.)
 """
@@ -75,12 +76,13 @@ def _axis_reads(op: Apply, start: int, stop: int, n: int, k: int) -> tuple[np.nd
     Output o reads the input from o - before to o + after. The window is cut at the image's true
     edges, where the operation extends the image itself as it does whole (with one reach of
     margin, so reflections near an edge find their rows); wrap reaches across the image, so its
-    halo is index-mapped and the window keeps its "valid" part.
+    halo is index-mapped.
     """
     before = {"valid": 0, "full": k - 1}.get(op.size, k // 2 if op.correlate else k - 1 - k // 2)
     after = k - 1 - before
     if op.mode == "wrap" and op.size != "valid":
-        return extend_index(start - before, stop + after, n, "wrap"), slice(None)
+        keep = slice(before, before + stop - start) if op.size == "same" else slice(None)
+        return extend_index(start - before, stop + after, n, "wrap"), keep
     margin = max(before, after) + 1
     low, high = max(0, start - before - margin), min(n, stop + after + margin)
     return np.arange(low, high), slice(start - low, stop - low)
@@ -102,9 +104,12 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
     """(rows, columns, result) for each output window of ``op`` in row-major order (in ``stripe``'s rows)."""
     height, width, _ = source.shape
     kh, kw = op.kernel.shape
-    mapped = op.mode == "wrap" and op.size != "valid"
-    # --method auto is resolved once for the image, never per window
-    window_op = replace(op, size="valid" if mapped else op.size, method=op.resolved_method)
+    # --method auto is resolved once for the image, never per window. wrap's halo is index-mapped,
+    # so the window holds all the kernel reaches: "same" runs as the whole image's padded copy
+    # runs (with a border never read), "full" as its "valid" part
+    window_op = replace(op, method=op.resolved_method)
+    if op.mode == "wrap" and op.size != "valid":
+        window_op = replace(window_op, mode="nearest") if op.size == "same" else replace(window_op, size="valid")
     for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe):
         row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
         col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
@@ -125,14 +130,15 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
     try:
         op = output.op
         if isinstance(op, Apply):
-            window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), TILE)
             shape = output_shape(op, *source.shape[:2])
+            window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), shape[1], TILE)
             scratch = _on_dask(source_path, op, output.path, shape, window, engine)
             try:
                 make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
                     lambda: apply_windows(op, source, engine, window))
-                return write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
-                                    depth=depth, scale=scale)
+                facts = write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
+                                     depth=depth, scale=scale)
+                return {**facts, "window": list(window)}
             finally:
                 if scratch:
                     remove_tree(scratch[0])

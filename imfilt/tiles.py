@@ -319,11 +319,19 @@ class Plan:
                 yield slice(top, min(top + wh, self.height)), slice(left, min(left + ww, self.width))
 
 
-def window_for(memory: int, bytes_per_pixel: int, halo: int, max_tile: int = 256) -> tuple[int, int]:
-    """The largest window whose haloed area fits ``memory``: (tile, a multiple of tile) pixels.
+def window_for(memory: int, bytes_per_pixel: int, halo: int, width: int, max_tile: int = 256) -> tuple[int, int]:
+    """The largest window whose haloed area fits ``memory``: (tile, width) or (tile, a multiple of tile).
 
-    The tile (the TIFF's, a multiple of 16) is at most ``max_tile``, smaller for small budgets.
+    Bands of whole rows where one at least 16 rows high fits: a filter then sees every row whole,
+    as in the whole image, so OpenCV's vector loops split each row where they split it there and
+    the results are bit-identical; else windows bounded in both dimensions (a row too wide for
+    the budget), equal to float32 rounding. The tile (the TIFF's, a multiple of 16) is at most
+    ``max_tile``, smaller for small budgets.
     """
-    side = max(16, int((max(1, memory) / max(1, bytes_per_pixel)) ** 0.5) - 2 * halo)
+    pixels = max(1, memory) // max(1, bytes_per_pixel)
+    rows = pixels // (width + 2 * halo) - 2 * halo
+    if rows >= 16:
+        return min(max_tile, rows - rows % 16), width
+    side = max(16, int(pixels**0.5) - 2 * halo)
     tile = min(max_tile, side - side % 16)
     return tile, max(tile, side * side // tile // tile * tile)

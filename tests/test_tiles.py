@@ -145,3 +145,18 @@ def test_plan_covers_the_output_once():
         seen[rows, cols] += 1
         assert rows.stop - rows.start <= 8 and cols.stop - cols.start <= 16
     assert (seen == 1).all()
+
+
+def test_window_for_prefers_whole_rows_and_bounds_both_dimensions_past_them():
+    from imfilt.tiles import window_for
+
+    # 2 GiB at 192 bytes a pixel: a 20000-wide band of 256 rows (with a 31-pixel halo) fits
+    assert window_for(2**31, 192, 31, 20000) == (256, 20000)
+    # a band of at least 16 rows, a multiple of 16, within the budget
+    tile, width = window_for(2**20 * 100, 192, 10, 10000)
+    assert width == 10000 and tile % 16 == 0 and 16 <= tile < 256
+    assert (tile + 20) * (width + 20) * 192 <= 2**20 * 100
+    # a row too wide for the budget: windows bounded in both dimensions
+    tile, width = window_for(2**20 * 100, 192, 10, 10**7)
+    assert width < 10**7 and tile % 16 == 0 and width % tile == 0
+    assert (tile + 20) * (width + 20) * 192 <= 2**20 * 100
