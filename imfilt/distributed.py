@@ -2,12 +2,15 @@
 
 Workers read their inputs and write their outputs themselves, so the client sends only the
 job descriptions (paths and options): the inputs and outputs must be on storage that the
-workers share with the client. Imported only when --scheduler is given.
+workers share with the client. A job on a worker can spread its own parts over the cluster
+(``map_on_cluster``), as a tiled job does with stripes of its image. Dask itself is imported only
+when --scheduler is given (or on a worker, where it already is).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -39,3 +42,39 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
     with client:
         futures = client.map(fn, items, pure=False)
         yield futures, as_completed(futures, loop=client.loop)  # our client, not a global one
+
+
+def on_dask_worker() -> bool:
+    """Whether this code runs in a task on a Dask worker (a local run never imports Dask)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def stripes(length: int, unit: int, count: int = 8) -> list[slice]:
+    """About ``count`` parts of range(length), each a whole number of ``unit``s (chunks, tile rows)
+    but the last: the tasks that split a tiled image, no two sharing a chunk."""
+    step = unit * max(1, length // unit // count)
+    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def map_on_cluster(fn: Callable, parts: list, **kwargs) -> list:
+    """fn(part, **kwargs) for each part as tasks on the cluster that runs this task; their results.
+
+    Every task has ended when this returns or raises: none still writes into a scratch that the
+    caller removes on failure.
+    """
+    from distributed import wait, worker_client
+
+    with worker_client() as client:
+        futures = client.map(fn, parts, pure=False, **kwargs)
+        try:
+            return client.gather(futures)
+        finally:
+            wait(futures)

@@ -14,13 +14,13 @@ and --gray would see the cval before filtering rather than after.)
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from .distributed import map_on_cluster, on_dask_worker, stripes
 from .errors import InputError, UsageError
 from .io import SCALERS, Loaded, fitting_depth, to_storage
 from .frequency import Lowpass, Spectrum
@@ -156,13 +156,7 @@ def _on_dask(source_path: str, op: Apply, path: str, shape, window, engine) -> t
 
     (the scratch, the first window's result) when on Dask, else None.
     """
-    if "distributed" not in sys.modules:  # a local run never imports Dask
-        return None
-    from distributed import get_worker, worker_client
-
-    try:
-        get_worker()
-    except ValueError:
+    if not on_dask_worker():
         return None
     import zarr
 
@@ -175,12 +169,9 @@ def _on_dask(source_path: str, op: Apply, path: str, shape, window, engine) -> t
     scratch = Path(path).parent / f".{Path(path).name}.dask.zarr"
     zarr.create_array(str(scratch), shape=(*shape, channels), dtype=np.float32, chunks=(window[0], window[0], channels),
                       compressors=None, zarr_format=3, overwrite=True)
-    stripe_rows = window[0] * max(1, (shape[0] // window[0]) // 8)  # ~8 stripes, whole rows of chunks
-    stripes = [slice(top, top + stripe_rows) for top in range(0, shape[0], stripe_rows)]
     try:
-        with worker_client() as client:
-            client.gather(client.map(_stripe, stripes, source_path=source_path, op=op, window=window,
-                                     scratch=str(scratch), pure=False))
+        map_on_cluster(_stripe, stripes(shape[0], window[0]), source_path=source_path, op=op, window=window,
+                       scratch=str(scratch))
     except BaseException:
         remove_tree(scratch)
         raise

@@ -6,7 +6,8 @@ call on the same numbers as in memory, so the coefficients are bit-identical to 
 inverse applies its 1/(H·W) once at the end, as pocketfft does, and is bit-identical too.
 The mask is computed per block, never as a whole (H, W) array. Scratch space (8 bytes a
 coefficient, 12 for a spectrum) is checked before anything is written and removed on failure
-and on Ctrl-C.
+and on Ctrl-C. On a Dask worker both passes go to the cluster: stripes of whole chunks of rows,
+then of columns, each a task that alone writes its chunks; the writing stays in this task.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .distributed import map_on_cluster, on_dask_worker, stripes
+from .engine import get_engine
 from .errors import InputError
 from .frequency import Lowpass, Spectrum
 from .io import Loaded
 from .ops import Result, luminance, split_alpha
-from .tiles import Plan, Source, remove_tree, write_tiles
+from .tiles import Plan, Source, open_source, remove_tree, write_tiles
 from .tiled import TILE, write_result
 
 SCRATCH_CHUNK = 512  # scratch chunks are square: rows are written in bands, read back in columns
+MIN_CHUNK = 16  # ... smaller for a small --memory (zarr reads and writes whole chunks), down to this
 
 
 def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_dir: str | None) -> dict:
@@ -32,46 +36,121 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     height, width, channels = source.shape
     half = width // 2 + 1
     colours = 1 if op.gray else channels - source.alpha
+    chunk = _chunk_side(memory)
     # rows are read whole (a row FFT needs them): bands as high as the budget allows
     # ~16 float32 copies of a band (input, planes, coefficients, their host copy, zarr's buffers)
     # and of a column block (coefficients, transformed, values); whole scratch chunks where they fit
-    band = _aligned(min(height, memory // (width * channels * 4 * 16)))
-    block = _aligned(min(half, memory // (height * colours * 4 * 16)))
+    band = _aligned(min(height, memory // (width * channels * 4 * 16)), chunk)
+    block = _aligned(min(half, memory // (height * colours * 4 * 16)), chunk)
     tile = min(TILE, max(16, band - band % 16))
-    folder = temp_dir or tempfile.gettempdir()
+    cluster = on_dask_worker()
+    # on a cluster other workers write the scratch too: --temp-dir (which the user then keeps on
+    # storage every worker reaches), else beside the output, which every worker reaches already
+    beside = Path(output.path).parent
+    folder = temp_dir or str(beside if cluster else tempfile.gettempdir())
     needed = colours * height * half * (12 if isinstance(op, Spectrum) else 8)
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
                          f"{folder}, which has {free / 2**30:.2f} GiB free: set --temp-dir or TMPDIR")
-    scratch_dir = tempfile.mkdtemp(dir=folder, prefix="imfilt-fft-")
+    hidden = Path(folder) == beside  # as the output's own temporary file is
+    scratch_dir = tempfile.mkdtemp(dir=folder, prefix=f".{Path(output.path).name}.fft-" if hidden else "imfilt-fft-")
     try:
-        coefficients = _scratch(scratch_dir, "coefficients", (colours, height, half), np.complex64)
-        for top in range(0, height, band):
-            rows = slice(top, min(top + band, height))
-            planes = engine.planes(_colour(source, op, rows)[0])
-            if isinstance(op, Spectrum) and op.window == "hann":
-                taper = np.outer(np.hanning(height)[rows], np.hanning(width)).astype(np.float32)
-                planes = planes * engine.asarray(taper)
-            coefficients[:, rows] = engine.to_host(engine.fft.rfft(planes, axis=-1))
+        coefficients = _scratch(scratch_dir, "coefficients", (colours, height, half), np.complex64, chunk)
+        values = _scratch(scratch_dir, "values", coefficients.shape, np.float32, chunk) if isinstance(op, Spectrum) else None
+        if cluster:
+            map_on_cluster(_rows_task, stripes(height, chunk), source_path=source.name, op=op, scratch=scratch_dir,
+                           band=band, engine_name=engine.name)
+            bounds = map_on_cluster(_columns_task, stripes(half, chunk), op=op, scratch=scratch_dir, block=block,
+                                    width=width, engine_name=engine.name)
+        else:
+            _rows(slice(0, height), source, op, coefficients, band, engine)
+            bounds = [_columns(slice(0, half), op, coefficients, values, block, width, engine)]
         if isinstance(op, Spectrum):
-            return _spectrum(source, op, output.path, coefficients, scratch_dir, block, tile, engine,
-                             depth=depth, scale=scale, memory=memory)
-        return _lowpass(source, op, output, coefficients, block, band, tile, engine, depth=depth, scale=scale)
+            # the mirrored half repeats the magnitudes; a phase's are negated, so its bounds take a first pass
+            low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
+            return _spectrum(source, op, output.path, values, None if op.phase else (low, high), tile, depth=depth,
+                             scale=scale, memory=memory)
+        return _lowpass(source, op, output, coefficients, band, tile, engine, depth=depth, scale=scale)
     finally:
         remove_tree(scratch_dir)  # also on failure and Ctrl-C
 
 
-def _aligned(size: int) -> int:
-    return max(1, size - size % SCRATCH_CHUNK if size >= SCRATCH_CHUNK else size)
+def _chunk_side(memory: int) -> int:
+    """The scratch's square chunk: 512, or smaller where 16 copies of one would pass the budget."""
+    side = SCRATCH_CHUNK
+    while side > MIN_CHUNK and 16 * 8 * side * side > memory:
+        side //= 2
+    return side
 
 
-def _scratch(folder: str, name: str, shape, dtype):
+def _aligned(size: int, chunk: int) -> int:
+    return max(1, size - size % chunk if size >= chunk else size)
+
+
+def _scratch(folder: str, name: str, shape, dtype, chunk: int):
     import zarr
 
-    chunks = (1, min(shape[1], SCRATCH_CHUNK), min(shape[2], SCRATCH_CHUNK))
+    chunks = (1, min(shape[1], chunk), min(shape[2], chunk))
     return zarr.create_array(str(Path(folder) / name), shape=shape, dtype=dtype, chunks=chunks, compressors=None,
                              zarr_format=3)
+
+
+# --- the two passes: here over the whole image, or on a cluster a task over each stripe ----
+
+
+def _rows(rows: slice, source: Source, op, coefficients, band: int, engine) -> None:
+    """The row pass over ``rows``: real FFTs of bands of whole rows into the coefficients."""
+    height, width, _ = source.shape
+    for top in range(rows.start, rows.stop, band):
+        part = slice(top, min(top + band, rows.stop))
+        planes = engine.planes(_colour(source, op, part)[0])
+        if isinstance(op, Spectrum) and op.window == "hann":
+            taper = np.outer(np.hanning(height)[part], np.hanning(width)).astype(np.float32)
+            planes = planes * engine.asarray(taper)
+        coefficients[:, part] = engine.to_host(engine.fft.rfft(planes, axis=-1))
+
+
+def _columns(cols: slice, op, coefficients, values, block: int, width: int, engine) -> tuple[float, float]:
+    """The column pass over ``cols``, in blocks: the spectrum's values (and their bounds) or, for a
+    lowpass, the masked columns transformed back in place."""
+    xp = engine.xp
+    height = coefficients.shape[1]
+    u = (np.arange(height) + height // 2) % height - height // 2  # the FFT's row order, centred
+    low, high = np.inf, -np.inf
+    for left in range(cols.start, cols.stop, block):
+        part = slice(left, min(left + block, cols.stop))
+        transformed = engine.fft.fft(engine.asarray(coefficients[:, :, part]), axis=-2)
+        if isinstance(op, Spectrum):
+            found = engine.to_host(xp.angle(transformed) if op.phase else xp.log1p(xp.abs(transformed)))
+            values[:, :, part] = found
+            low, high = min(low, float(found.min())), max(high, float(found.max()))
+        else:
+            v = (np.arange(part.start, part.stop) + width // 2) % width - width // 2
+            transformed *= engine.asarray(op.mask_at(u, v).astype(np.float32))
+            coefficients[:, :, part] = engine.to_host(engine.fft.ifft(transformed, axis=-2, norm="forward"))
+    return low, high
+
+
+def _rows_task(rows: slice, *, source_path: str, op, scratch: str, band: int, engine_name: str) -> None:
+    """One Dask task of the row pass: a stripe of whole chunks of rows."""
+    import zarr
+
+    source = open_source(source_path)
+    try:
+        coefficients = zarr.open_array(str(Path(scratch) / "coefficients"), mode="r+")
+        _rows(rows, source, op, coefficients, band, get_engine(engine_name, 1))
+    finally:
+        source.close()
+
+
+def _columns_task(cols: slice, *, op, scratch: str, block: int, width: int, engine_name: str) -> tuple[float, float]:
+    """One Dask task of the column pass: a stripe of whole chunks of columns."""
+    import zarr
+
+    coefficients = zarr.open_array(str(Path(scratch) / "coefficients"), mode="r+")
+    values = zarr.open_array(str(Path(scratch) / "values"), mode="r+") if isinstance(op, Spectrum) else None
+    return _columns(cols, op, coefficients, values, block, width, get_engine(engine_name, 1))
 
 
 def _colour(source: Source, op, rows: slice) -> tuple[np.ndarray, np.ndarray | None]:
@@ -81,25 +160,9 @@ def _colour(source: Source, op, rows: slice) -> tuple[np.ndarray, np.ndarray | N
     return (luminance(colour) if op.gray else colour), alpha
 
 
-def _column_blocks(coefficients, block: int):
-    half = coefficients.shape[2]
-    for left in range(0, half, block):
-        yield slice(left, min(left + block, half))
-
-
-def _spectrum(source, op: Spectrum, path, coefficients, scratch_dir, block, tile, engine, *, depth, scale, memory) -> dict:
-    xp = engine.xp
-    colours, height, half = coefficients.shape
+def _spectrum(source, op: Spectrum, path, values, bounds, tile, *, depth, scale, memory) -> dict:
+    colours, height, half = values.shape
     width = source.shape[1]
-    values = _scratch(scratch_dir, "values", coefficients.shape, np.float32)
-    low, high = np.inf, -np.inf
-    for cols in _column_blocks(coefficients, block):
-        transformed = engine.fft.fft(engine.asarray(coefficients[:, :, cols]), axis=-2)
-        part = engine.to_host(xp.angle(transformed) if op.phase else xp.log1p(xp.abs(transformed)))
-        values[:, :, cols] = part
-        low, high = min(low, float(part.min())), max(high, float(part.max()))
-    # the mirrored half repeats the magnitudes; a phase's are negated, so its bounds take a first pass
-    bounds = None if op.phase else (low, high)
     columns = max(tile, memory // (16 * colours * tile) // tile * tile)
 
     def windows():
@@ -121,15 +184,9 @@ def _spectrum(source, op: Spectrum, path, coefficients, scratch_dir, block, tile
                         bounds=bounds)
 
 
-def _lowpass(source, op: Lowpass, output, coefficients, block, band, tile, engine, *, depth, scale) -> dict:
+def _lowpass(source, op: Lowpass, output, coefficients, band, tile, engine, *, depth, scale) -> dict:
     colours, height, half = coefficients.shape
     width = source.shape[1]
-    u = (np.arange(height) + height // 2) % height - height // 2  # the FFT's row order, centred
-    for cols in _column_blocks(coefficients, block):
-        v = (np.arange(cols.start, cols.stop) + width // 2) % width - width // 2
-        transformed = engine.fft.fft(engine.asarray(coefficients[:, :, cols]), axis=-2)
-        transformed *= engine.asarray(op.mask_at(u, v).astype(np.float32))
-        coefficients[:, :, cols] = engine.to_host(engine.fft.ifft(transformed, axis=-2, norm="forward"))
     kept = _mask_mean(op, height, width, band)
     scale_back = np.float32(1 / np.longdouble(height * width))  # pocketfft's one 1/(H·W), as irfft2 applies it
 

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -245,11 +247,31 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
 
 def remove_tree(folder) -> None:
     """Remove a folder even while zarr's I/O thread finishes writes that Ctrl-C cut short."""
+    _finish_zarr_writes()
     for _ in range(100):
         shutil.rmtree(folder, ignore_errors=True)
         if not os.path.exists(folder):
             return
         time.sleep(0.02)
+
+
+def _finish_zarr_writes(timeout: float = 10.0) -> None:
+    """Wait for the writes still running on zarr's I/O loop: an interrupted write of many chunks
+    goes on there, and a chunk written after the folder's removal would make it anew."""
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def the_others():
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(the_others(), loop).result(timeout + 1)
+    except Exception:  # noqa: BLE001 - removing the folder matters more than waiting
+        pass
 
 
 def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
