@@ -33,6 +33,7 @@ MIN_CHUNK = 16  # ... smaller for a small --memory (zarr reads and writes whole 
 
 def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_dir: str | None) -> dict:
     op = output.op
+    spectrum = isinstance(op, Spectrum)
     height, width, channels = source.shape
     half = width // 2 + 1
     colours = 1 if op.gray else channels - source.alpha
@@ -48,7 +49,7 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     # storage every worker reaches), else beside the output, which every worker reaches already
     beside = Path(output.path).parent
     folder = temp_dir or str(beside if cluster else tempfile.gettempdir())
-    needed = colours * height * half * (12 if isinstance(op, Spectrum) else 8)
+    needed = colours * height * half * (12 if spectrum else 8)
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
@@ -57,8 +58,8 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     scratch_dir = tempfile.mkdtemp(dir=folder, prefix=f".{Path(output.path).name}.fft-" if hidden else "imfilt-fft-")
     try:
         coefficients = _scratch(scratch_dir, "coefficients", (colours, height, half), np.complex64, chunk)
-        values = _scratch(scratch_dir, "values", coefficients.shape, np.float32, chunk) if isinstance(op, Spectrum) else None
-        if cluster:
+        values = _scratch(scratch_dir, "values", coefficients.shape, np.float32, chunk) if spectrum else None
+        if cluster:  # the tasks open the source by the path it was opened from
             map_on_cluster(_rows_task, stripes(height, chunk), source_path=source.name, op=op, scratch=scratch_dir,
                            band=band, engine_name=engine.name)
             bounds = map_on_cluster(_columns_task, stripes(half, chunk), op=op, scratch=scratch_dir, block=block,
@@ -66,7 +67,7 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
         else:
             _rows(slice(0, height), source, op, coefficients, band, engine)
             bounds = [_columns(slice(0, half), op, coefficients, values, block, width, engine)]
-        if isinstance(op, Spectrum):
+        if spectrum:
             # the mirrored half repeats the magnitudes; a phase's are negated, so its bounds take a first pass
             low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
             return _spectrum(source, op, output.path, values, None if op.phase else (low, high), tile, depth=depth,

@@ -2,20 +2,47 @@
 processes): the row and column passes run as tasks on both workers, and the files are byte for
 byte those of a local run, whose pixels are the in-memory run's."""
 
-import time
-
 import numpy as np
 import pytest
-
-pytest.importorskip("distributed")
+from hypothesis import given
+from hypothesis import strategies as st
 
 # --memory 100K makes 16x16 scratch chunks: a 70-row image is 5 stripes of rows, 51 half-plane
 # columns 4 stripes of columns (and bands and blocks inside them smaller still)
 SMALL = "100K"
 
 
+@given(st.integers(1, 5000), st.integers(1, 600), st.integers(1, 12))
+def test_stripes_cover_the_range_in_whole_units(length, unit, count):
+    """Each task's part starts on a chunk and is whole chunks (but the last): no two share one."""
+    from imfilt.distributed import stripes
+
+    parts = stripes(length, unit, count)
+    assert parts[0].start == 0 and parts[-1].stop == length
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+    assert all(p.start % unit == 0 and p.stop > p.start for p in parts)
+    assert all((p.stop - p.start) % unit == 0 for p in parts[:-1])
+    if length >= unit * count:  # about count parts; fewer units than that: one unit a part
+        assert count <= len(parts) <= 2 * count
+    else:
+        assert len(parts) == -(-length // unit)
+
+
+@pytest.mark.parametrize("memory", [1, 4000, 100_000, 2**25 - 1, 2**25, 2**31])
+def test_scratch_chunks_fit_the_budget(memory):
+    """512x512 from 32 MiB up (the default budget's chunks), smaller below, never under 16."""
+    from imfilt.tiled_fft import _chunk_side
+
+    side = _chunk_side(memory)
+    assert side in (16, 32, 64, 128, 256, 512)
+    assert 16 * 8 * side * side <= memory or side == 16  # 16 complex64 copies of a chunk fit
+    assert 16 * 8 * (2 * side) ** 2 > memory or side == 512  # and of the next larger one do not
+    assert (side == 512) == (memory >= 2**25)
+
+
 @pytest.fixture(scope="module")
 def cluster():
+    pytest.importorskip("distributed")
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
@@ -78,7 +105,6 @@ def test_the_passes_run_as_tasks_on_both_workers(cluster, tmp_path):
         result = _run("lowpass", source, "--radius", "9", "-o", tmp_path / "low.tif", "--memory", SMALL,
                       "--scheduler", cluster.scheduler_address)
         assert result.exit_code == 0, result.stderr
-        time.sleep(0.5)  # the task stream hears of the last tasks a moment after they end
         workers = set(cluster.scheduler.workers)
     for task, count in (("_rows_task-", 5), ("_columns_task-", 4)):
         ran = [record["worker"] for record in stream.data if record["key"].startswith(task)]
