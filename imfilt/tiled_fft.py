@@ -52,8 +52,9 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     needed = colours * height * half * (12 if spectrum else 8)
     free = shutil.disk_usage(folder).free
     if needed > free:
+        where = "--temp-dir" if cluster else "--temp-dir or TMPDIR"  # TMPDIR is no worker's choice on a cluster
         raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
-                         f"{folder}, which has {free / 2**30:.2f} GiB free: set --temp-dir or TMPDIR")
+                         f"{folder}, which has {free / 2**30:.2f} GiB free: set {where}")
     hidden = Path(folder) == beside  # as the output's own temporary file is
     scratch_dir = tempfile.mkdtemp(dir=folder, prefix=f".{Path(output.path).name}.fft-" if hidden else "imfilt-fft-")
     try:
