@@ -52,7 +52,7 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     needed = colours * height * half * (12 if spectrum else 8)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        where = "--temp-dir" if cluster else "--temp-dir or TMPDIR"  # TMPDIR is no worker's choice on a cluster
+        where = "--temp-dir" if cluster else "--temp-dir or TMPDIR"  # on a cluster TMPDIR is not used (see above)
         raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
                          f"{folder}, which has {free / 2**30:.2f} GiB free: set {where}")
     hidden = Path(folder) == beside  # as the output's own temporary file is
