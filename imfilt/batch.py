@@ -82,8 +82,8 @@ Depth = choice_enum("Depth", tuple(map(str, DEPTHS)))
 
 
 BIG_BATCH = 64  # inputs above which worker processes pay for their start-up (see worker_count)
-INPUTS_HELP = ("INPUTS: image files, folders (their images; -r descends), quoted globs, or - for standard "
-               "input. Folders and globs leave out dot-files and files named like this run's outputs.")
+INPUTS_HELP = ("INPUTS: image files, zarr stores, folders (their images; -r descends), quoted globs, or - for "
+               "standard input. Folders and globs leave out dot-files and files named like this run's outputs.")
 
 
 @dataclass
@@ -125,7 +125,7 @@ _COMMON = {
     "name": (Annotated[Optional[str], typer.Option(
         metavar="TEMPLATE", help="Output name template: {stem} {op} {ext} {channel}.  [default: {stem}.{op}{ext}]")], None),
     "format": (Annotated[str, typer.Option(metavar="EXT", help="Format when writing to standard output (png, tif, npy, ...).")], "png"),
-    "depth": (Annotated[Optional[Depth], typer.Option(help="Output bits per sample (32 = float TIFF or .npy).  [default: the input's]")], None),
+    "depth": (Annotated[Optional[Depth], typer.Option(help="Output bits per sample (32 = float TIFF, .npy or .zarr).  [default: the input's]")], None),
     "engine": (Annotated[Engine, typer.Option(help="auto uses the GPU when cupy and a CUDA device are present.")], Engine.cpu),
     "jobs": (Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, metavar="N",
                                                     help="Worker processes, at most the cores and the inputs.  [default: 1, the cores for more than 64 inputs]")], None),
@@ -141,7 +141,7 @@ _COMMON = {
     "scheduler": (Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Run the jobs on a Dask cluster, e.g. tcp://host:8786.")], None),
     "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
     "memory": (Annotated[str, typer.Option(metavar="SIZE", help="Memory budget: larger images are streamed in tiles "
-                                           "(TIFF, .npy in; .tif, .npy out), e.g. 600M, 8G.")], DEFAULT_MEMORY),
+                                           "(TIFF, .npy, zarr in; .tif, .npy, .zarr out), e.g. 600M, 8G.")], DEFAULT_MEMORY),
     "temp_dir": (Annotated[Optional[str], typer.Option(metavar="DIR", help="Scratch space for the FFTs of images larger than "
                                                        "memory.  [default: TMPDIR]")], None),
     "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),

@@ -17,6 +17,7 @@ from .convolve import rank_one_factors
 from .engine import cpu_engine
 from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
+from .omezarr import is_store
 from .ops import Apply
 from .tiles import image_shape
 
@@ -94,7 +95,7 @@ def probe(source: str) -> tuple[tuple[int, int, int] | None, str | None]:
     path = Path(source)
     if not path.exists():
         return None, "no such file"
-    if path.is_dir():
+    if path.is_dir() and not is_store(path):
         return None, "is a directory"
     shape = image_shape(source)
     return (shape, None) if shape else (None, "not an image, or a format imfilt cannot read")

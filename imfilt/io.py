@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -20,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes a few ms
 
 from .errors import InputError, UsageError, check_choice
+from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
 
 SCALES = ("auto", "clip", "abs", "stretch", "offset")
@@ -34,6 +37,7 @@ FORMATS = {
     ".webp": ("WEBP", (8,)),
     ".bmp": ("BMP", (8,)),
     ".npy": ("NPY", (32,)),  # float32 values in [0, 1] units, unscaled
+    ".zarr": ("ZARR", (8, 16, 32)),  # an OME-Zarr image: a folder, never a stream (omezarr.py)
 }
 _FEW_CHANNELS = ("PNG", "JPEG", "WEBP", "BMP")  # at most grey/RGB + alpha
 # WebP is written lossless (exact: libwebp would otherwise zero the colour under alpha 0), JPEG
@@ -79,8 +83,10 @@ def check_output_format(path: str, depth: int | None) -> str:
 def check_stdout_format(name: str) -> str:
     """--format (for -o -): a format imfilt writes, as its suffix."""
     suffix = "." + name.lower().lstrip(".")
-    if suffix not in FORMATS:
-        raise UsageError(f"--format {name!r}: imfilt writes {', '.join(s.lstrip('.') for s in FORMATS)}")
+    streams = [s for s in FORMATS if FORMATS[s][0] != "ZARR"]
+    if suffix not in streams:
+        raise UsageError(f"--format {name!r}: imfilt writes {', '.join(s.lstrip('.') for s in streams)} to standard "
+                         "output" + (" (a zarr store is a folder: use -o OUT.zarr)" if suffix == ".zarr" else ""))
     return suffix
 
 
@@ -95,6 +101,9 @@ def read_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = No
 def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, name: str | None = None) -> Loaded:
     """Read an image; every failure is an InputError naming the file and the reason."""
     name = name or ("<stdin>" if isinstance(source, bytes) else str(source))
+    limit = max_pixels or pillow_limit()
+    if not isinstance(source, bytes) and is_store(source):
+        return _check_finite(_load_store(str(source), name, limit), name)
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except FileNotFoundError:
@@ -107,7 +116,6 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
         raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise InputError(f"{name}: empty file")
-    limit = max_pixels or pillow_limit()
     try:
         if data[:6] == b"\x93NUMPY":
             loaded = _load_npy(data)
@@ -125,12 +133,35 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
         raise InputError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many kinds (TypeError, struct.error, ...) on bad data
         raise InputError(f"{name}: truncated or corrupt image ({exc})") from None
+    return _check_finite(loaded, name)
+
+
+def _check_finite(loaded: Loaded, name: str) -> Loaded:
     if loaded.depth == 32:  # float data: one NaN would spread through every FFT output
         bad = loaded.pixels.size - int(np.count_nonzero(np.isfinite(loaded.pixels)))
         if bad:
             raise InputError(f"{name}: {bad} sample{'s are' if bad > 1 else ' is'} NaN or infinite; "
                              "imfilt filters finite values only")
     return loaded
+
+
+def depth_of(dtype) -> int:
+    """The bit depth that stored samples of a dtype mean: uint8 8, uint16 16, the rest 32 (values as they are)."""
+    return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(np.dtype(dtype), 32)
+
+
+def _load_store(path: str, name: str, limit: int) -> Loaded:
+    """A zarr store (a plain array or an OME-Zarr image), read whole."""
+    image = open_image(path)
+    try:
+        check_pixels(image.shape[1], image.shape[0], limit)
+    except InputError as exc:
+        raise InputError(f"{name}: {exc}") from None
+    try:
+        stored = image[:, :]
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to decode this image") from None
+    return _from_hwc(stored, depth_of(image.dtype))
 
 
 def _from_hwc(array: np.ndarray, depth: int) -> Loaded:
@@ -409,6 +440,64 @@ def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -
         raise
 
 
+def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """``write(path)`` a file or a folder (a zarr store) beside ``target``, then rename it over
+    ``target``: a failure or Ctrl-C leaves nothing behind, and an existing store is swapped out
+    whole (a folder cannot be renamed over, so the old one is moved aside first).
+
+    A folder that is not a zarr store is never replaced: it may hold anything.
+    """
+    target = Path(target)
+    replacing = target.is_dir() and not target.is_symlink()
+    if replacing and not is_store(target):
+        raise InputError(f"{target}: is a folder, not a zarr store; not replaced")
+    folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
+    try:
+        made = folder / target.name
+        write(str(made))
+        if replacing:
+            os.rename(target, folder / "replaced")
+            try:
+                os.rename(made, target)
+            except BaseException:
+                os.rename(folder / "replaced", target)
+                raise
+        else:
+            os.replace(made, target)
+    finally:
+        remove_tree(folder)
+
+
+def remove_tree(folder) -> None:
+    """Remove a folder even while zarr's I/O thread finishes writes that Ctrl-C cut short."""
+    _finish_zarr_writes()
+    for _ in range(100):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.exists(folder):
+            return
+        time.sleep(0.02)
+
+
+def _finish_zarr_writes(timeout: float = 10.0) -> None:
+    """Wait for the writes still running on zarr's I/O loop: an interrupted write of many chunks
+    goes on there, and a chunk written after the folder's removal would make it anew."""
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    import asyncio  # zarr has imported it already; the CLI's start-up does not need it
+
+    async def the_others():
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(the_others(), loop).result(timeout + 1)
+    except Exception:  # noqa: BLE001 - removing the folder matters more than waiting
+        pass
+
+
 def _write_stdout(data: bytes) -> None:
     """All of data to standard output: an unbuffered stream may take only part of a write."""
     out = sys.stdout.buffer
@@ -443,7 +532,13 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
         raise InputError(f"{target}: {suffix} holds at most 4 channels, this image has {pixels.shape[2]}; "
                          "write .tif or .npy")
     stored = pixels if suffix == ".npy" else to_storage(pixels, depth, scale, alpha)
-    if str(target) == "-":
+    if kind == "ZARR":
+        whole = [(slice(0, stored.shape[0]), slice(0, stored.shape[1]), stored)]
+        try:
+            replace_beside(target, lambda tmp: write_ome_zarr(tmp, stored.shape, stored.dtype, whole))
+        except OSError as exc:
+            raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    elif str(target) == "-":
         buffer = io.BytesIO()  # encode fully first: a failed encode writes nothing
         encode(stored, suffix, alpha, buffer, threads)
         _write_stdout(buffer.getvalue())

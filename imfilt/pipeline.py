@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterable, Iterator
 from . import tiled
 from .engine import get_engine
 from .errors import InputError, Interrupted, UsageError
-from .io import FORMATS, Loaded, check_output_format, check_pixels, fitting_depth, load, pillow_limit, write_image
+from .io import (FORMATS, Loaded, check_output_format, check_pixels, fitting_depth, load, pillow_limit, remove_tree,
+                 write_image)
+from .omezarr import is_store
 from .tiles import image_shape
 
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
@@ -79,7 +81,23 @@ class Expanded:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() or is_store(path)) and not path.name.startswith(".")
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """The images in a folder: files and zarr stores; -r descends into sub-folders but never into a store."""
+    if not recursive:
+        return [p for p in folder.iterdir() if _is_image(p)]
+    found = []
+    for root, folders, files in os.walk(folder):
+        stores = [name for name in folders if is_store(Path(root, name))]
+        folders[:] = [name for name in folders if name not in stores]  # a store is one image
+        found += [p for p in (Path(root, name) for name in files + stores) if _is_image(p)]
+    return found
+
+
+def _inside_store(path: Path) -> bool:
+    return any(is_store(parent) for parent in path.parents)
 
 
 def expand_inputs(inputs: Iterable[str], recursive: bool = False,
@@ -92,14 +110,15 @@ def expand_inputs(inputs: Iterable[str], recursive: bool = False,
     expanded = Expanded()
     for item in inputs:
         path = Path(item)
-        if item == "-" or path.is_file():
+        if item == "-" or path.is_file() or is_store(path):  # a zarr store is one image, not a folder
             expanded.sources.append(item)
             continue
         if path.is_dir():
-            found = [p for p in (path.rglob("*") if recursive else path.iterdir()) if p.is_file() and _is_image(p)]
+            found = _folder_images(path, recursive)
             where = "in this folder" + ("" if recursive else " (-r descends into sub-folders)")
         elif glob.has_magic(item) and not path.exists():
-            found = [Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file()]
+            found = [Path(p) for p in glob.glob(item, recursive=recursive)
+                     if (Path(p).is_file() or is_store(p)) and not _inside_store(Path(p))]
             where = "matches this pattern"
         else:
             expanded.sources.append(item)  # missing: reported as that input's failure
@@ -202,6 +221,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 if key in inputs:
                     raise UsageError(f"{file} is both an input and an output of this run (from {source}); "
                                      "give a folder or a quoted glob, which leave this run's outputs out")
+                _check_output_place(file, key, inputs, overwrite)
                 if key in seen:
                     raise UsageError(f"{seen[key]} and {source} would both write {file}: change --name")
                 seen[key] = source
@@ -212,6 +232,16 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
     return jobs
+
+
+def _check_output_place(file: str, key: str, inputs: dict[str, str], overwrite: bool) -> None:
+    """Outputs are files or zarr stores (folders): never written inside an input store, and
+    --overwrite never replaces a folder that is not a store."""
+    for parent in Path(key).parents:
+        if str(parent) in inputs:
+            raise UsageError(f"{file}: would be written inside the input {inputs[str(parent)]}; choose another place")
+    if overwrite and os.path.isdir(file) and not os.path.islink(file) and not is_store(file):
+        raise UsageError(f"{file}: is a folder, not a zarr store: --overwrite replaces images only")
 
 
 def prepare_folders(jobs: list[Job]) -> None:
@@ -236,7 +266,10 @@ def remove_partial_files(jobs: list[Job]) -> None:
             path = Path(file)
             pattern = "." + glob.escape(path.name).replace(glob.escape("{channel}"), "*") + ".*.part"
             for part in path.parent.glob(pattern):
-                part.unlink(missing_ok=True)
+                if part.is_dir() and not part.is_symlink():  # a tiled or zarr output's folder
+                    remove_tree(part)
+                else:
+                    part.unlink(missing_ok=True)
 
 
 def _channel_names(count: int) -> list[str]:

@@ -6,19 +6,13 @@
   ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
-  (Big)TIFF through tifffile's tile iterator, a ``.npy`` through a memory map, or a zarr array;
+  (Big)TIFF through tifffile's tile iterator, a ``.npy`` through a memory map, or an OME-Zarr image;
   atomically, as every output.
 - ``Plan`` cuts an output into windows bounded in both dimensions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
-from .io import check_frames, tiff_frames
+from .io import check_frames, depth_of, remove_tree, replace_beside, tiff_frames  # noqa: F401 - remove_tree for tiled*
+from .omezarr import open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
 PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
@@ -117,10 +112,6 @@ class Source:
             self.closer.close()
 
 
-def _depth(dtype: np.dtype) -> int:
-    return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(np.dtype(dtype), 32)
-
-
 def open_source(path: str) -> Source:
     """A lazy source for a TIFF, .npy or zarr path; an InputError names what cannot stream."""
     p = Path(path)
@@ -173,19 +164,12 @@ def _open_tiff(path: str) -> Source:
         tiff.close()
         raise InputError(f"{path}: a TIFF with {problem} is not read in tiles; convert it to a tiled RGB TIFF")
     store = tiff.series[0].aszarr()
-    return Source(path, zarr.open(store, mode="r"), _depth(page.dtype), tiff)
+    return Source(path, zarr.open(store, mode="r"), depth_of(page.dtype), tiff)
 
 
 def _open_zarr(path: str) -> Source:
-    import zarr
-
-    try:
-        array = zarr.open_array(path, mode="r")
-    except Exception as exc:  # noqa: BLE001 - zarr raises several kinds for a folder that is not an array
-        raise InputError(f"{path}: not a zarr array ({exc})") from None
-    if array.ndim not in (2, 3):
-        raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C), got {array.shape}")
-    return Source(path, array, _depth(array.dtype))
+    image = open_image(path)  # a plain array or an OME-Zarr image, seen as (H, W, C)
+    return Source(path, image, depth_of(image.dtype))
 
 
 def image_shape(path: str) -> tuple[int, int, int] | None:
@@ -224,54 +208,17 @@ Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C
 
 def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
                 tile: tuple[int, int], alpha: bool = False) -> None:
-    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy or zarr.
+    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy or OME-Zarr.
 
     Written next to the target and renamed, as every output: a failure leaves nothing behind.
     """
     suffix = Path(path).suffix.lower()
-    target = Path(path)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")) / target.name
-    try:
-        if suffix == ".npy":
-            _write_npy(str(tmp), shape, dtype, blocks)
-        elif suffix == ".zarr":
-            _write_zarr(str(tmp), shape, dtype, blocks, tile)
-        else:
-            _write_tiff(str(tmp), shape, dtype, blocks, tile, alpha)
-        if target.is_dir() and suffix == ".zarr":
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        remove_tree(tmp.parent)
-
-
-def remove_tree(folder) -> None:
-    """Remove a folder even while zarr's I/O thread finishes writes that Ctrl-C cut short."""
-    _finish_zarr_writes()
-    for _ in range(100):
-        shutil.rmtree(folder, ignore_errors=True)
-        if not os.path.exists(folder):
-            return
-        time.sleep(0.02)
-
-
-def _finish_zarr_writes(timeout: float = 10.0) -> None:
-    """Wait for the writes still running on zarr's I/O loop: an interrupted write of many chunks
-    goes on there, and a chunk written after the folder's removal would make it anew."""
-    sync = sys.modules.get("zarr.core.sync")
-    loop = getattr(sync, "loop", [None])[0]
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return
-
-    async def the_others():
-        others = asyncio.all_tasks() - {asyncio.current_task()}
-        if others:
-            await asyncio.wait(others, timeout=timeout)
-
-    try:
-        asyncio.run_coroutine_threadsafe(the_others(), loop).result(timeout + 1)
-    except Exception:  # noqa: BLE001 - removing the folder matters more than waiting
-        pass
+    if suffix == ".npy":
+        replace_beside(path, lambda tmp: _write_npy(tmp, shape, dtype, blocks))
+    elif suffix == ".zarr":
+        replace_beside(path, lambda tmp: write_ome_zarr(tmp, shape, dtype, blocks, tile))
+    else:
+        replace_beside(path, lambda tmp: _write_tiff(tmp, shape, dtype, blocks, tile, alpha))
 
 
 def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
@@ -287,14 +234,6 @@ def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
             for i, row in enumerate(block):
                 f.seek(start + (rows.start + i) * row_bytes + cols.start * shape[2] * dtype.itemsize)
                 f.write(row.tobytes())
-
-
-def _write_zarr(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int]) -> None:
-    import zarr
-
-    out = zarr.create_array(path, shape=shape, dtype=dtype, chunks=tile + shape[2:], zarr_format=3)
-    for rows, cols, block in blocks:
-        out[rows, cols] = block
 
 
 def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool) -> None:

@@ -1,0 +1,118 @@
+"""Zarr stores as images: which folders are one, reading one as (H, W, C), writing OME-Zarr.
+
+A store is one image, never a folder of images: a plain (H, W) or (H, W, C) array (zarr v2 or
+v3), or an OME-Zarr image group (NGFF 0.4 on zarr v2, 0.5 on zarr v3) whose first dataset is
+the full resolution and whose axes say where y, x and c are (t and z only with size 1).
+imfilt writes OME-Zarr 0.5: a zarr v3 group holding one dataset "0" with axes (c, y, x), as
+NGFF puts the channel before space. zarr itself is imported only when a store is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import InputError
+
+STORE_FILES = ("zarr.json", ".zarray", ".zgroup")  # zarr v3's metadata, and v2's
+CHUNK = 256  # chunk side of a whole image written as zarr (the tiled path passes its tile)
+_AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+
+
+def is_store(path) -> bool:
+    """Whether a path is a zarr store (a folder with zarr metadata at its top)."""
+    return any((Path(path) / name).is_file() for name in STORE_FILES)
+
+
+class StoredImage:
+    """A zarr array seen as (H, W, C): ``image[rows, cols]`` reads that rectangle, whatever the
+    stored axis order (t and z of size 1 are indexed away)."""
+
+    def __init__(self, name: str, array, axes: tuple[str, ...]):
+        self.name, self.array, self.axes = name, array, axes
+        size = dict(zip(axes, array.shape))
+        self.shape = (size["y"], size["x"], size.get("c", 1))
+        self.dtype = np.dtype(array.dtype)
+        kept = [a for a in axes if a in ("y", "x", "c")]
+        self._order = [kept.index(a) for a in ("y", "x", "c") if a in kept]
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        where = {"y": key[0], "x": key[1], "c": slice(None)}
+        try:
+            block = self.array[tuple(where.get(a, 0) for a in self.axes)]
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - codecs raise many kinds on a damaged chunk
+            raise InputError(f"{self.name}: truncated or corrupt zarr chunk ({exc})") from None
+        block = np.transpose(block, self._order)
+        return block if block.ndim == 3 else block[..., None]
+
+
+def open_image(path: str) -> StoredImage:
+    """The image in a zarr store; an InputError names the store and what is wrong."""
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - zarr raises several kinds on damaged metadata
+        raise InputError(f"{path}: not a zarr store, or a corrupt one ({exc})") from None
+    if isinstance(node, zarr.Group):
+        array, axes = _first_dataset(path, node)
+    elif node.ndim in (2, 3):
+        array, axes = node, ("y", "x", "c")[: node.ndim]
+    else:
+        raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, got an array of shape {node.shape}")
+    dtype = np.dtype(array.dtype)
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{path}: a zarr image must hold real numbers, not {dtype}")
+    if 0 in array.shape:
+        raise InputError(f"{path}: a zarr image must hold pixels, got shape {array.shape}")
+    for axis, what in (("t", "time points"), ("z", "z planes")):
+        if axis in axes and array.shape[axes.index(axis)] > 1:
+            count = array.shape[axes.index(axis)]
+            raise InputError(f"{path}: has {count} {what}; imfilt filters 2-D images: take one plane out first")
+    return StoredImage(path, array, axes)
+
+
+def _first_dataset(path: str, group) -> tuple[object, tuple[str, ...]]:
+    """An OME-Zarr group's full-resolution array and its axis names (NGFF 0.5 keeps them under "ome")."""
+    attributes = group.attrs.asdict()
+    multiscales = attributes.get("ome", {}).get("multiscales") or attributes.get("multiscales")
+    if not multiscales:
+        raise InputError(f"{path}: a zarr group without OME-Zarr multiscales is not an image: give the image's "
+                         "group or array")
+    try:
+        first = multiscales[0]
+        axes = tuple(str(a["name"] if isinstance(a, dict) else a).lower() for a in first["axes"])
+        array = group[first["datasets"][0]["path"]]
+    except Exception as exc:  # noqa: BLE001 - malformed metadata: missing keys, wrong types, no such array
+        raise InputError(f"{path}: malformed OME-Zarr multiscales ({type(exc).__name__}: {exc})") from None
+    unknown = sorted(set(axes) - set(_AXIS_TYPES))
+    if unknown or len(set(axes)) != len(axes) or not {"y", "x"} <= set(axes) or len(axes) != array.ndim:
+        raise InputError(f"{path}: OME-Zarr axes {','.join(axes)} for an array of shape {array.shape}: "
+                         "imfilt reads y and x, with c, t and z")
+    return array, axes
+
+
+def write_ome_zarr(path: str, shape: tuple[int, int, int], dtype, blocks: Iterable[tuple[slice, slice, np.ndarray]],
+                   tile: tuple[int, int] = (CHUNK, CHUNK)) -> None:
+    """An OME-Zarr 0.5 image at ``path`` from (rows, cols, (h, w, C) values) blocks.
+
+    Chunks are (1, tile); blocks that start on chunk boundaries write whole chunks (or the
+    image's last, partial ones).
+    """
+    import zarr
+
+    height, width, channels = shape
+    axes = [{"name": name, "type": _AXIS_TYPES[name]} for name in ("c", "y", "x")]
+    dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
+    ome = {"version": "0.5", "multiscales": [{"name": Path(path).stem, "axes": axes, "datasets": [dataset]}]}
+    group = zarr.create_group(path, zarr_format=3, attributes={"ome": ome})
+    array = group.create_array("0", shape=(channels, height, width), dtype=dtype,
+                               chunks=(1, min(tile[0], height), min(tile[1], width)), dimension_names=("c", "y", "x"))
+    for rows, cols, block in blocks:
+        array[:, rows, cols] = np.moveaxis(block, -1, 0)
