@@ -204,7 +204,7 @@ def test_cli_tiled_alpha_and_depths(tmp_path, dtype, channels):
 
 
 @pytest.mark.parametrize("output,message", [
-    ("out.png", "streamed only into .tif, .tiff, .npy files: not .png output"),
+    ("out.png", "streamed only into .tif, .tiff, .npy, .zarr files: not .png output"),
     ("-", "not standard output"),
 ])
 def test_cli_tiled_refuses_outputs_that_do_not_stream(big_tiff, tmp_path, output, message):
