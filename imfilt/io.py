@@ -1,7 +1,8 @@
 """Reading and writing images: float32 (H, W, C) in [0, 1] inside, integers only at the edges.
 
 Pillow reads and writes most formats; 16-bit colour PNG goes through pypng and 16-bit or float
-colour TIFF through tifffile, since Pillow holds neither. Every write is atomic.
+colour TIFF through tifffile, since Pillow holds neither; zarr stores (folders) through omezarr.py.
+Every write is atomic.
 """
 
 from __future__ import annotations
@@ -448,14 +449,13 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
     A folder that is not a zarr store is never replaced: it may hold anything.
     """
     target = Path(target)
-    replacing = target.is_dir() and not target.is_symlink()
-    if replacing and not is_store(target):
+    if target.is_dir() and not target.is_symlink() and not is_store(target):
         raise InputError(f"{target}: is a folder, not a zarr store; not replaced")
     folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
     try:
         made = folder / target.name
         write(str(made))
-        if replacing:
+        if os.path.lexists(target) and (made.is_dir() or target.is_dir()):  # rename() cannot do these
             os.rename(target, folder / "replaced")
             try:
                 os.rename(made, target)
@@ -533,6 +533,8 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
                          "write .tif or .npy")
     stored = pixels if suffix == ".npy" else to_storage(pixels, depth, scale, alpha)
     if kind == "ZARR":
+        if str(target) == "-":
+            raise UsageError("a zarr store is a folder, never written to standard output: use -o OUT.zarr")
         whole = [(slice(0, stored.shape[0]), slice(0, stored.shape[1]), stored)]
         try:
             replace_beside(target, lambda tmp: write_ome_zarr(tmp, stored.shape, stored.dtype, whole))

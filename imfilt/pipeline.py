@@ -81,7 +81,9 @@ class Expanded:
 
 
 def _is_image(path: Path) -> bool:
-    return (path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() or is_store(path)) and not path.name.startswith(".")
+    if path.name.startswith("."):
+        return False
+    return path.is_file() if path.suffix.lower() in IMAGE_SUFFIXES else path.is_dir() and is_store(path)
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:

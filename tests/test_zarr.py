@@ -89,11 +89,24 @@ MAXVAL = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 
 @pytest.mark.parametrize("name, write, values", STORES, ids=[s[0] for s in STORES])
 def test_a_store_loads_as_its_values_in_unit_range(tmp_path, name, write, values):
-    """uint8 -> depth 8, uint16 -> 16 (divided by the full scale), float -> 32 as they are; alpha for 2 and 4 channels."""
+    """uint8 -> depth 8, uint16 -> 16 (divided by the full scale), float -> 32 as they are; alpha for 2 and 4
+    channels: what a TIFF (integers) or a .npy (floats) of the same values loads as."""
+    import tifffile
+
     loaded = load(write(tmp_path / f"{name}.zarr", values))
     maxval = MAXVAL.get(values.dtype, 1)
     np.testing.assert_array_equal(loaded.pixels, values.astype(np.float32) / np.float32(maxval))
     assert loaded.depth == {255: 8, 65535: 16, 1: 32}[maxval] and loaded.alpha == (values.shape[2] in (2, 4))
+    if maxval == 1:
+        np.save(tmp_path / "same.npy", values)
+        same = load(tmp_path / "same.npy")
+    else:
+        extras = {"extrasamples": ("unassalpha",)} if values.shape[2] in (2, 4) else {}
+        tifffile.imwrite(tmp_path / "same.tif", values if values.shape[2] > 1 else values[..., 0],
+                         photometric="rgb" if values.shape[2] >= 3 else "minisblack", **extras)
+        same = load(tmp_path / "same.tif")
+    np.testing.assert_array_equal(loaded.pixels, same.pixels)
+    assert (loaded.depth, loaded.alpha) == (same.depth, same.alpha)
 
 
 @pytest.mark.parametrize("name, write, values", STORES, ids=[s[0] for s in STORES])
@@ -221,7 +234,10 @@ def test_overwrite_replaces_a_store_whole_and_skip_existing_keeps_it(tmp_path):
     assert run.exit_code == 0 and json.loads(run.stdout)["skipped"] and (out / "stray.txt").exists()
     assert imfilt("apply", tmp_path / "a.png", "-k", "box", "-o", out, "--overwrite", "--depth", "8").exit_code == 0
     assert read_ome(out)[1]["dtype"] == np.uint8 and not (out / "stray.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "o.zarr"]  # no temporary folder left
+    (tmp_path / "f.zarr").write_text("a file in the way")  # a file is replaced by a store, as files replace files
+    assert imfilt("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "f.zarr", "--overwrite").exit_code == 0
+    np.testing.assert_array_equal(read_ome(tmp_path / "f.zarr")[0], read_ome(out)[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "f.zarr", "o.zarr"]  # no temporary folder left
 
 
 @pytest.fixture
