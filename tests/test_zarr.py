@@ -122,7 +122,7 @@ def test_identity_into_ome_zarr_and_back_gives_the_same_pixels(tmp_path, name, w
     assert meta["ome"]["version"] == "0.5"
     assert [(a["name"], a["type"]) for a in multiscale["axes"]] == [("c", "channel"), ("y", "space"), ("x", "space")]
     assert multiscale["datasets"] == [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 3}]}]
-    assert meta["chunks"] == (1, min(256, values.shape[0]), min(256, values.shape[1]))
+    assert meta["chunks"] == (values.shape[2], min(256, values.shape[0]), min(256, values.shape[1]))
     again = imfilt("apply", tmp_path / "out.zarr", "-k", "identity", "--alpha", "keep", "-o", tmp_path / "again.zarr")
     assert again.exit_code == 0, again.stderr
     np.testing.assert_array_equal(read_ome(tmp_path / "again.zarr")[0], values)
@@ -179,7 +179,7 @@ def test_a_tiff_streams_into_ome_zarr_and_a_store_into_a_tiff(tmp_path):
     assert run.exit_code == 0 and json.loads(run.stdout)["tiled"], run.stderr
     stored, meta = read_ome(tmp_path / "big.zarr")
     np.testing.assert_array_equal(stored, values)
-    assert meta["chunks"][0] == 1 and all(c % 16 == 0 for c in meta["chunks"][1:])
+    assert meta["chunks"][0] == 3 and all(c % 16 == 0 for c in meta["chunks"][1:])
     run = imfilt("apply", tmp_path / "big.zarr", "-k", "identity", "-o", tmp_path / "back.tif", "--memory", "100K")
     assert run.exit_code == 0, run.stderr
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "back.tif"), values)
