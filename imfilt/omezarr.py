@@ -65,7 +65,8 @@ def open_image(path: str) -> StoredImage:
     elif node.ndim in (2, 3):
         array, axes = node, ("y", "x", "c")[: node.ndim]
     else:
-        raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, got an array of shape {node.shape}")
+        raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, "
+                         f"got an array of shape {node.shape}")
     dtype = np.dtype(array.dtype)
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise InputError(f"{path}: a zarr image must hold real numbers, not {dtype}")
@@ -113,7 +114,8 @@ def write_ome_zarr(path: str, shape: tuple[int, int, int], dtype, blocks: Iterab
     dataset = {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}
     ome = {"version": "0.5", "multiscales": [{"name": Path(path).stem, "axes": axes, "datasets": [dataset]}]}
     group = zarr.create_group(path, zarr_format=3, attributes={"ome": ome})
-    array = group.create_array("0", shape=(channels, height, width), dtype=dtype,
-                               chunks=(channels, min(tile[0], height), min(tile[1], width)), dimension_names=("c", "y", "x"))
+    chunks = (channels, min(tile[0], height), min(tile[1], width))
+    array = group.create_array("0", shape=(channels, height, width), dtype=dtype, chunks=chunks,
+                               dimension_names=("c", "y", "x"))
     for rows, cols, block in blocks:
         array[:, rows, cols] = np.moveaxis(block, -1, 0)
