@@ -343,3 +343,17 @@ def test_dry_run_reads_a_stores_shape(work):
     assert run.exit_code == 0, run.stderr
     assert json.loads(run.stdout.splitlines()[0])["shape"] == [12, 16, 3]
     assert not os.path.exists(work / "o.zarr")
+
+
+def test_after_a_signal_the_partial_folder_of_a_store_is_removed(work):
+    """What a signal cut off between a store's temporary folder and its clean-up goes too."""
+    from imfilt.ops import Apply
+    from imfilt.kernels import load_kernel
+    from imfilt.pipeline import Settings, plan, remove_partial_files
+
+    jobs = plan(["a.png"], [Apply(load_kernel("box"))], Settings(), out="o.zarr")
+    partial = work / ".o.zarr.x1y2.part" / "o.zarr" / "0"
+    partial.mkdir(parents=True)
+    (partial / "zarr.json").write_text("{}")
+    remove_partial_files(jobs)
+    assert not (work / ".o.zarr.x1y2.part").exists() and (work / "s.zarr").is_dir()
