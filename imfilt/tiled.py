@@ -34,7 +34,7 @@ WHOLE_IMAGE_COPIES = 6
 # ... and of one window (input, premultiplied copy, one response per kernel part, FFT padding).
 WINDOW_COPIES = 12
 TILE = 256  # TIFF tile side for outputs (a multiple of 16, as TIFF wants)
-STREAMED_OUTPUTS = (".tif", ".tiff", ".npy", ".zarr")
+STREAMED_OUTPUTS = (".tif", ".tiff", ".npy", ".zarr", ".png")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 

@@ -6,8 +6,8 @@
   ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
-  (Big)TIFF through tifffile's tile iterator, a ``.npy`` through a memory map, or an OME-Zarr image;
-  atomically, as every output.
+  (Big)TIFF through tifffile's tile iterator, a ``.npy`` through a memory map, an OME-Zarr image,
+  or a PNG band by band (png.PngStream); atomically, as every output.
 - ``Plan`` cuts an output into windows bounded in both dimensions.
 """
 
@@ -208,7 +208,7 @@ Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C
 
 def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
                 tile: tuple[int, int], alpha: bool = False) -> None:
-    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy or OME-Zarr.
+    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy, OME-Zarr or PNG.
 
     Written next to the target and renamed, as every output: a failure leaves nothing behind.
     """
@@ -217,6 +217,8 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
         replace_beside(path, lambda tmp: _write_npy(tmp, shape, dtype, blocks))
     elif suffix == ".zarr":
         replace_beside(path, lambda tmp: write_ome_zarr(tmp, shape, dtype, blocks, tile))
+    elif suffix == ".png":
+        replace_beside(path, lambda tmp: _write_png(tmp, shape, dtype, blocks))
     else:
         replace_beside(path, lambda tmp: _write_tiff(tmp, shape, dtype, blocks, tile, alpha))
 
@@ -234,6 +236,28 @@ def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
             for i, row in enumerate(block):
                 f.seek(start + (rows.start + i) * row_bytes + cols.start * shape[2] * dtype.itemsize)
                 f.write(row.tobytes())
+
+
+def _write_png(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
+    """A row of windows is joined into one band and encoded: one band in memory, not the image.
+
+    png.PngStream cuts its deflate blocks where encode_png does: the same bytes as a whole write.
+    """
+    from .png import PngStream
+
+    with open(path, "wb") as f:
+        # deflate on this thread: each extra thread reserves a malloc arena (64 MB of address
+        # space), which broke a 500 MB RLIMIT_AS run
+        stream = PngStream(f, shape, dtype, threads=1)
+        band, top = None, 0
+        for rows, cols, block in blocks:
+            if band is None or rows.start != top:
+                if band is not None:
+                    stream.write(band)
+                band, top = np.empty((rows.stop - rows.start,) + tuple(shape[1:]), dtype=dtype), rows.start
+            band[:, cols] = block
+        stream.write(band)
+        stream.close()
 
 
 def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool) -> None:

@@ -204,7 +204,8 @@ def test_cli_tiled_alpha_and_depths(tmp_path, dtype, channels):
 
 
 @pytest.mark.parametrize("output,message", [
-    ("out.png", "streamed only into .tif, .tiff, .npy, .zarr files: not .png output"),
+    ("out.jpg", "streamed only into .tif, .tiff, .npy, .zarr, .png files: not .jpg output"),
+    ("out.webp", "not .webp output"),
     ("-", "not standard output"),
 ])
 def test_cli_tiled_refuses_outputs_that_do_not_stream(big_tiff, tmp_path, output, message):

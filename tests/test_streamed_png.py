@@ -1,0 +1,155 @@
+"""PNG written band by band (images larger than memory): the same bytes as a whole-image write."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imfilt.io import load, write_image
+from imfilt.png import PngStream, encode_png
+from imfilt.tiles import Plan, write_tiles
+
+
+def _values(shape, dtype, seed=0):
+    values = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+    values[::5] //= 3  # some rows that repeat less randomly, so deflate finds matches
+    return values
+
+
+def _pypng(data: bytes) -> np.ndarray:
+    """An independent decoder (pure Python inflate and unfilter)."""
+    import png as pypng
+
+    width, height, rows, info = pypng.Reader(bytes=data).asDirect()
+    return np.vstack([np.asarray(r) for r in rows]).reshape(height, width, info["planes"])
+
+
+@pytest.mark.parametrize("shape,dtype", [((1, 1, 1), np.uint8), ((13, 17, 2), np.uint16), ((40, 9, 3), np.uint8),
+                                         ((1500, 1500, 3), np.uint8), ((700, 800, 4), np.uint16)])
+@pytest.mark.parametrize("band", [1, 7, 256, 5000])
+def test_png_stream_equals_whole_encode_byte_for_byte(shape, dtype, band):
+    """Bands of any height give encode_png's bytes (also where deflate blocks span bands)."""
+    values = _values(shape, dtype)
+    whole, streamed = io.BytesIO(), io.BytesIO()
+    encode_png(values, whole, threads=2)
+    stream = PngStream(streamed, shape, dtype)
+    for top in range(0, shape[0], band):
+        stream.write(values[top : top + band])
+    stream.close()
+    assert streamed.getvalue() == whole.getvalue()
+    np.testing.assert_array_equal(_pypng(streamed.getvalue()), values)
+
+
+def test_png_stream_splits_idat_chunks_at_the_limit():
+    """Past the chunk limit (1 GiB in files; 1000 bytes here) the stream goes on in a new IDAT chunk."""
+    values = _values((120, 90, 3), np.uint8)
+    out = io.BytesIO()
+    stream = PngStream(out, values.shape, values.dtype, chunk=1000)
+    stream.write(values[:50])
+    stream.write(values[50:])
+    stream.close()
+    data, position, lengths = out.getvalue(), 8, []
+    while position < len(data):
+        length, tag = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        if tag == b"IDAT":
+            lengths.append(length)
+        position += 12 + length
+    assert len(lengths) > 3 and max(lengths) == 1000 and all(n == 1000 for n in lengths[:-1])
+    np.testing.assert_array_equal(_pypng(data), values)  # pypng checks every CRC
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), values)
+
+
+def test_png_stream_missing_rows_is_an_error():
+    stream = PngStream(io.BytesIO(), (10, 4, 1), np.uint8)
+    stream.write(np.zeros((9, 4, 1), np.uint8))
+    with pytest.raises(ValueError, match="9 of 10 rows"):
+        stream.close()
+
+
+def _blocks(values, window):
+    for rows, cols in Plan(values.shape[0], values.shape[1], window).windows():
+        yield rows, cols, values[rows, cols]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_write_tiles_png_equals_write_image(tmp_path, dtype, channels):
+    """Row-major windows (16 high, 48 wide: not dividing the image) -> the file write_image makes."""
+    values = _values((70, 101, channels), dtype, seed=channels)
+    maxval = np.iinfo(dtype).max
+    write_tiles(str(tmp_path / "tiled.png"), values.shape, dtype, _blocks(values, (16, 48)), tile=(16, 16))
+    write_image(tmp_path / "whole.png", values / np.float32(maxval), depth=8 if dtype == np.uint8 else 16,
+                alpha=channels in (2, 4))
+    assert (tmp_path / "tiled.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiled.png", "whole.png"]
+
+
+def test_write_tiles_png_failure_leaves_nothing(tmp_path):
+    def failing():
+        yield from _blocks(_values((64, 40, 3), np.uint8), (16, 40))
+        raise RuntimeError("the filter failed")
+
+    with pytest.raises(RuntimeError):
+        write_tiles(str(tmp_path / "o.png"), (80, 40, 3), np.uint8, failing(), tile=(16, 16))
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the command line: `--memory` small enough that these small images stream ----------------
+
+
+def _run(*args):
+    from typer.testing import CliRunner
+
+    from imfilt.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _tiff(path, image):
+    import tifffile
+
+    extras = {"extrasamples": ("unassalpha",)} if image.shape[2] in (2, 4) else {}
+    tifffile.imwrite(path, image if image.shape[2] > 1 else image[..., 0], tile=(32, 32), compression="zlib",
+                     photometric="rgb" if image.shape[2] >= 3 else "minisblack", planarconfig="contig", **extras)
+    return path
+
+
+IMAGES = [(np.uint8, 3), (np.uint8, 1), (np.uint16, 4), (np.uint16, 2)]
+
+
+@pytest.mark.parametrize("dtype,channels", IMAGES)
+@pytest.mark.parametrize("args", [
+    ["spectrum"],
+    ["spectrum", "--phase", "--gray"],
+    ["lowpass", "--radius", "9", "--mask-out", "{out}.mask.png"],
+    ["lowpass", "--radius", "6", "--band", "2", "--profile", "butterworth", "--depth", "8"],
+    ["apply", "-k", "identity", "--depth", "16"],
+])
+def test_cli_tiled_png_equals_whole_png_byte_for_byte(tmp_path, dtype, channels, args):
+    """Streamed (--memory 100K: 16-row windows) and whole-image PNGs are the same files."""
+    image = _values((70, 101, channels), dtype, seed=3)
+    source = _tiff(tmp_path / "in.tif", image)
+    for name, memory in (("tiled", "100K"), ("whole", "2G")):
+        out = tmp_path / f"{name}.png"
+        result = _run(*[a.replace("{out}", str(out)) for a in args], source, "-o", out, "--memory", memory, "--json")
+        assert result.exit_code == 0, result.stderr
+        assert ('"tiled": true' in result.stdout) == (name == "tiled")
+    assert (tmp_path / "tiled.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+    if "--mask-out" in args:
+        assert (tmp_path / "tiled.png.mask.png").read_bytes() == (tmp_path / "whole.png.mask.png").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("dtype,channels", IMAGES)
+def test_cli_tiled_apply_png_holds_the_tiled_tiffs_pixels(tmp_path, dtype, channels):
+    """A streamed apply (OpenCV rounds by position, so not always whole's bytes): PNG = TIFF, pixel for pixel."""
+    source = _tiff(tmp_path / "in.tif", _values((70, 101, channels), dtype, seed=4))
+    for kernel in ("gaussian:sigma=1.5", "sobel"):
+        for suffix in (".png", ".tif"):
+            result = _run("apply", source, "-k", kernel, "-o", tmp_path / f"o{suffix}", "--memory", "100K", "--json",
+                          "--overwrite")
+            assert result.exit_code == 0 and '"tiled": true' in result.stdout, result.stderr
+        png, tif = load(str(tmp_path / "o.png")), load(str(tmp_path / "o.tif"))
+        assert (png.depth, png.alpha) == (tif.depth, tif.alpha)
+        np.testing.assert_array_equal(png.pixels, tif.pixels)
