@@ -41,6 +41,8 @@ FORMATS = {
     ".zarr": ("ZARR", (8, 16, 32)),  # an OME-Zarr image: a folder, never a stream (omezarr.py)
 }
 _FEW_CHANNELS = ("PNG", "JPEG", "WEBP", "BMP")  # at most grey/RGB + alpha
+# the largest side a format holds: libjpeg's JPEG_MAX_DIMENSION, WebP's 14-bit sizes
+MAX_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383}
 # WebP is written lossless (exact: libwebp would otherwise zero the colour under alpha 0), JPEG
 # at quality 95: a filter's result should not be smeared by the encoder. PNG has its own fast
 # writer (png.py).
@@ -79,6 +81,14 @@ def check_output_format(path: str, depth: int | None) -> str:
     if depth is not None and depth not in FORMATS[suffix][1]:
         raise UsageError(f"{path}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
     return suffix
+
+
+def check_output_size(path: str, height: int, width: int, source: str) -> None:
+    """A result larger than its format holds, refused before any work is done."""
+    suffix = Path(path).suffix.lower()
+    if max(height, width) > MAX_SIDE.get(suffix, max(height, width)):
+        raise UsageError(f"{path}: {suffix} holds at most {MAX_SIDE[suffix]} pixels a side, and the result of "
+                         f"{source} is {width}x{height}: write .png or .tif")
 
 
 def check_stdout_format(name: str) -> str:

@@ -19,9 +19,10 @@ from typing import Any, Callable, Iterable, Iterator
 from . import tiled
 from .engine import get_engine
 from .errors import InputError, Interrupted, UsageError
-from .io import (FORMATS, Loaded, check_output_format, check_pixels, fitting_depth, load, pillow_limit, remove_tree,
-                 write_image)
+from .io import (FORMATS, Loaded, check_output_format, check_output_size, check_pixels, fitting_depth, load,
+                 pillow_limit, remove_tree, write_image)
 from .omezarr import is_store
+from .ops import Apply
 from .tiles import image_shape
 
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
@@ -210,6 +211,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     jobs, seen = [], {}
     for source in sources:
         outputs = []
+        shape = image_shape(source) if source != "-" else None
         for op in ops:
             path = _output_path(source, op, split, out, out_dir, template)
             more = tuple((name, _name(t, f"--{name}-out", source, op, False)) for name, t in extras.items())
@@ -227,9 +229,11 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 if key in seen:
                     raise UsageError(f"{seen[key]} and {source} would both write {file}: change --name")
                 seen[key] = source
+            if shape is not None:
+                _check_sizes(output, shape, source)
             skip = skip_existing and bool(output.files) and all(_exists(f, settings) for f in output.files)
             outputs.append(replace(output, skip=skip))
-        big = source != "-" and streams and tiled.needs_tiles(image_shape(source), settings.memory)
+        big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
         jobs.append(Job(source, tuple(outputs), settings, tiled=big))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
@@ -244,6 +248,21 @@ def _check_output_place(file: str, key: str, inputs: dict[str, str], overwrite: 
             raise UsageError(f"{file}: would be written inside the input {inputs[str(parent)]}; choose another place")
     if overwrite and os.path.isdir(file) and not os.path.islink(file) and not is_store(file):
         raise UsageError(f"{file}: is a folder, not a zarr store: --overwrite replaces images only")
+
+
+def _check_sizes(output: Output, shape: tuple[int, int, int], source: str) -> None:
+    """JPEG and WebP outputs larger than the format holds, from the input's header (exit 2)."""
+    height, width = shape[:2]
+    if isinstance(output.op, Apply):
+        try:
+            height, width = tiled.output_shape(output.op, height, width)
+        except UsageError:
+            return  # a valid-size kernel larger than the image: that input fails when it runs
+    elif not isinstance(output.op, tiled.STREAMED_OPS):
+        return  # match's scores are never larger than the image, and its size depends on the template
+    check_output_size(output.path, height, width, source)
+    for _, path in output.extras:  # the mask: the input's size
+        check_output_size(path, *shape[:2], source)
 
 
 def prepare_folders(jobs: list[Job]) -> None:

@@ -153,3 +153,40 @@ def test_cli_tiled_apply_png_holds_the_tiled_tiffs_pixels(tmp_path, dtype, chann
         png, tif = load(str(tmp_path / "o.png")), load(str(tmp_path / "o.tif"))
         assert (png.depth, png.alpha) == (tif.depth, tif.alpha)
         np.testing.assert_array_equal(png.pixels, tif.pixels)
+
+
+# --- outputs larger than their format holds: refused at planning ------------------------------
+
+
+def _wide(tmp_path, width, height=3):
+    import tifffile
+
+    path = tmp_path / f"wide{width}.tif"
+    tifffile.imwrite(path, np.full((height, width), 200, np.uint8), tile=(16, 256))
+    return path
+
+
+@pytest.mark.parametrize("args,output,limit", [
+    (["apply", "-k", "box"], "o.webp", 16383),
+    (["apply", "-k", "box", "--size", "full"], "o.webp", 16383),  # 16382 + 2
+    (["spectrum"], "o.jpg", 65500),
+    (["lowpass", "--radius", "3", "--mask-out", "{dir}/m.jpeg"], "o.tif", 65500),
+])
+def test_outputs_larger_than_their_format_are_refused_at_planning(tmp_path, args, output, limit):
+    """Exit 2, one line naming the file and the limit, nothing written (whole and streamed alike)."""
+    width = 16382 if "full" in args else limit + 1
+    source = _wide(tmp_path, width)
+    for memory in ("2G", "1K"):
+        result = _run(*[a.replace("{dir}", str(tmp_path)) for a in args], source, "-o", tmp_path / output,
+                      "--memory", memory)
+        assert result.exit_code == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and f"at most {limit} pixels a side" in result.stderr
+        assert [p.name for p in tmp_path.iterdir()] == [source.name]
+
+
+def test_outputs_within_their_format_pass(tmp_path):
+    """16384 wide with --size valid and a 3x3 kernel is 16382: a WebP holds it."""
+    source = _wide(tmp_path, 16384)
+    result = _run("apply", "-k", "box", "--size", "valid", source, "-o", tmp_path / "o.webp")
+    assert result.exit_code == 0, result.stderr
+    assert Image.open(tmp_path / "o.webp").size == (16382, 1)
