@@ -270,16 +270,21 @@ def pillow_limit() -> int:
         return Image.MAX_IMAGE_PIXELS
 
 
+def open_header(file) -> Image.Image:
+    """Pillow's Image.open (which reads the header only), with imfilt's own pixel limit instead of Pillow's."""
+    with _PILLOW_GLOBALS:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(file)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
 def _load_pillow(data: bytes, limit: int) -> Loaded:
     fast = _decode_png8(data, limit)
     if fast is not None:
         return fast
-    with _PILLOW_GLOBALS:
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            image = Image.open(io.BytesIO(data))  # reads the header only
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+    image = open_header(io.BytesIO(data))
     check_pixels(*image.size, limit)
     if image.format != "MPO":  # a camera's MPO JPEG: the primary image first, then previews
         check_frames(getattr(image, "n_frames", 1))  # an animation is never cut to its first frame

@@ -1,8 +1,9 @@
 """The tile layer for images larger than memory: a lazy source, a sink of tiles, a plan of windows.
 
 - ``open_source(path)`` reads any window of a tiled or striped TIFF/BigTIFF (tifffile's zarr
-  view decodes only the tiles or strips it touches), a ``.npy`` (memory-mapped) or a zarr
-  array, as float32 in the same [0, 1] units and planar layout as ``io.load``;
+  view decodes only the tiles or strips it touches), a ``.npy`` (memory-mapped), a zarr array,
+  or a PNG or baseline JPEG (decoded top to bottom by libvips, decoded.py), as float32 in the
+  same [0, 1] units and planar layout as ``io.load``;
   ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
@@ -20,7 +21,8 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
-from .io import check_frames, depth_of, remove_tree, replace_beside, tiff_frames  # noqa: F401 - remove_tree for tiled*
+from .io import (check_frames, depth_of, open_header, remove_tree,  # noqa: F401 - remove_tree for tiled*
+                 replace_beside, tiff_frames)
 from .omezarr import open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
@@ -113,7 +115,7 @@ class Source:
 
 
 def open_source(path: str) -> Source:
-    """A lazy source for a TIFF, .npy or zarr path; an InputError names what cannot stream."""
+    """A lazy source for a TIFF, PNG, JPEG, .npy or zarr path; an InputError names what cannot stream."""
     p = Path(path)
     try:
         if p.is_dir():
@@ -124,14 +126,18 @@ def open_source(path: str) -> Source:
             return _open_npy(path)
         if magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
             return _open_tiff(path)
+        if magic == b"\x89PNG\r\n\x1a\n" or magic[:3] == b"\xff\xd8\xff":
+            from .decoded import open_decoded
+
+            return Source(path, *open_decoded(path))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
-    raise InputError(f"{path}: too large for memory, and only TIFF, .npy and zarr images are read in tiles; "
-                     "convert it (e.g. vips tiffsave IN OUT.tif --tile --bigtiff) or raise --memory")
+    raise InputError(f"{path}: too large for memory, and only TIFF, PNG, JPEG, .npy and zarr images are read in "
+                     "tiles; convert it (e.g. vips tiffsave IN OUT.tif --tile --bigtiff) or raise --memory")
 
 
 def _open_npy(path: str) -> Source:
@@ -188,10 +194,9 @@ def image_shape(path: str) -> tuple[int, int, int] | None:
                 page = tiff.pages.first
                 shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
         else:
-            from PIL import Image
-
-            with Image.open(path) as image:  # reads the header only
-                shape = (image.height, image.width, len(image.getbands()))
+            with open_header(path) as image:  # over Pillow's own pixel limit too: --max-pixels decides
+                bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
+                shape = (image.height, image.width, bands)
         shape = tuple(int(n) for n in shape)  # a damaged header can hold tuples or negative numbers
     except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
         return None
