@@ -83,7 +83,7 @@ def open_decoded(path: str) -> tuple[DecodedRows, int]:
                 raise InputError(f"{path}: {exc}") from None
     try:
         import pyvips
-    except ImportError as exc:  # pyvips is a dependency, but its libvips may fail to load
+    except (ImportError, OSError) as exc:  # pyvips is a dependency, but its libvips may fail to load
         raise InputError(f"{path}: PNG and JPEG images larger than memory need pyvips ({exc})") from None
     try:
         rows = DecodedRows(path)

@@ -468,7 +468,7 @@ def quiet_decoders() -> None:
 
     warnings.filterwarnings("ignore", module=r"PIL\.")
     warnings.filterwarnings("ignore", module=r"tifffile")
-    for name in ("PIL", "tifffile", "png"):
+    for name in ("PIL", "tifffile", "png", "pyvips"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
