@@ -190,3 +190,147 @@ def test_outputs_within_their_format_pass(tmp_path):
     result = _run("apply", "-k", "box", "--size", "valid", source, "-o", tmp_path / "o.webp")
     assert result.exit_code == 0, result.stderr
     assert Image.open(tmp_path / "o.webp").size == (16382, 1)
+
+
+# --- PNG and JPEG inputs larger than memory: decoded top to bottom by libvips -------------------
+
+
+def _png16(path, values):
+    import png as pypng
+
+    height, width, channels = values.shape
+    writer = pypng.Writer(width, height, greyscale=channels < 3, alpha=channels in (2, 4), bitdepth=16)
+    with open(path, "wb") as f:
+        writer.write(f, values.reshape(height, -1))
+
+
+def _photo(height=70, width=101):
+    """Smooth colour with noise: what JPEG is made for (random noise would be all edge MCUs)."""
+    y, x = np.mgrid[:height, :width]
+    rng = np.random.default_rng(5)
+    colour = np.stack([128 + 90 * np.sin(x / 7), 128 + 90 * np.cos(y / 5), 128 + 60 * np.sin((x + y) / 11)], -1)
+    return np.clip(colour + rng.normal(0, 12, colour.shape), 0, 255).astype(np.uint8)
+
+
+def _save(path, kind):
+    """One streamable file of each kind the whole-image path reads (Pillow or pypng writes it)."""
+    photo = _photo()
+    if kind.endswith("16"):
+        channels = {"grey16": 1, "la16": 2, "rgb16": 3, "rgba16": 4}[kind]
+        _png16(path, _values((70, 101, channels), np.uint16, seed=channels))
+        return
+    image = {
+        "grey": Image.fromarray(photo[..., 0]), "la": Image.fromarray(photo[..., :2], "LA"),
+        "rgb": Image.fromarray(photo), "rgba": Image.fromarray(np.dstack([photo, photo[..., 1]])),
+        "palette": Image.fromarray(photo).quantize(60), "grey-key": Image.fromarray(photo[..., 0]),
+    }.get(kind, Image.fromarray(photo if kind != "jpeg-grey" else photo[..., 0]))
+    options = {"palette": {"transparency": 5}, "grey-key": {"transparency": 128}, "jpeg-444": {"subsampling": 0},
+               "jpeg": {"quality": 85}, "jpeg-grey": {}}.get(kind, {})
+    image.save(path, format="JPEG" if kind.startswith("jpeg") else "PNG", **options)
+
+
+KINDS = ["grey", "la", "rgb", "rgba", "palette", "grey-key", "grey16", "la16", "rgb16", "rgba16", "jpeg", "jpeg-444",
+         "jpeg-grey"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoded_rows_equal_the_whole_image_decode(tmp_path, kind):
+    """libvips's rows = io.load's pixels (Pillow, OpenCV, pypng), read in bands and wrap-mapped windows."""
+    from imfilt.tiles import extend_index, open_source
+
+    path = tmp_path / ("in.jpg" if kind.startswith("jpeg") else "in.png")
+    _save(path, kind)
+    whole = load(str(path))
+    source = open_source(str(path))
+    height, width, _ = source.shape
+    assert (source.depth, source.alpha, source.shape) == (whole.depth, whole.alpha, whole.pixels.shape)
+    bands = [source.window(np.arange(top, min(top + 16, height)), np.arange(width)) for top in range(0, height, 16)]
+    np.testing.assert_array_equal(np.concatenate(bands), whole.pixels)
+    rows, cols = extend_index(-5, 20, height, "wrap"), extend_index(-3, width + 3, width, "wrap")
+    for _ in range(2):  # the far edge's rows (kept), then the top again
+        np.testing.assert_array_equal(source.window(rows, cols), whole.pixels[rows][:, cols])
+    np.testing.assert_array_equal(source.window(np.arange(3, 9), np.arange(width)), whole.pixels[3:9])  # from the top again
+
+
+@pytest.mark.parametrize("kind", ["rgb", "rgba16", "palette", "jpeg"])
+@pytest.mark.parametrize("args", [
+    ["apply", "-k", "3x2: 1,2,3,-1,0,4", "--boundary", "wrap", "--scale", "stretch"],
+    ["apply", "-k", "gaussian:sigma=2", "-k", "sobel"],
+])
+def test_cli_streamed_png_and_jpeg_inputs_equal_a_tiff_of_their_pixels(tmp_path, kind, args):
+    """A streamed PNG/JPEG gives the files a streamed TIFF of the same decoded pixels gives."""
+    import tifffile
+
+    path = tmp_path / ("in.jpg" if kind.startswith("jpeg") else "in.png")
+    _save(path, kind)
+    whole = load(str(path))
+    stored = np.rint(whole.pixels * (65535 if whole.depth == 16 else 255)).astype(np.uint16 if whole.depth == 16 else np.uint8)
+    tiff = _tiff(tmp_path / "same.tif", stored)
+    assert tifffile.imread(tiff).shape[:2] == stored.shape[:2]
+    for source in (path, tiff):
+        out = tmp_path / source.stem
+        result = _run(*args, source, "--out-dir", out, "--name", "{op}.png", "--memory", "100K", "--json")
+        assert result.exit_code == 0 and result.stdout.count('"tiled": true') == args.count("-k"), result.stderr
+    for file in sorted((tmp_path / "same").iterdir()):
+        assert (tmp_path / path.stem / file.name).read_bytes() == file.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["rgb", "la16", "jpeg", "jpeg-grey"])
+@pytest.mark.parametrize("args", [["spectrum", "--window", "hann"], ["lowpass", "--radius", "7", "--highpass"]])
+def test_cli_streamed_png_and_jpeg_inputs_equal_whole_images(tmp_path, kind, args):
+    """Spectrum and lowpass out of core are bit-identical: streamed and whole give the same file."""
+    path = tmp_path / ("in.jpg" if kind.startswith("jpeg") else "in.png")
+    _save(path, kind)
+    for name, memory in (("tiled", "100K"), ("whole", "2G")):
+        result = _run(*args, path, "-o", tmp_path / f"{name}.png", "--memory", memory, "--json", "--temp-dir", tmp_path)
+        assert result.exit_code == 0 and ('"tiled": true' in result.stdout) == (name == "tiled"), result.stderr
+    assert (tmp_path / "tiled.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "tiled.png", "whole.png"])
+
+
+def _refused(path):
+    photo = Image.fromarray(_photo())
+    if path.name == "progressive.jpg":
+        photo.save(path, progressive=True)
+    elif path.name == "cmyk.jpg":
+        photo.convert("CMYK").save(path)
+    elif path.name == "rotated.jpg":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        photo.save(path, exif=exif)
+    elif path.name == "interlaced.png":
+        import png as pypng
+
+        with open(path, "wb") as f:
+            pypng.Writer(101, 70, greyscale=False, interlace=True).write(f, _photo().reshape(70, -1))
+    elif path.name == "animated.png":
+        photo.save(path, save_all=True, append_images=[photo.rotate(90)])
+    elif path.name == "truncated.png":
+        photo.save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif path.name == "truncated.jpg":
+        photo.save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        photo.save(path)  # .webp, .bmp: no streaming decoder
+    return path
+
+
+@pytest.mark.parametrize("name,message", [
+    ("progressive.jpg", "a progressive JPEG is decoded whole by any decoder"),
+    ("interlaced.png", "an interlaced PNG is decoded whole by any decoder"),
+    ("cmyk.jpg", "a CMYK JPEG is not read in bands"),
+    ("rotated.jpg", "an EXIF-rotated image is not read in bands"),
+    ("animated.png", "has 2 frames"),
+    ("truncated.png", "truncated or corrupt image"),
+    ("truncated.jpg", "truncated or corrupt image"),
+    ("a.webp", "only TIFF, PNG, JPEG, .npy and zarr images are read in tiles"),
+])
+def test_cli_inputs_that_do_not_stream_fail_with_one_line(tmp_path, name, message):
+    """Exit 1, one line naming the file and the reason, no output and nothing left behind."""
+    source = _refused(tmp_path / name)
+    result = _run("apply", source, "-k", "box", "-o", tmp_path / "o.png", "--memory", "100K")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{source}: ") and message in lines[0], result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [name]

@@ -215,14 +215,15 @@ def test_cli_tiled_refuses_outputs_that_do_not_stream(big_tiff, tmp_path, output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
 
 
-def test_cli_too_large_png_is_one_line_and_exit_1(tmp_path):
+def test_cli_too_large_bmp_is_one_line_and_exit_1(tmp_path):
     from PIL import Image
 
-    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "a.png")
-    result = _run("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "o.tif", "--memory", "100K")
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "a.bmp")
+    result = _run("apply", tmp_path / "a.bmp", "-k", "box", "-o", tmp_path / "o.tif", "--memory", "100K")
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[0].endswith("only TIFF, .npy and zarr images are read in tiles; "
-                                                         "convert it (e.g. vips tiffsave IN OUT.tif --tile --bigtiff) or raise --memory")
+    assert result.stderr.strip().splitlines()[0].endswith("only TIFF, PNG, JPEG, .npy and zarr images are read in "
+                                                         "tiles; convert it (e.g. vips tiffsave IN OUT.tif --tile "
+                                                         "--bigtiff) or raise --memory")
     assert not (tmp_path / "o.tif").exists()
 
 

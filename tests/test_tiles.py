@@ -93,9 +93,9 @@ def test_npy_and_zarr_sources(tmp_path):
 def test_sources_refuse_what_does_not_stream(tmp_path):
     from PIL import Image
 
-    Image.fromarray(_photo(8, 8, 3)).save(tmp_path / "a.png")
-    with pytest.raises(InputError, match="only TIFF, .npy and zarr"):
-        open_source(str(tmp_path / "a.png"))
+    Image.fromarray(_photo(8, 8, 3)).save(tmp_path / "a.gif")
+    with pytest.raises(InputError, match="only TIFF, PNG, JPEG, .npy and zarr"):
+        open_source(str(tmp_path / "a.gif"))
     tifffile.imwrite(tmp_path / "p.tif", _photo(3, 8, 8).transpose(2, 0, 1), photometric="rgb", planarconfig="separate")
     with pytest.raises(InputError, match="planar"):
         open_source(str(tmp_path / "p.tif"))
