@@ -11,6 +11,8 @@ cli        one CLI call per op on a 4096x4096 photo-like PNG vs the vips CLI, wi
 frequency  spectrum and lowpass on 4096x4096 RGB vs numpy.fft in float64; scipy vs pyfftw
 batch      100 photos of 640x480 and 40 smaller ones: -j 1, -j 2, xargs -P2 vips gaussblur
 match      imfilt.match_template vs cv2.matchTemplate (TM_CCOEFF_NORMED), 4096x4096 RGB photo
+streampng  8000x8000 RGB PNG and JPEG: decoders (Pillow whole, libvips in bands) and a streamed
+           apply against the whole-image one, seconds and peak RSS
 """
 
 from __future__ import annotations
@@ -342,8 +344,46 @@ def bench_match(rounds: int = 3) -> None:
     print(f"\ncv2 {cv2.__version__}, {cv2.getNumThreads()} threads; the template was cut at (1500, 1900).")
 
 
+# Each decoder reads the whole image in its own process (for its peak RSS) and checks a sum.
+_DECODERS = {
+    "Pillow, whole": "from PIL import Image; Image.MAX_IMAGE_PIXELS = None; a = np.asarray(Image.open(p))",
+    "libvips sequential, 256-row bands": "import pyvips; im = pyvips.Image.new_from_file(p, access='sequential'); "
+    "r = pyvips.Region.new(im); [r.fetch(0, t, im.width, min(256, im.height - t)) for t in range(0, im.height, 256)]",
+    # random access decodes the whole image into a scratch file in TMPDIR first
+    "libvips random, 256x4096 windows": "import pyvips; im = pyvips.Image.new_from_file(p); "
+    "[im.crop(x, t, min(4096, im.width - x), min(256, im.height - t)).numpy() for t in range(0, im.height, 256) "
+    "for x in range(0, im.width, 4096)]",
+}
+
+
+def bench_streampng(size: int = 8000) -> None:
+    """PNG and JPEG larger than memory: how they are decoded, and a streamed apply against a whole one."""
+    folder = Path(tempfile.mkdtemp())
+    stored = np.rint(photo_like(size) * 255).astype(np.uint8)
+    paths = {"PNG": folder / "big.png", "JPEG": folder / "big.jpg"}
+    imfilt.write_image(paths["PNG"], stored / np.float32(255))
+    Image.fromarray(stored).save(paths["JPEG"], quality=90)
+    del stored
+    rows = []
+    for kind, path in paths.items():
+        commands = [[sys.executable, "-c", f"import numpy as np; p = {str(path)!r}; {code}"] for code in _DECODERS.values()]
+        measured = alternating_commands(commands)
+        for label, (seconds, rss) in zip(_DECODERS, measured):
+            rows.append([kind, label, seconds, f"{rss / 2**20:.0f} MiB", f"{seconds / measured[0][0]:.2f}x"])
+        apply = [sys.executable, "-m", "imfilt", "apply", str(path), "-k", "gaussian:sigma=3", "--overwrite", "-q"]
+        streamed, whole = folder / "streamed.png", folder / "whole.png"
+        measured = alternating_commands([apply + ["-o", str(streamed)], apply + ["-o", str(whole), "--memory", "64G"]])
+        same = "same bytes" if streamed.read_bytes() == whole.read_bytes() else "DIFFERENT BYTES"
+        for label, (seconds, rss) in zip(("apply gaussian:sigma=3 -> .png, streamed", f"... whole image ({same})"),
+                                         measured):
+            rows.append([kind, label, seconds, f"{rss / 2**20:.0f} MiB", f"{seconds / measured[0][0]:.2f}x"])
+    table(f"{size}x{size} RGB PNG and JPEG, seconds (median of 3, in turns) and peak RSS",
+          ["input", "how", "seconds", "peak RSS", "ratio to the first"], rows)
+    shutil.rmtree(folder)
+
+
 SECTIONS = {"inprocess": bench_inprocess, "convolve": bench_convolve, "crossover": bench_crossover, "png": bench_png, "cli": bench_cli,
-            "frequency": bench_frequency, "batch": bench_batch, "match": bench_match}
+            "frequency": bench_frequency, "batch": bench_batch, "match": bench_match, "streampng": bench_streampng}
 
 if __name__ == "__main__":
     print(f"# imfilt benchmarks — {os.cpu_count()} cores, numpy {np.__version__}")

@@ -334,3 +334,26 @@ def test_cli_inputs_that_do_not_stream_fail_with_one_line(tmp_path, name, messag
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{source}: ") and message in lines[0], result.stderr
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_streamed_png_and_jpeg_on_dask_are_byte_identical_to_local(tmp_path):
+    """Dask workers open the PNG/JPEG by path and decode down to their stripes; the PNG they make is the local one."""
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    sources = []
+    for kind, name in (("rgba", "in.png"), ("jpeg", "in.jpg")):
+        _save(tmp_path / name, kind)
+        sources.append(tmp_path / name)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                      processes=True) as cluster:
+        for source in sources:
+            remote = _run("apply", source, "-k", "gaussian:sigma=2", "-o", tmp_path / f"remote.{source.name}.png",
+                          "--memory", "100K", "--scheduler", cluster.scheduler_address, "--json")
+            assert remote.exit_code == 0 and '"tiled": true' in remote.stdout, remote.stderr
+    for source in sources:
+        local = _run("apply", source, "-k", "gaussian:sigma=2", "-o", tmp_path / f"local.{source.name}.png",
+                     "--memory", "100K")
+        assert local.exit_code == 0, local.stderr
+        assert (tmp_path / f"remote.{source.name}.png").read_bytes() == (tmp_path / f"local.{source.name}.png").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
