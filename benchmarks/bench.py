@@ -11,7 +11,7 @@ cli        one CLI call per op on a 4096x4096 photo-like PNG vs the vips CLI, wi
 frequency  spectrum and lowpass on 4096x4096 RGB vs numpy.fft in float64; scipy vs pyfftw
 batch      100 photos of 640x480 and 40 smaller ones: -j 1, -j 2, xargs -P2 vips gaussblur
 match      imfilt.match_template vs cv2.matchTemplate (TM_CCOEFF_NORMED), 4096x4096 RGB photo
-streampng  8000x8000 RGB PNG and JPEG: decoders (Pillow whole, libvips in bands) and a streamed
+streampng  8192x8192 RGB PNG and JPEG: decoders (Pillow whole, libvips in bands) and a streamed
            apply against the whole-image one, seconds and peak RSS
 """
 
@@ -356,7 +356,7 @@ _DECODERS = {
 }
 
 
-def bench_streampng(size: int = 8000) -> None:
+def bench_streampng(size: int = 8192) -> None:
     """PNG and JPEG larger than memory: how they are decoded, and a streamed apply against a whole one."""
     folder = Path(tempfile.mkdtemp())
     stored = np.rint(photo_like(size) * 255).astype(np.uint8)

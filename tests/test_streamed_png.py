@@ -357,3 +357,55 @@ def test_streamed_png_and_jpeg_on_dask_are_byte_identical_to_local(tmp_path):
         assert local.exit_code == 0, local.stderr
         assert (tmp_path / f"remote.{source.name}.png").read_bytes() == (tmp_path / f"local.{source.name}.png").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+_LIMITED = """
+import resource, sys
+limit = int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.argv = ["imfilt"] + sys.argv[2:]
+from imfilt.cli import main
+main()
+"""
+
+
+def test_png_to_png_runs_under_a_hard_address_space_limit(tmp_path):
+    """6000x6000 RGB PNG in and out under RLIMIT_AS = 500 MB, where the whole-image path fails."""
+    import os
+    import subprocess
+    import sys
+
+    import scipy.ndimage as ndi
+
+    height = width = 6000
+    source = tmp_path / "big.png"
+    with open(source, "wb") as f:  # written band by band: the test never holds the image either
+        stream = PngStream(f, (height, width, 3), np.uint8)
+        x = np.arange(width)
+        for top in range(0, height, 500):
+            y = np.arange(top, top + 500)[:, None]
+            stream.write(np.stack(np.broadcast_arrays(x % 251, y % 241, (x * y) % 239), -1).astype(np.uint8))
+        stream.close()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+
+    def limited(memory, output):
+        return subprocess.run([sys.executable, "-c", _LIMITED, "500", "apply", source, "-k", "box", "-o", output,
+                               "--memory", memory, "--max-pixels", "40000000"], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    whole = limited("100G", tmp_path / "whole.png")
+    assert whole.returncode == 1 and "memory" in whole.stderr.lower(), whole.stderr  # OpenCV's decoder ran out
+    streamed = limited("64M", tmp_path / "streamed.png")
+    assert streamed.returncode == 0, streamed.stderr
+    from imfilt.tiles import open_source
+
+    got, pixels = open_source(str(tmp_path / "streamed.png")), open_source(str(source))
+    for top, left in ((0, 0), (2345, 3987), (5990, 5990)):  # rows in order: the decoder goes top to bottom
+        rows, cols = np.arange(max(0, top - 1), min(height, top + 11)), np.arange(max(0, left - 1), min(width, left + 11))
+        block = np.moveaxis(pixels.window(rows, cols), -1, 0)
+        expected = np.stack([ndi.correlate(plane, np.full((3, 3), 1 / 9, np.float32), mode="reflect")
+                             for plane in block], -1)
+        r, c = top - rows[0], left - cols[0]
+        window = got.window(np.arange(top, min(top + 10, height)), np.arange(left, min(left + 10, width)))
+        # OpenCV's filters equal scipy's to float32 rounding: a pixel may round the other way
+        assert np.abs(window - expected[r : r + window.shape[0], c : c + window.shape[1]]).max() <= 1 / 255 + 1e-6
