@@ -409,3 +409,16 @@ def test_png_to_png_runs_under_a_hard_address_space_limit(tmp_path):
         window = got.window(np.arange(top, min(top + 10, height)), np.arange(left, min(left + 10, width)))
         # OpenCV's filters equal scipy's to float32 rounding: a pixel may round the other way
         assert np.abs(window - expected[r : r + window.shape[0], c : c + window.shape[1]]).max() <= 1 / 255 + 1e-6
+
+
+def test_image_shape_reads_headers_past_pillows_own_limit(tmp_path, monkeypatch):
+    """--max-pixels decides, not Pillow's bomb limit (which made the shape unknown, so a huge PNG
+    with --max-pixels raised was decoded whole); a palette counts as the RGBA it decodes to."""
+    from imfilt.tiles import image_shape
+
+    Image.fromarray(_photo()).save(tmp_path / "rgb.png")
+    Image.fromarray(_photo()).quantize(16).save(tmp_path / "palette.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 70x101 is over twice this: Image.open refuses
+    assert image_shape(str(tmp_path / "rgb.png")) == (70, 101, 3)
+    assert image_shape(str(tmp_path / "palette.png")) == (70, 101, 4)
+    assert Image.MAX_IMAGE_PIXELS == 100
