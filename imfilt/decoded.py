@@ -24,6 +24,12 @@ from .errors import InputError
 from .io import check_frames, open_header
 
 
+# Rows decoded at a time, from a multiple of it: libvips reads ahead in strips (PNG 16 rows,
+# JPEG 8 or 16), and a read that starts inside a strip already passed is "out of order". Whole
+# chunks through crop() decoded 8192x8192 RGB 2x faster than any rows through a Region.
+CHUNK = 64
+
+
 class DecodedRows:
     """An (H, W, C) array-like over a PNG or JPEG: ``rows[a:b, cols]`` decodes rows in order."""
 
@@ -39,10 +45,7 @@ class DecodedRows:
 
         # fail: a truncated or damaged file is an error, as in the whole-image path, not grey rows
         self.image = pyvips.Image.new_from_file(self.path, access="sequential", fail=True)
-        # one region reads all bands: a fresh pipeline per read (crop) can find the decoder
-        # already past its first row ("out of order read")
-        self.region = pyvips.Region.new(self.image)
-        self.next = 0  # the next row libvips decodes
+        self.next = 0  # the next row libvips decodes: a multiple of CHUNK (or the height)
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         rows, cols = key
@@ -57,21 +60,22 @@ class DecodedRows:
         extend = latest is not None and latest[0] <= start <= self.next
         if start < self.next and not extend:
             self._open()  # rows above what is kept: decode again from the top
-        new = self._decode(max(start, self.next), stop)
-        band = np.concatenate([latest[1][start - latest[0] :], new]) if extend else new
-        self.kept = [*self.kept[: -1 if extend else None][-1:], (start, band)]
-        return band
+        first = max(self.next, start - start % CHUNK)
+        new = self._decode(first, min(self.shape[0], -(-stop // CHUNK) * CHUNK))
+        band = np.concatenate([latest[1][start - latest[0] :], new]) if extend else new[start - first :]
+        self.kept = [*self.kept[: -1 if extend else None][-1:], (start, band)]  # the band ends at self.next
+        return band[: stop - start]
 
     def _decode(self, start: int, stop: int) -> np.ndarray:
         import pyvips
 
         try:
-            data = self.region.fetch(0, start, self.shape[1], stop - start)
+            rows = self.image.crop(0, start, self.shape[1], stop - start).numpy()
         except pyvips.Error as exc:
             reason = " ".join(str(exc).split())  # libvips's message spans lines
             raise InputError(f"{self.path}: truncated or corrupt image ({reason})") from None
         self.next = stop
-        return np.frombuffer(data, dtype=self.dtype).reshape(stop - start, *self.shape[1:])
+        return rows.reshape(stop - start, *self.shape[1:])
 
 
 def open_decoded(path: str) -> tuple[DecodedRows, int]:
