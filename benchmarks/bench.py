@@ -347,8 +347,8 @@ def bench_match(rounds: int = 3) -> None:
 # Each decoder reads the whole image in its own process (for its peak RSS) and checks a sum.
 _DECODERS = {
     "Pillow, whole": "from PIL import Image; Image.MAX_IMAGE_PIXELS = None; a = np.asarray(Image.open(p))",
-    "libvips sequential, 256-row bands": "import pyvips; im = pyvips.Image.new_from_file(p, access='sequential'); "
-    "r = pyvips.Region.new(im); [r.fetch(0, t, im.width, min(256, im.height - t)) for t in range(0, im.height, 256)]",
+    "imfilt decoded.py (libvips sequential), 256-row bands": "from imfilt.decoded import DecodedRows; "
+    "d = DecodedRows(p); [d[t : t + 256, :] for t in range(0, d.shape[0], 256)]",
     # random access decodes the whole image into a scratch file in TMPDIR first
     "libvips random, 256x4096 windows": "import pyvips; im = pyvips.Image.new_from_file(p); "
     "[im.crop(x, t, min(4096, im.width - x), min(256, im.height - t)).numpy() for t in range(0, im.height, 256) "
