@@ -291,7 +291,7 @@ ERRORS = [
     (["apply", "badjson.zarr", "-k", "box", "-o", "o.zarr"], 1, "badjson.zarr: not a zarr store, or a corrupt one"),
     (["apply", "badchunk.zarr", "-k", "box", "-o", "o.zarr"], 1, "badchunk.zarr: truncated or corrupt zarr chunk"),
     (["apply", "badchunk.zarr", "-k", "box", "-o", "o.zarr", "--memory", "1K"], 1, "truncated or corrupt zarr chunk"),
-    (["apply", "s.zarr", "-k", "box", "-o", "o.png", "--memory", "1K"], 1, "streamed only into .tif, .tiff, .npy, .zarr"),
+    (["apply", "s.zarr", "-k", "box", "-o", "o.jpg", "--memory", "1K"], 1, "streamed only into .tif, .tiff, .npy, .zarr, .png"),
     # outputs: a store is a folder, and gets every check a file gets (exit 2, nothing read)
     (["apply", "a.png", "-k", "box", "-o", "exists.zarr"], 2, "exists.zarr: exists; use --overwrite"),
     (["apply", "s.zarr", "-k", "box", "-o", "s.zarr", "--overwrite"], 2, "both an input and an output"),
