@@ -141,7 +141,7 @@ _COMMON = {
     "scheduler": (Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="Run the jobs on a Dask cluster, e.g. tcp://host:8786.")], None),
     "max_pixels": (Annotated[Optional[int], typer.Option(min=1, metavar="N", help="Raise the decompression-bomb limit (pixels).")], None),
     "memory": (Annotated[str, typer.Option(metavar="SIZE", help="Memory budget: larger images are streamed in tiles "
-                                           "(TIFF, .npy, zarr in; .tif, .npy, .zarr out), e.g. 600M, 8G.")], DEFAULT_MEMORY),
+                                           "(TIFF, PNG, JPEG, .npy, zarr in; .tif, .png, .npy, .zarr out), e.g. 600M, 8G.")], DEFAULT_MEMORY),
     "temp_dir": (Annotated[Optional[str], typer.Option(metavar="DIR", help="Scratch space for the FFTs of images larger than "
                                                        "memory.  [default: TMPDIR]")], None),
     "gray": (Annotated[bool, typer.Option("--gray", help="Work on luminance (ITU-R 601) instead of per channel.")], False),
