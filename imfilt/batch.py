@@ -169,6 +169,13 @@ def batch_command(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
         except (typer.Exit, typer.BadParameter, BrokenPipeError):
             raise
+        except OSError as exc:  # a path the system refuses while planning (e.g. a name too long)
+            if batch.debug or exc.filename is None:
+                raise
+            name = str(exc.filename)
+            shown = name if len(name) <= 80 else name[:60] + f"... ({len(name)} characters)"
+            err.print(f"imfilt: {shown}: {exc.strerror or exc}", markup=False)
+            raise typer.Exit(2) from None
         except Exception as exc:  # a bug: one line, the traceback with --debug
             if batch.debug:
                 raise

@@ -9,7 +9,7 @@ from .batch import Batch, app, batch_command, choice_enum, run
 from .convolve import METHODS, MODES, SIZES
 from .frequency import PROFILES, WINDOWS, Lowpass, Spectrum
 from .io import SCALES
-from .kernels import NORMALIZE, distinct_names, load_kernels
+from .kernels import NORMALIZE, distinct_names, is_kernel_file, load_kernels
 from .ops import ALPHA_MODES, Apply
 
 # The choices come from the library, so a value is named once.
@@ -53,7 +53,7 @@ def apply(
     ops = [Apply(k, mode=boundary.value, cval=cval, size=size.value, method=method.value, correlate=correlate,
                  gray=batch.gray, alpha=alpha.value) for k in kernels]
     run(batch, ops, scale=scale.value, split_channels=split_channels,
-        reads=tuple(spec for spec in kernel if Path(spec).is_file()))
+        reads=tuple(spec for spec in kernel if is_kernel_file(spec)))
 
 
 

@@ -298,6 +298,14 @@ def parse_vips(path: Path) -> Kernel:
     return Kernel(path.stem, weights / scale)
 
 
+def is_kernel_file(spec: str) -> bool:
+    """Whether a -k spec names a file (a spec can be longer than a path may be)."""
+    try:
+        return not _INLINE.match(spec) and Path(spec).is_file()
+    except OSError:  # e.g. ENAMETOOLONG
+        return False
+
+
 def load_kernels(spec: str) -> list[Kernel]:
     """A spec -> kernels: one, or N for a bank (.npy of shape (N, kh, kw))."""
     if not spec.strip():
@@ -305,8 +313,8 @@ def load_kernels(spec: str) -> list[Kernel]:
     if _INLINE.match(spec):
         return [parse_inline(spec)]
     path = Path(spec)
-    if path.suffix.lower() == ".npy" or path.exists():
-        if not path.is_file():
+    if path.suffix.lower() == ".npy" or is_kernel_file(spec):
+        if not is_kernel_file(spec):
             raise KernelError(f"{path}: no such kernel file")
         try:
             if path.suffix.lower() == ".npy":

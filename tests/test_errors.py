@@ -128,6 +128,11 @@ ERRORS = [
     (["apply", "a.png", "-k", "box", "--boundary", "sideways"], 2, "'sideways' is not one of"),
     # 12. .npy holds float32 only
     (["apply", "a.png", "-k", "box", "--depth", "8", "-o", "x.npy"], 2, ".npy holds 32-bit"),
+    # names longer than the system takes (ENAMETOOLONG), as inputs, folders, templates, kernels
+    (["apply", "a" * 5000, "-k", "box"], 2, "(5000 characters): File name too long"),
+    (["apply", "a.png", "-k", "box", "--out-dir", "d" * 5000], 2, "File name too long"),
+    (["match", "a.png", "-t", "t" * 5000], 2, "File name too long"),
+    (["apply", "a.png", "-k", "k" * 5000], 2, "unknown kernel"),
 ]
 
 
@@ -421,3 +426,10 @@ def test_streamed_inputs_get_the_checks_of_whole_ones(work, args, message):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.stderr
     assert snapshot(work) == before
+
+
+def test_an_inline_kernel_longer_than_a_file_name_runs(work):
+    """A 1x600 inline matrix is 1206 characters: it is never taken for a path."""
+    result = imfilt("apply", "a.png", "-k", "1x600:" + ",".join(["1"] * 600), "--normalize", "sum", "-o", "k.png")
+    assert result.exit_code == 0, result.stderr
+    assert (work / "k.png").exists()
