@@ -48,6 +48,10 @@ MAX_SIDE = {".jpg": 65500, ".jpeg": 65500, ".webp": 16383}
 # writer (png.py).
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True, "exact": True}}
 _MAXVAL = {8: 255, 16: 65535}
+# TIFF/EXIF Orientation -> (transpose, flip rows, flip columns) that turn the stored pixels into the
+# image as shown, in that order; as Pillow's exif_transpose turns it (other values: as stored)
+ORIENTATIONS = {1: (False, False, False), 2: (False, False, True), 3: (False, True, True), 4: (False, True, False),
+                5: (True, False, False), 6: (True, False, True), 7: (True, True, True), 8: (True, True, False)}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -197,6 +201,20 @@ def _load_npy(data: bytes) -> Loaded:
     return _from_hwc(array, 32)
 
 
+def orient(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored (H, W, ...) values -> the image as shown under a TIFF/EXIF orientation (a view)."""
+    transpose, flip_rows, flip_cols = ORIENTATIONS.get(orientation, ORIENTATIONS[1])
+    shown = stored.swapaxes(0, 1) if transpose else stored
+    return shown[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
+
+
+def tiff_orientation(page) -> int:
+    """A TIFF page's Orientation tag (1 when absent or not one of the eight)."""
+    tag = page.tags.get("Orientation")
+    value = int(tag.value) if tag is not None else 1
+    return value if value in ORIENTATIONS else 1
+
+
 def check_frames(count: int) -> None:
     """Several frames are refused: never silently cut to the first."""
     if count > 1:
@@ -294,7 +312,9 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
 
 
 def _load_tiff(data: bytes, limit: int) -> Loaded:
-    """Deep (16-bit or float) TIFFs through tifffile; 8-bit ones through Pillow, for EXIF and LZW."""
+    """Deep (16-bit or float) TIFFs through tifffile; 8-bit ones through Pillow, for EXIF and LZW.
+
+    Both turn the image by its Orientation tag."""
     import tifffile
 
     try:
@@ -304,7 +324,7 @@ def _load_tiff(data: bytes, limit: int) -> Loaded:
             check_frames(tiff_frames(tiff))
             if page.bitspersample <= 8 and page.sampleformat != 3:
                 return _load_pillow(data, limit)
-            array = page.asarray()
+            array = orient(page.asarray(), tiff_orientation(page))  # as Pillow turns 8-bit ones
     except tifffile.TiffFileError as exc:
         raise InputError(f"truncated or corrupt TIFF ({exc})") from None
     return _from_hwc(array, 16 if array.dtype == np.uint16 else 32)

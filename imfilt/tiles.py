@@ -3,7 +3,8 @@
 - ``open_source(path)`` reads any window of a tiled or striped TIFF/BigTIFF (tifffile's zarr
   view decodes only the tiles or strips it touches), a ``.npy`` (memory-mapped), a zarr array,
   or a PNG or baseline JPEG (decoded top to bottom by libvips, decoded.py), as float32 in the
-  same [0, 1] units and planar layout as ``io.load``;
+  same [0, 1] units and layout as ``io.load`` (turned by a TIFF's Orientation tag, as it
+  turns them);
   ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
@@ -21,8 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
-from .io import (check_frames, depth_of, open_header, remove_tree,  # noqa: F401 - remove_tree for tiled*
-                 replace_beside, tiff_frames)
+from .io import (ORIENTATIONS, check_frames, depth_of, open_header, orient,  # noqa: F401 - remove_tree for tiled*
+                 remove_tree, replace_beside, tiff_frames, tiff_orientation)
 from .omezarr import open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
@@ -70,26 +71,41 @@ def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
 
 @dataclass
 class Source:
-    """A lazily read (H, W, C) image: ``array`` is anything sliceable (zarr, memmap)."""
+    """A lazily read (H, W, C) image: ``array`` is anything sliceable (zarr, memmap).
+
+    ``shape`` and windows are those of the image as shown: the stored ``array`` turned by its
+    TIFF ``orientation`` (io.ORIENTATIONS), as io.load turns a whole image.
+    """
 
     name: str
     array: object
     depth: int
     closer: object = None
+    orientation: int = 1
 
     @property
     def shape(self) -> tuple[int, int, int]:
         shape = tuple(self.array.shape)
-        return shape if len(shape) == 3 else shape + (1,)
+        height, width, channels = shape if len(shape) == 3 else shape + (1,)
+        return (width, height, channels) if ORIENTATIONS[self.orientation][0] else (height, width, channels)
 
     @property
     def alpha(self) -> bool:
         return self.shape[2] in (2, 4)
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
-        """Stored values of a rectangle inside the image, (h, w, C)."""
-        block = np.asarray(self.array[rows, cols])
-        return block if block.ndim == 3 else block[..., None]
+        """Stored values of a rectangle inside the image as shown, (h, w, C).
+
+        The rectangle is read from where the orientation stored it, then turned (a view).
+        """
+        transpose, flip_rows, flip_cols = ORIENTATIONS[self.orientation]
+        height, width, _ = self.shape
+        if flip_rows:
+            rows = slice(height - rows.stop, height - rows.start)
+        if flip_cols:
+            cols = slice(width - cols.stop, width - cols.start)
+        block = np.asarray(self.array[(cols, rows) if transpose else (rows, cols)])
+        return orient(block if block.ndim == 3 else block[..., None], self.orientation)
 
     def window(self, rows: np.ndarray, cols: np.ndarray, cval: float = 0.0) -> np.ndarray:
         """Float32 (h, w, C) pixels at row and column indices (from ``extend_index``; -1 = cval).
@@ -161,16 +177,14 @@ def _open_tiff(path: str) -> Source:
     except InputError as exc:
         tiff.close()
         raise InputError(f"{path}: {exc}") from None
-    orientation = page.tags.get("Orientation")
     problem = (page.planarconfig != 1 and page.samplesperpixel > 1 and "planar (separate) channels"
                or page.photometric not in (0, 1, 2) and f"photometric {page.photometric.name}"
-               or orientation is not None and orientation.value != 1 and "an EXIF orientation"
                or page.bitspersample not in (8, 16, 32) and f"{page.bitspersample}-bit samples")
     if problem:
         tiff.close()
         raise InputError(f"{path}: a TIFF with {problem} is not read in tiles; convert it to a tiled RGB TIFF")
     store = tiff.series[0].aszarr()
-    return Source(path, zarr.open(store, mode="r"), depth_of(page.dtype), tiff)
+    return Source(path, zarr.open(store, mode="r"), depth_of(page.dtype), tiff, tiff_orientation(page))
 
 
 def _open_zarr(path: str) -> Source:
@@ -193,6 +207,8 @@ def image_shape(path: str) -> tuple[int, int, int] | None:
             with tifffile.TiffFile(path) as tiff:
                 page = tiff.pages.first
                 shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
+                if ORIENTATIONS[tiff_orientation(page)][0]:  # as shown: turned a quarter
+                    shape = (shape[1], shape[0], shape[2])
         else:
             with open_header(path) as image:  # over Pillow's own pixel limit too: --max-pixels decides
                 bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
