@@ -25,7 +25,7 @@ from .errors import InputError, UsageError
 from .io import SCALERS, Loaded, fitting_depth, to_storage
 from .frequency import Lowpass, Spectrum
 from .ops import Apply, Result
-from .tiles import Plan, Source, extend_index, open_source, remove_tree, window_for, write_tiles
+from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, remove_tree, window_for, write_tiles
 
 DEFAULT_MEMORY = "2G"
 # Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo
@@ -126,6 +126,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
     """Filter a source too large for memory into the output's files, window by window; facts for --json."""
     from . import tiled_fft
 
+    one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
     source = open_source(source_path)
     try:
         op = output.op

@@ -302,6 +302,27 @@ def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[in
                      buffersize=2**24, **extras)
 
 
+# --- memory --------------------------------------------------------------------------------
+
+
+def one_heap_arena() -> None:
+    """Make every thread allocate from one glibc heap, so freed windows go back to one pool.
+
+    glibc gives each thread that allocates (zarr's codec pool, the FFT's workers) a heap of its
+    own and keeps what is freed there for that thread: at --memory 300M a streamed spectrum of a
+    6000x6000 RGB image peaked 130 MB higher with them, at the same CPU time. No-op elsewhere.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
 # --- plans ---------------------------------------------------------------------------------
 
 
