@@ -1,8 +1,11 @@
 """--dry-run: the plan a run would carry out, and nothing else (no image decoded, no file written).
 
 For each input: its size (read from the file's header only) or why it would fail, and each
-output it would get, skipped or made, with the method and the cost model's reasons. Then the
-engine, the workers or the scheduler, and the estimated peak memory for the largest input.
+output it would get, skipped or made, with the method and the cost model's reasons; for an image
+too large for memory, how it streams (windows, the budget, the FFT's scratch space), or why it
+would fail as the run would (an output that cannot be streamed, an input that cannot be read in
+tiles, too little scratch space). Then the engine, the workers or the scheduler, and the
+estimated peak memory for the largest input.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from .engine import cpu_engine
 from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
 from .omezarr import is_store
+from .errors import InputError, UsageError
 from .ops import Apply
-from .tiles import image_shape
+from .tiled import apply_window, check_tiled_output
+from .tiles import image_shape, open_source
 
 # Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
 # `imfilt` runs on a 2048x2048 RGB PNG (GNU time -f %M): direct 12-13 B, separable 15, FFT 24,
@@ -30,6 +35,9 @@ BASE_BYTES = 60 * 2**20
 BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 5}
 MAGNITUDE_PART_BYTES = 10  # each further kernel of a gradient pair (sobel: 13 + 10)
 MATCH_STRIP_BYTES = 28
+# A streamed job holds its --memory budget above the same command's peak on a tiny streamed image
+# (libraries, zarr's and the FFT's threads): 103 MiB (GNU time -f %M, spectrum, lowpass and apply)
+STREAMED_BASE_BYTES = 103 * 2**20
 
 
 def method_and_why(op) -> tuple[str, str]:
@@ -108,6 +116,12 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
         records.append({"input": item, "refused": why})
     for job in jobs:
         shape, error = probe(job.source)
+        streams = {}
+        if not error and job.tiled:
+            try:
+                streams = {o.path: streamed(job, o, shape, scheduler) for o in job.outputs if not o.skip}
+            except (InputError, UsageError) as exc:  # the run fails this input, and goes on with the rest
+                error = str(exc).removeprefix(f"{job.source}: ")
         if error:
             records.append({"input": job.source, "refused": error})
             continue
@@ -118,15 +132,58 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             record.update({f"{name}_output": path for name, path in output.extras})
             if shape:
                 record["shape"] = list(shape)
+            if output.path in streams:
+                record["streamed"] = streams[output.path]
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
-            largest = (job.source, shape, peak_bytes(shape, [o.op for o in job.outputs]))
+            peak = STREAMED_BASE_BYTES + job.settings.memory if job.tiled else peak_bytes(shape, [o.op for o in job.outputs])
+            largest = (job.source, shape, peak, job.tiled)
     summary = {"inputs": len(jobs) + len(expanded.empty), "outputs": sum(1 for r in records if "output" in r and not r["skipped"]),
                "skipped": sum(1 for r in records if r.get("skipped")), "refused": sum(1 for r in records if "refused" in r),
                "engine": engine, "workers": workers if not scheduler else None, "scheduler": scheduler}
     if largest:  # per job: each worker process holds one image at a time
-        summary.update(largest_input=largest[0], largest_shape=list(largest[1]), peak_memory_mb=round(largest[2] / 2**20))
+        summary.update(largest_input=largest[0], largest_shape=list(largest[1]), peak_memory_mb=round(largest[2] / 2**20),
+                       largest_streamed=largest[3])
     return records, summary
+
+
+def streamed(job, output, shape, scheduler: str | None) -> dict:
+    """How a job too large for memory streams this output; an InputError where the run would fail.
+
+    The run's own checks: the output's format, the input opened for tiles (its header only),
+    and for spectrum and lowpass the free space where the scratch goes.
+    """
+    from . import tiled_fft
+
+    memory = job.settings.memory
+    check_tiled_output(job.source, output, job.settings.split_channels)
+    open_source(job.source).close()
+    facts = {"memory_bytes": memory}
+    if isinstance(output.op, Apply):
+        return {**facts, "window": list(apply_window(output.op, shape, memory))}
+    band, block, _ = tiled_fft.passes(shape, output.op, memory)
+    folder, needed, free = tiled_fft.scratch_space(shape, output.op, output.path, job.settings.temp_dir, bool(scheduler))
+    if needed > free and not scheduler:  # a cluster's workers write it on their own storage
+        raise InputError(f"{job.source}: {tiled_fft.scratch_problem(folder, needed, free, False)}")
+    return {**facts, "band_rows": band, "block_columns": block, "scratch_bytes": needed, "scratch_dir": folder,
+            "scratch_free_bytes": None if scheduler else free}
+
+
+def _size(n: int) -> str:
+    for shift, unit, digits in ((30, "GiB", 2), (20, "MiB", 0)):
+        if n >= 2**shift:
+            return f"{n / 2**shift:.{digits}f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
+
+
+def _streamed_line(facts: dict) -> str:
+    budget = f"within --memory {_size(facts['memory_bytes'])}"
+    if "window" in facts:
+        return f"streamed in windows of {facts['window'][0]}x{facts['window'][1]} pixels, {budget}"
+    free = "" if facts["scratch_free_bytes"] is None else f", {_size(facts['scratch_free_bytes'])} free"
+    return (f"streamed: row FFTs in bands of {facts['band_rows']} rows, column FFTs in blocks of "
+            f"{facts['block_columns']} columns, {budget}; scratch {_size(facts['scratch_bytes'])} in "
+            f"{facts['scratch_dir']}{free}")
 
 
 def _count(n: int, noun: str) -> str:
@@ -149,6 +206,8 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
             state = "skip (exists)" if record["skipped"] else f"{record['method']}: {record['why']}"
             extras = "".join(f" + {k.removesuffix('_output')} {v}" for k, v in record.items() if k.endswith("_output"))
             print(f"{record['input']}{size} -> {record['output']}{extras}  [{record['op']}] {state}")
+            if "streamed" in record:
+                print(f"  {_streamed_line(record['streamed'])}")
         where = f"on the Dask scheduler {summary['scheduler']}" if summary["scheduler"] else \
             f"{summary['workers']} worker{'s' * (summary['workers'] != 1)} here"
         line = (f"plan: {_count(summary['inputs'], 'input')}, {_count(summary['outputs'], 'output')} to write, "
@@ -156,7 +215,8 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
         if "peak_memory_mb" in summary:
             shape = summary["largest_shape"]
             each = " per worker" if summary["scheduler"] or summary["workers"] > 1 else ""
+            how = ", streamed: its --memory and the libraries" if summary["largest_streamed"] else ""
             line += (f"; peak memory ~{summary['peak_memory_mb']} MB{each} (the largest input, {summary['largest_input']}, "
-                     f"{shape[1]}x{shape[0]}x{shape[2]})")
+                     f"{shape[1]}x{shape[0]}x{shape[2]}{how})")
         print(line + ". Nothing was written (--dry-run).")
     return 1 if summary["refused"] else 0

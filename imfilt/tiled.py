@@ -99,6 +99,12 @@ def output_shape(op: Apply, height: int, width: int) -> tuple[int, int]:
     return shape
 
 
+def apply_window(op: Apply, shape: tuple[int, int, int], memory: int) -> tuple[int, int]:
+    """The output window a streamed apply of an (H, W, C) image takes in ``memory``."""
+    width = output_shape(op, *shape[:2])[1]
+    return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), width, TILE)
+
+
 def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
                   stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, Result]]:
     """(rows, columns, result) for each output window of ``op`` in row-major order (in ``stripe``'s rows)."""
@@ -132,7 +138,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
         op = output.op
         if isinstance(op, Apply):
             shape = output_shape(op, *source.shape[:2])
-            window = window_for(memory, 4 * (source.shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), shape[1], TILE)
+            window = apply_window(op, source.shape, memory)
             scratch = _on_dask(source_path, op, output.path, shape, window, engine)
             try:
                 make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (

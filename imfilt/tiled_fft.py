@@ -37,27 +37,16 @@ MIN_CHUNK = 16  # ... smaller for a small --memory (zarr reads and writes whole 
 def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_dir: str | None) -> dict:
     op = output.op
     spectrum = isinstance(op, Spectrum)
-    height, width, channels = source.shape
+    height, width, _ = source.shape
     half = width // 2 + 1
-    colours = 1 if op.gray else channels - source.alpha
-    chunk = _chunk_side(memory)
-    # rows are read whole (a row FFT needs them): bands as high as the budget allows
-    # ~16 float32 copies of a band (input, planes, coefficients, their host copy, zarr's buffers)
-    # and of a column block (coefficients, transformed, values); whole scratch chunks where they fit
-    band = _aligned(min(height, memory // (width * channels * 4 * 16)), chunk)
-    block = _aligned(min(half, memory // (height * colours * 4 * 16)), chunk)
+    colours = _colours(source.shape, op)
+    band, block, chunk = passes(source.shape, op, memory)
     tile = min(TILE, max(16, band - band % 16))
     cluster = on_dask_worker()
-    # on a cluster other workers write the scratch too: --temp-dir (which the user then keeps on
-    # storage every worker reaches), else beside the output, which every worker reaches already
     beside = Path(output.path).parent
-    folder = temp_dir or str(beside if cluster else tempfile.gettempdir())
-    needed = colours * height * half * (12 if spectrum else 8)
-    free = shutil.disk_usage(folder).free
+    folder, needed, free = scratch_space(source.shape, op, output.path, temp_dir, cluster)
     if needed > free:
-        where = "--temp-dir" if cluster else "--temp-dir or TMPDIR"  # on a cluster TMPDIR is not used (see above)
-        raise InputError(f"{source.name}: the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in "
-                         f"{folder}, which has {free / 2**30:.2f} GiB free: set {where}")
+        raise InputError(f"{source.name}: {scratch_problem(folder, needed, free, cluster)}")
     hidden = Path(folder) == beside  # as the output's own temporary file is
     scratch_dir = tempfile.mkdtemp(dir=folder, prefix=f".{Path(output.path).name}.fft-" if hidden else "imfilt-fft-")
     try:
@@ -79,6 +68,40 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
         return _lowpass(source, op, output, coefficients, band, tile, engine, depth=depth, scale=scale)
     finally:
         remove_tree(scratch_dir)  # also on failure and Ctrl-C
+
+
+def _colours(shape, op) -> int:
+    """The planes transformed: luminance, or the colour channels (alpha is carried through)."""
+    return 1 if op.gray else shape[2] - (shape[2] in (2, 4))
+
+
+def passes(shape, op, memory: int) -> tuple[int, int, int]:
+    """(rows a band, columns a block, the scratch's chunk side) of the two passes in ``memory``."""
+    height, width, channels = shape
+    chunk = _chunk_side(memory)
+    # rows are read whole (a row FFT needs them): bands as high as the budget allows
+    # ~16 float32 copies of a band (input, planes, coefficients, their host copy, zarr's buffers)
+    # and of a column block (coefficients, transformed, values); whole scratch chunks where they fit
+    band = _aligned(min(height, memory // (width * channels * 4 * 16)), chunk)
+    block = _aligned(min(width // 2 + 1, memory // (height * _colours(shape, op) * 4 * 16)), chunk)
+    return band, block, chunk
+
+
+def scratch_space(shape, op, output_path: str, temp_dir: str | None, cluster: bool) -> tuple[str, int, int]:
+    """(the folder the scratch goes in, the bytes it needs, the bytes free there).
+
+    On a cluster other workers write the scratch too: --temp-dir (which the user then keeps on
+    storage every worker reaches), else beside the output, which every worker reaches already.
+    """
+    folder = temp_dir or str(Path(output_path).parent if cluster else tempfile.gettempdir())
+    needed = _colours(shape, op) * shape[0] * (shape[1] // 2 + 1) * (12 if isinstance(op, Spectrum) else 8)
+    return folder, needed, shutil.disk_usage(folder).free
+
+
+def scratch_problem(folder: str, needed: int, free: int, cluster: bool) -> str:
+    where = "--temp-dir" if cluster else "--temp-dir or TMPDIR"  # on a cluster TMPDIR is not used (above)
+    return (f"the out-of-core FFT needs {needed / 2**30:.2f} GiB of scratch space in {folder}, which has "
+            f"{free / 2**30:.2f} GiB free: set {where}")
 
 
 def _chunk_side(memory: int) -> int:

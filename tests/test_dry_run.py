@@ -95,3 +95,87 @@ def test_match_and_lowpass_plans(folder):
     record = json.loads(result.stdout.splitlines()[0])
     assert record["mask_output"].endswith("large.mask.png") and "radius 5" in record["why"]
     assert not (folder / "large.mask.png").exists() and not (folder / "large.lowpass5.png").exists()
+
+
+# --- images too large for memory: how they stream, and where the run would fail -------------
+
+
+@pytest.fixture
+def big_tiff(tmp_path):
+    """A 70x101 RGB tiled TIFF that --memory 100K streams."""
+    import tifffile
+
+    image = (np.random.default_rng(1).random((70, 101, 3)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, photometric="rgb", tile=(32, 32))
+    return tmp_path / "big.tif"
+
+
+def test_a_streamed_apply_shows_the_window_the_run_takes(big_tiff, tmp_path):
+    args = ("apply", big_tiff, "-k", "gaussian:sigma=2", "-o", tmp_path / "o.tif", "--memory", "100K", "--json")
+    dry = imfilt(*args, "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    record, summary = [json.loads(line) for line in dry.stdout.splitlines()]
+    assert not (tmp_path / "o.tif").exists()
+    real = imfilt(*args)
+    assert real.exit_code == 0, real.stderr
+    assert record["streamed"] == {"memory_bytes": 100 * 2**10, "window": json.loads(real.stdout)["window"]}
+    assert summary["plan"]["largest_streamed"] and summary["plan"]["peak_memory_mb"] == 103  # 100K + the libraries'
+    text = imfilt(*args[:-1], "--dry-run", "--overwrite")
+    window = json.loads(real.stdout)["window"]
+    assert f"  streamed in windows of {window[0]}x{window[1]} pixels, within --memory 100 KiB" in text.stdout
+
+
+@pytest.mark.parametrize("command,colours,bytes_each", [
+    (["spectrum"], 3, 12), (["spectrum", "--gray"], 1, 12), (["lowpass", "--radius", "5"], 3, 8)])
+def test_a_streamed_fft_shows_its_scratch_space_and_where(big_tiff, tmp_path, command, colours, bytes_each):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    result = imfilt(*command, big_tiff, "-o", tmp_path / "o.npy", "--memory", "100K", "--temp-dir", scratch,
+                    "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    streamed = json.loads(result.stdout.splitlines()[0])["streamed"]
+    needed = colours * 70 * (101 // 2 + 1) * bytes_each  # H x (W/2 + 1) coefficients a plane
+    assert streamed["scratch_bytes"] == needed and streamed["scratch_dir"] == str(scratch)
+    assert 1 <= streamed["band_rows"] <= 70 and 1 <= streamed["block_columns"] <= 51
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "o.npy").exists()
+
+
+def test_the_scratch_goes_to_tmpdir_without_temp_dir(big_tiff, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # what TMPDIR sets
+    result = imfilt("spectrum", big_tiff, "-o", tmp_path / "o.tif", "--memory", "100K", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert f"KiB in {tmp_path}, " in result.stdout and "row FFTs in bands of" in result.stdout
+
+
+def test_too_little_scratch_space_would_fail_as_the_run_does(big_tiff, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 100, 10))  # a full disk
+    args = ("lowpass", big_tiff, "--radius", "5", "-o", tmp_path / "o.tif", "--memory", "100K", "--temp-dir", tmp_path)
+    dry, real = imfilt(*args, "--dry-run"), imfilt(*args)
+    assert dry.exit_code == real.exit_code == 1
+    message = real.stderr.strip().split(": ", 1)[1]
+    assert "scratch space" in message and f"big.tif: would fail: {message}" in dry.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
+
+
+@pytest.mark.parametrize("output", ["o.png", "o.jpg"])
+def test_an_output_that_cannot_stream_would_fail_as_the_run_does(big_tiff, tmp_path, output):
+    args = ("apply", big_tiff, "-k", "box", "-o", tmp_path / output, "--memory", "100K")
+    dry, real = imfilt(*args, "--dry-run"), imfilt(*args)
+    assert dry.exit_code == real.exit_code == 1
+    assert f"would fail: {real.stderr.strip().split(': ', 1)[1]}" in dry.stdout
+    assert "images are streamed only into" in dry.stdout and "1 would fail" in dry.stdout
+
+
+def test_an_input_that_cannot_stream_would_fail_as_the_run_does(tmp_path):
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "a.png")
+    args = ("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "o.tif", "--memory", "100K")
+    dry, real = imfilt(*args, "--dry-run"), imfilt(*args)
+    assert dry.exit_code == real.exit_code == 1
+    assert "only TIFF, .npy and zarr images are read in tiles" in dry.stdout
+    assert f"would fail: {real.stderr.strip().split(': ', 1)[1]}" in dry.stdout
