@@ -27,10 +27,7 @@ from .ops import Result, luminance, split_alpha
 from .tiles import Plan, Source, open_source, remove_tree, write_tiles
 from .tiled import TILE, write_result
 
-# scratch chunks are square: rows are written in bands, read back in columns. 256 (512 KB of
-# complex64): bands and blocks of whole chunks from budgets of ~64M on a 6000-wide RGB image,
-# where 512 made zarr rewrite chunks in part (measured: 25 MB higher peak, 1.3x the CPU time)
-SCRATCH_CHUNK = 256
+SCRATCH_CHUNK = 512  # scratch chunks are square: rows are written in bands, read back in columns
 MIN_CHUNK = 16  # ... smaller for a small --memory (zarr reads and writes whole chunks), down to this
 
 
@@ -78,13 +75,15 @@ def _colours(shape, op) -> int:
 def passes(shape, op, memory: int) -> tuple[int, int, int]:
     """(rows a band, columns a block, the scratch's chunk side) of the two passes in ``memory``."""
     height, width, channels = shape
-    chunk = _chunk_side(memory)
     # rows are read whole (a row FFT needs them): bands as high as the budget allows
     # ~16 float32 copies of a band (input, planes, coefficients, their host copy, zarr's buffers)
     # and of a column block (coefficients, transformed, values); whole scratch chunks where they fit
-    band = _aligned(min(height, memory // (width * channels * 4 * 16)), chunk)
-    block = _aligned(min(width // 2 + 1, memory // (height * _colours(shape, op) * 4 * 16)), chunk)
-    return band, block, chunk
+    band = min(height, memory // (width * channels * 4 * 16))
+    block = min(width // 2 + 1, memory // (height * _colours(shape, op) * 4 * 16))
+    # chunks of 256 where bands or blocks are shorter than 512: zarr rewrote chunks in part for
+    # bands of 273 rows (6000x6000 RGB at 300M: 25 MB higher peak, 1.3x the CPU time)
+    chunk = min(_chunk_side(memory), SCRATCH_CHUNK if min(band, block) >= SCRATCH_CHUNK else SCRATCH_CHUNK // 2)
+    return _aligned(band, chunk), _aligned(block, chunk), chunk
 
 
 def scratch_space(shape, op, output_path: str, temp_dir: str | None, cluster: bool) -> tuple[str, int, int]:
