@@ -18,10 +18,10 @@ import numpy as np
 
 from .convolve import rank_one_factors
 from .engine import cpu_engine
+from .errors import InputError, UsageError
 from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
 from .omezarr import is_store
-from .errors import InputError, UsageError
 from .ops import Apply
 from .tiled import apply_window, check_tiled_output
 from .tiles import image_shape, open_source
