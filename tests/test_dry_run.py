@@ -163,7 +163,7 @@ def test_too_little_scratch_space_would_fail_as_the_run_does(big_tiff, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
 
 
-@pytest.mark.parametrize("output", ["o.png", "o.jpg"])
+@pytest.mark.parametrize("output", ["o.jpg", "o.webp"])
 def test_an_output_that_cannot_stream_would_fail_as_the_run_does(big_tiff, tmp_path, output):
     args = ("apply", big_tiff, "-k", "box", "-o", tmp_path / output, "--memory", "100K")
     dry, real = imfilt(*args, "--dry-run"), imfilt(*args)
@@ -172,10 +172,13 @@ def test_an_output_that_cannot_stream_would_fail_as_the_run_does(big_tiff, tmp_p
     assert "images are streamed only into" in dry.stdout and "1 would fail" in dry.stdout
 
 
-def test_an_input_that_cannot_stream_would_fail_as_the_run_does(tmp_path):
-    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "a.png")
-    args = ("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "o.tif", "--memory", "100K")
+@pytest.mark.parametrize("name,options,reason", [
+    ("a.bmp", {}, "images are read in tiles"),
+    ("a.jpg", {"progressive": True}, "a progressive JPEG is decoded whole"),
+])
+def test_an_input_that_cannot_stream_would_fail_as_the_run_does(tmp_path, name, options, reason):
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / name, **options)
+    args = ("apply", tmp_path / name, "-k", "box", "-o", tmp_path / "o.tif", "--memory", "100K")
     dry, real = imfilt(*args, "--dry-run"), imfilt(*args)
     assert dry.exit_code == real.exit_code == 1
-    assert "only TIFF, .npy and zarr images are read in tiles" in dry.stdout
-    assert f"would fail: {real.stderr.strip().split(': ', 1)[1]}" in dry.stdout
+    assert reason in dry.stdout and f"would fail: {real.stderr.strip().split(': ', 1)[1]}" in dry.stdout
