@@ -178,7 +178,7 @@ def _open_tiff(path: str) -> Source:
         tiff.close()
         raise InputError(f"{path}: {exc}") from None
     problem = (page.planarconfig != 1 and page.samplesperpixel > 1 and "planar (separate) channels"
-               or page.photometric not in (0, 1, 2) and f"photometric {page.photometric.name}"
+               or page.photometric not in (1, 2) and f"photometric {page.photometric.name}"
                or page.bitspersample not in (8, 16, 32) and f"{page.bitspersample}-bit samples")
     if problem:
         tiff.close()

@@ -101,6 +101,10 @@ def test_sources_refuse_what_does_not_stream(tmp_path):
         open_source(str(tmp_path / "p.tif"))
     with pytest.raises(InputError, match="no such file"):
         open_source(str(tmp_path / "missing.tif"))
+    # Pillow inverts an 8-bit min-is-white TIFF in memory; tiles would not: refused, not different numbers
+    tifffile.imwrite(tmp_path / "w.tif", _photo(8, 8, 1)[..., 0], photometric="miniswhite", tile=(16, 16))
+    with pytest.raises(InputError, match="photometric MINISWHITE"):
+        open_source(str(tmp_path / "w.tif"))
 
 
 def _blocks(image, plan):
