@@ -1,6 +1,5 @@
 """The commands: each parses its own options into operations and hands them to cli.run."""
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer

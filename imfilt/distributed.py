@@ -9,12 +9,15 @@ when --scheduler is given (or on a worker, where it already is).
 
 from __future__ import annotations
 
+import contextvars
 import re
 import sys
+import time
+import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from .errors import UsageError
+from .errors import Stopped, UsageError
 
 # What dask.distributed accepts as a scheduler address: [tcp|tls|ucx|inproc|ws|wss://]host:port
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:]+\]|[^\s/:\[\]]+):(\d{1,5})$")
@@ -27,9 +30,46 @@ def check_address(address: str) -> None:
         raise UsageError(f"--scheduler {address!r}: not a Dask scheduler address; expected tcp://HOST:PORT")
 
 
+# The name of the run's stop Event (a distributed.Event) in the task that runs now: the client
+# sets it when it is interrupted, and tasks check it between windows (``check_stop``), since a
+# running task cannot be cancelled from outside and would otherwise write its output later.
+_STOP = contextvars.ContextVar("imfilt_stop", default=None)
+_CHECKED: dict[str, float] = {}  # stop name -> when it was last asked (at most twice a second)
+STOP_WAIT = 120  # seconds an interrupted client waits for its running jobs to stop and clean up
+
+
+def _task(item, fn: Callable, stop: str | None, kwargs: dict):
+    token = _STOP.set(stop)
+    try:
+        return fn(item, **kwargs)
+    finally:
+        _STOP.reset(token)
+
+
+def _keys(fn: Callable, items: list) -> list[str]:
+    """Unique task keys named after the function each task runs (as Dask names them, in its dashboard)."""
+    run = uuid.uuid4().hex
+    return [f"{fn.__name__}-{run}-{i}" for i in range(len(items))]
+
+
+def check_stop() -> None:
+    """In a task of an interrupted run: raise Stopped (its scratch and partial files then go)."""
+    name = _STOP.get()
+    if name is None or time.monotonic() - _CHECKED.get(name, 0.0) < 0.5:
+        return
+    from distributed import Event
+
+    _CHECKED[name] = time.monotonic()
+    if Event(name).is_set():
+        raise Stopped("stopped: the run was interrupted")
+
+
 @contextmanager
 def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
-    """(futures, an iterator over them as they complete) for fn over items on the cluster."""
+    """(futures, an iterator over them as they complete, stop) for fn over items on the cluster.
+
+    ``stop()`` asks the running jobs to end unwritten and waits until they have.
+    """
     check_address(address)
     try:
         from distributed import Client, as_completed
@@ -39,9 +79,23 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
         client = Client(address, timeout="5s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    from distributed import Event
+
     with client:
-        futures = client.map(fn, items, pure=False)
-        yield futures, as_completed(futures, loop=client.loop)  # our client, not a global one
+        name = f"imfilt-stop-{uuid.uuid4().hex}"
+        event = Event(name, client=client)
+        futures = client.map(_task, items, fn=fn, stop=name, kwargs={}, key=_keys(fn, items))
+
+        def stop() -> None:
+            event.set()
+            deadline = time.monotonic() + STOP_WAIT
+            for future in futures:  # (distributed.wait would look for a default client)
+                try:
+                    future.result(timeout=max(0.1, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - stopped, failed or late: each is reported by the caller
+                    pass
+
+        yield futures, as_completed(futures, loop=client.loop), stop  # our client, not a global one
 
 
 def on_dask_worker() -> bool:
@@ -73,7 +127,7 @@ def map_on_cluster(fn: Callable, parts: list, **kwargs) -> list:
     from distributed import wait, worker_client
 
     with worker_client() as client:
-        futures = client.map(fn, parts, pure=False, **kwargs)
+        futures = client.map(_task, parts, fn=fn, stop=_STOP.get(), kwargs=kwargs, key=_keys(fn, parts))
         try:
             return client.gather(futures)
         finally:

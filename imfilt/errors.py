@@ -21,6 +21,10 @@ class EngineUnavailable(UsageError):
     """The requested engine cannot run on this machine."""
 
 
+class Stopped(ImfiltError):
+    """On a Dask worker: the client that sent this job was interrupted, so the job ends unwritten."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, or a signal that asks a program to end (SIGTERM from kill, timeout or a job scheduler)."""
 

@@ -189,7 +189,6 @@ def find_peaks(scores: np.ndarray, template_shape: tuple[int, int], *, top: int 
     if top < 1:
         raise UsageError(f"top must be >= 1, got {top}")
     th, tw = template_shape
-    offset = (th // 2, tw // 2) if size == "same" else (0, 0)
     if size == "same":  # only the positions where the template fits hold scores
         scores = scores[th // 2 : th // 2 + scores.shape[0] - th + 1, tw // 2 : tw // 2 + scores.shape[1] - tw + 1]
     half = (th // 2, tw // 2)

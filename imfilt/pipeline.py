@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import tiled
+from .distributed import check_stop
 from .engine import get_engine
-from .errors import InputError, Interrupted, UsageError
+from .errors import InputError, Interrupted, Stopped, UsageError
 from .io import (FORMATS, Loaded, check_output_format, check_output_size, check_pixels, fitting_depth, load,
                  pillow_limit, remove_tree, write_image)
 from .omezarr import is_store
@@ -391,6 +392,7 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         suffix = settings.stdout_suffix if output.path == "-" else None
         files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
                  else [(output.path, result.pixels, result.alpha)])
+        check_stop()  # on Dask: not after the client was interrupted
         with WHILE_WRITING:  # a signal now waits until this output is written and counted
             for path, pixels, alpha in files:
                 depth = settings.depth or fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
@@ -481,8 +483,8 @@ def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[di
         return job, None, str(exc)
     except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
         return job, None, f"{job.source}: {exc}"
-    except BrokenPipeError:
-        raise  # standard output's reader went away: the whole run ends (exit 141), not this job
+    except (BrokenPipeError, Stopped):
+        raise  # standard output's reader went away (exit 141), or the run was interrupted: not this job
     except MemoryError:
         return job, None, f"{job.source}: not enough memory for this image"
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch; this is a bug
@@ -498,8 +500,8 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
     if scheduler:
         from .distributed import futures_on_dask
 
-        with futures_on_dask(scheduler, _safe_run, jobs) as (futures, completed):
-            yield from as_finished(futures, completed, fail_fast)
+        with futures_on_dask(scheduler, _safe_run, jobs) as (futures, completed, stop):
+            yield from as_finished(futures, completed, fail_fast, stop)
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             done: list[dict] = []
@@ -516,11 +518,13 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
         yield from _run_in_processes(jobs, workers, fail_fast)
 
 
-def as_finished(futures: list, completed: Iterable, fail_fast: bool) -> Iterator[tuple]:
+def as_finished(futures: list, completed: Iterable, fail_fast: bool,
+                stop: Callable[[], None] | None = None) -> Iterator[tuple]:
     """Results of futures (a process pool's or Dask's) in the order ``completed`` gives them.
 
     After the first failure with ``fail_fast``, or on Ctrl-C, the jobs not started are
     cancelled and those already running finish: their outputs are whole, so they are reported.
+    On Ctrl-C, ``stop()`` (Dask's) first asks running jobs to end unwritten, and waits for them.
     """
     reported, interrupted = set(), None
     try:
@@ -532,12 +536,22 @@ def as_finished(futures: list, completed: Iterable, fail_fast: bool) -> Iterator
                 break
     except KeyboardInterrupt as exc:
         interrupted = exc
+        if stop is not None:
+            stop()
     finally:
         for future in futures:
             future.cancel()
-    yield from (f.result() for f in futures if f not in reported and not f.cancelled())
+    yield from (r for r in map(_finished, (f for f in futures if f not in reported and not f.cancelled())) if r)
     if interrupted:
         raise interrupted
+
+
+def _finished(future) -> tuple | None:
+    """A job's result, or None for one that stopped unwritten when the run was interrupted."""
+    try:
+        return future.result()
+    except Stopped:
+        return None
 
 
 def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .distributed import map_on_cluster, on_dask_worker, stripes
+from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .engine import get_engine
 from .errors import InputError
 from .frequency import Lowpass, Spectrum
@@ -130,6 +130,7 @@ def _rows(rows: slice, source: Source, op, coefficients, band: int, engine) -> N
     """The row pass over ``rows``: real FFTs of bands of whole rows into the coefficients."""
     height, width, _ = source.shape
     for top in range(rows.start, rows.stop, band):
+        check_stop()
         part = slice(top, min(top + band, rows.stop))
         planes = engine.planes(_colour(source, op, part)[0])
         if isinstance(op, Spectrum) and op.window == "hann":
@@ -146,6 +147,7 @@ def _columns(cols: slice, op, coefficients, values, block: int, width: int, engi
     u = (np.arange(height) + height // 2) % height - height // 2  # the FFT's row order, centred
     low, high = np.inf, -np.inf
     for left in range(cols.start, cols.stop, block):
+        check_stop()
         part = slice(left, min(left + block, cols.stop))
         transformed = engine.fft.fft(engine.asarray(coefficients[:, :, part]), axis=-2)
         if isinstance(op, Spectrum):
@@ -219,6 +221,7 @@ def _lowpass(source, op: Lowpass, output, coefficients, band, tile, engine, *, d
 
     def windows():
         for top in range(0, height, tile):
+            check_stop()
             rows = slice(top, min(top + tile, height))
             planes = engine.fft.irfft(engine.asarray(coefficients[:, rows]), n=width, axis=-1, norm="forward")
             out = engine.image(planes * scale_back)

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .distributed import check_stop
 from .errors import InputError
 from .io import (ORIENTATIONS, check_frames, depth_of, open_header, orient,  # noqa: F401 - remove_tree for tiled*
                  remove_tree, replace_beside, tiff_frames, tiff_orientation)
@@ -343,6 +344,7 @@ class Plan:
         wh, ww = self.window
         for top in range(*slice(rows.start or 0, rows.stop or self.height, wh).indices(self.height)):
             for left in range(0, self.width, ww):
+                check_stop()  # a window at a time, a task of an interrupted Dask run ends
                 yield slice(top, min(top + wh, self.height)), slice(left, min(left + ww, self.width))
 
 

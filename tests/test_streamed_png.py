@@ -9,6 +9,7 @@ from PIL import Image
 from imfilt.io import load, write_image
 from imfilt.png import PngStream, encode_png
 from imfilt.tiles import Plan, write_tiles
+from limits import run_limited
 
 
 def _values(shape, dtype, seed=0):
@@ -359,21 +360,8 @@ def test_streamed_png_and_jpeg_on_dask_are_byte_identical_to_local(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-_LIMITED = """
-import resource, sys
-limit = int(sys.argv[1]) * 2**20
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-sys.argv = ["imfilt"] + sys.argv[2:]
-from imfilt.cli import main
-main()
-"""
-
-
 def test_png_to_png_runs_under_a_hard_address_space_limit(tmp_path):
     """6000x6000 RGB PNG in and out under RLIMIT_AS = 500 MB, where the whole-image path fails."""
-    import os
-    import subprocess
-    import sys
 
     import scipy.ndimage as ndi
 
@@ -386,12 +374,9 @@ def test_png_to_png_runs_under_a_hard_address_space_limit(tmp_path):
             y = np.arange(top, top + 500)[:, None]
             stream.write(np.stack(np.broadcast_arrays(x % 251, y % 241, (x * y) % 239), -1).astype(np.uint8))
         stream.close()
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-
     def limited(memory, output):
-        return subprocess.run([sys.executable, "-c", _LIMITED, "500", "apply", source, "-k", "box", "-o", output,
-                               "--memory", memory, "--max-pixels", "40000000"], capture_output=True, text=True,
-                              env=env, timeout=300)
+        return run_limited(500, "apply", source, "-k", "box", "-o", output, "--memory", memory,
+                           "--max-pixels", "40000000")[0]
 
     whole = limited("100G", tmp_path / "whole.png")
     assert whole.returncode == 1 and "memory" in whole.stderr.lower(), whole.stderr  # OpenCV's decoder ran out

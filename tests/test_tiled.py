@@ -1,7 +1,5 @@
 """Images larger than memory: tiled results against the whole-image path, bit for bit."""
 
-import os
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +14,7 @@ from imfilt.kernels import Kernel, load_kernel
 from imfilt.ops import Apply
 from imfilt.tiled import apply_windows, output_shape
 from imfilt.tiles import Source
+from limits import pattern_tiff, run_limited
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 
@@ -234,47 +233,16 @@ def test_cli_bad_memory_is_usage_error(big_tiff, tmp_path):
 
 # --- memory: measured under a hard limit, not hoped ---
 
-_LIMITED = """
-import resource, sys
-limit = int(sys.argv[1]) * 2**20
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-sys.argv = ["imfilt"] + sys.argv[2:]
-from imfilt.cli import main
-main()
-"""
-
-
-def _pattern_tiff(path, height, width, tile=256):
-    """A tiled RGB TIFF written tile by tile, so the test never holds the image either."""
-    import tifffile
-
-    def tiles():
-        y, x = np.mgrid[:tile, :tile]
-        for top in range(0, height, tile):
-            for left in range(0, width, tile):
-                yield np.stack([(x + left) % 251, (y + top) % 241, ((x + left) * (y + top)) % 239], -1).astype(np.uint8)
-
-    tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
-    return path
-
-
 def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
     """6000x6000 RGB (432 MB as float32) under RLIMIT_AS = 500 MB: the whole-image path fails there
     (so the limit binds), the tiled one passes and gives the right pixels."""
-    import subprocess
-    import sys
-
     import scipy.ndimage as ndi
     import tifffile
 
-    source = _pattern_tiff(tmp_path / "big.tif", 6000, 6000)
-    # one OpenBLAS thread: its per-thread buffers are address space too (and under a tight limit
-    # OpenBLAS's start-up can spin instead of failing)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    source = pattern_tiff(tmp_path / "big.tif", 6000, 6000)
 
     def limited(memory, output):
-        return subprocess.run([sys.executable, "-c", _LIMITED, "500", "apply", source, "-k", "box", "-o", output,
-                               "--memory", memory], capture_output=True, text=True, env=env, timeout=300)
+        return run_limited(500, "apply", source, "-k", "box", "-o", output, "--memory", memory)[0]
 
     whole = limited("100G", tmp_path / "whole.tif")
     assert whole.returncode == 1 and "not enough memory" in whole.stderr, whole.stderr
@@ -399,7 +367,7 @@ def test_ctrl_c_during_an_out_of_core_fft_leaves_no_scratch_and_no_output(tmp_pa
     import time
     from pathlib import Path
 
-    source = _pattern_tiff(tmp_path / "big.tif", 1024, 1024)
+    source = pattern_tiff(tmp_path / "big.tif", 1024, 1024)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     process = subprocess.Popen([Path(sys.executable).parent / "imfilt", "lowpass", source, "--radius", "50", "-o",

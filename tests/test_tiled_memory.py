@@ -1,46 +1,16 @@
 """The out-of-core spectrum and lowpass keep their memory budget: measured under a hard limit."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tifffile
+from limits import pattern_tiff, run_limited
 
-# The command line under an address-space limit; it prints its own peak RSS (MiB) last
-_LIMITED = """
-import resource, sys
-limit = int(sys.argv[1]) * 2**20
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-sys.argv = ["imfilt"] + sys.argv[2:]
-from imfilt.cli import main
-try:
-    main()
-finally:
-    print(f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", file=sys.stderr)
-"""
 LIMIT_MB = 600  # the tiled path's address space is ~430 MB before any pixel (libraries, thread stacks)
 BUDGET_MB = 64
 
 
 def _limited(*args):
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # OpenBLAS's per-thread buffers are address space too
-    done = subprocess.run([sys.executable, "-c", _LIMITED, str(LIMIT_MB), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
-    return done, float(done.stderr.rsplit("peak ", 1)[-1])
-
-
-def _pattern_tiff(path, height, width, tile=256):
-    """A tiled RGB TIFF written tile by tile; the mean of each channel is known."""
-    def tiles():
-        y, x = np.mgrid[:tile, :tile]
-        for top in range(0, height, tile):
-            for left in range(0, width, tile):
-                yield np.stack([(x + left) % 251, (y + top) % 241, ((x + left) * (y + top)) % 239], -1).astype(np.uint8)
-
-    tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
-    return str(path)
+    return run_limited(LIMIT_MB, *args)
 
 
 @pytest.mark.parametrize("command", [["spectrum"], ["lowpass", "--radius", "40"]])
@@ -48,8 +18,8 @@ def test_out_of_core_fft_runs_in_its_budget_under_a_hard_limit(tmp_path, command
     """4000x4000 RGB (192 MB as float32) under RLIMIT_AS = 600 MB: the whole-image path fails
     there; streamed at --memory 64M it passes, and its peak RSS is within the budget plus the
     same command's own on a tiny streamed image (the libraries, the interpreter)."""
-    source = _pattern_tiff(tmp_path / "big.tif", 4000, 4000)
-    tiny = _pattern_tiff(tmp_path / "tiny.tif", 32, 32, tile=16)
+    source = pattern_tiff(tmp_path / "big.tif", 4000, 4000)
+    tiny = pattern_tiff(tmp_path / "tiny.tif", 32, 32, tile=16)
     out = tmp_path / "out.tif"
     whole, _ = _limited(*command, source, "-o", out, "--memory", "100G")
     assert whole.returncode == 1 and "not enough memory" in whole.stderr, whole.stderr

@@ -1,0 +1,49 @@
+"""For tests that run imfilt under a hard address-space limit (RLIMIT_AS) on big generated images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+_LIMITED = """
+import resource, sys
+limit = int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.argv = ["imfilt"] + sys.argv[2:]
+from imfilt.cli import main
+try:
+    main()
+finally:
+    print(f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}", file=sys.stderr)
+"""
+
+
+def run_limited(limit_mb: int, *args) -> tuple[subprocess.CompletedProcess, float]:
+    """imfilt ARGS in a process limited to ``limit_mb`` MB of address space: (the run, its peak RSS in MiB).
+
+    One OpenBLAS thread: its per-thread buffers are address space too (and under a tight limit
+    OpenBLAS's start-up can spin instead of failing).
+    """
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _LIMITED, str(limit_mb), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    stderr, _, peak = done.stderr.rpartition("peak ")
+    done.stderr = stderr
+    return done, float(peak)
+
+
+def pattern_tiff(path, height: int, width: int, tile: int = 256):
+    """A tiled RGB TIFF written tile by tile, so the test never holds the image either."""
+    import tifffile
+
+    def tiles():
+        y, x = np.mgrid[:tile, :tile]
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                yield np.stack([(x + left) % 251, (y + top) % 241, ((x + left) * (y + top)) % 239], -1).astype(np.uint8)
+
+    tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
+    return path
