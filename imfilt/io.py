@@ -451,6 +451,12 @@ def fitting_depth(depth: int, suffix: str) -> int:
     return depth if depth in held else max(held)
 
 
+def temp_prefix(name: str) -> str:
+    """'.NAME.' for a temporary file or folder beside NAME (mkstemp adds 8 characters and
+    '.part'), NAME cut so that the whole stays within the 255 bytes a file name may have."""
+    return "." + name.encode()[:230].decode(errors="ignore") + "."
+
+
 def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in the same folder, then rename: never a partial file.
 
@@ -460,7 +466,7 @@ def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -
     target = Path(target)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".part")
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -484,9 +490,12 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
     A folder that is not a zarr store is never replaced: it may hold anything.
     """
     target = Path(target)
-    if target.is_dir() and not target.is_symlink() and not is_store(target):
+    if os.path.isdir(target) and not os.path.islink(target) and not is_store(target):  # (False for a bad name)
         raise InputError(f"{target}: is a folder, not a zarr store; not replaced")
-    folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
+    try:
+        folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".part"))
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     try:
         made = folder / target.name
         write(str(made))
@@ -499,6 +508,10 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
                 raise
         else:
             os.replace(made, target)
+    except OSError as exc:  # a full disk, a name too long: the target named, never the temporary
+        if isinstance(exc, BrokenPipeError):
+            raise
+        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     finally:
         remove_tree(folder)
 

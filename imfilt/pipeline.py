@@ -21,7 +21,7 @@ from .distributed import check_stop
 from .engine import get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError
 from .io import (FORMATS, Loaded, check_output_format, check_output_size, check_pixels, fitting_depth, load,
-                 pillow_limit, remove_tree, write_image)
+                 pillow_limit, remove_tree, temp_prefix, write_image)
 from .omezarr import is_store
 from .ops import Apply
 from .tiles import image_shape
@@ -286,7 +286,7 @@ def remove_partial_files(jobs: list[Job]) -> None:
     for job in jobs:
         for file in (f for o in job.outputs for f in o.files):
             path = Path(file)
-            pattern = "." + glob.escape(path.name).replace(glob.escape("{channel}"), "*") + ".*.part"
+            pattern = glob.escape(temp_prefix(path.name)).replace(glob.escape("{channel}"), "*") + "*.part"
             for part in path.parent.glob(pattern):
                 if part.is_dir() and not part.is_symlink():  # a tiled or zarr output's folder
                     remove_tree(part)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .distributed import map_on_cluster, on_dask_worker, stripes
 from .errors import InputError, UsageError
-from .io import SCALERS, Loaded, fitting_depth, to_storage
+from .io import SCALERS, Loaded, fitting_depth, temp_prefix, to_storage
 from .frequency import Lowpass, Spectrum
 from .ops import Apply, Result
 from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, remove_tree, window_for, write_tiles
@@ -173,7 +173,7 @@ def _on_dask(source_path: str, op: Apply, path: str, shape, window, engine) -> t
     finally:
         source.close()
     channels = first.pixels.shape[2]
-    scratch = Path(path).parent / f".{Path(path).name}.dask.zarr"
+    scratch = Path(path).parent / (temp_prefix(Path(path).name) + "dask.zarr")
     zarr.create_array(str(scratch), shape=(*shape, channels), dtype=np.float32, chunks=(window[0], window[0], channels),
                       compressors=None, zarr_format=3, overwrite=True)
     try:

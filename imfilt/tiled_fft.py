@@ -22,7 +22,7 @@ from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .engine import get_engine
 from .errors import InputError
 from .frequency import Lowpass, Spectrum
-from .io import Loaded
+from .io import Loaded, temp_prefix
 from .ops import Result, luminance, split_alpha
 from .tiles import Plan, Source, open_source, remove_tree, write_tiles
 from .tiled import TILE, write_result
@@ -45,7 +45,7 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     if needed > free:
         raise InputError(f"{source.name}: {scratch_problem(folder, needed, free, cluster)}")
     hidden = Path(folder) == beside  # as the output's own temporary file is
-    scratch_dir = tempfile.mkdtemp(dir=folder, prefix=f".{Path(output.path).name}.fft-" if hidden else "imfilt-fft-")
+    scratch_dir = tempfile.mkdtemp(dir=folder, prefix=temp_prefix(Path(output.path).name) + "fft-" if hidden else "imfilt-fft-")
     try:
         coefficients = _scratch(scratch_dir, "coefficients", (colours, height, half), np.complex64, chunk)
         values = _scratch(scratch_dir, "values", coefficients.shape, np.float32, chunk) if spectrum else None

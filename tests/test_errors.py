@@ -433,3 +433,18 @@ def test_an_inline_kernel_longer_than_a_file_name_runs(work):
     result = imfilt("apply", "a.png", "-k", "1x600:" + ",".join(["1"] * 600), "--normalize", "sum", "-o", "k.png")
     assert result.exit_code == 0, result.stderr
     assert (work / "k.png").exists()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy", ".zarr"])
+@pytest.mark.parametrize("memory", ["2G", "20K"])  # whole, and streamed in tiles
+def test_long_output_names(work, suffix, memory):
+    """A 250-character name is legal: its temporary is named within the 255 bytes a name may have
+    (it was 'internal error: OSError'); a 260-character one is one line, exit 1, nothing left."""
+    legal = "c" * (250 - len(suffix)) + suffix
+    result = imfilt("apply", "a.png", "-k", "box", "-o", legal, "--memory", memory)
+    assert result.exit_code == 0 and (work / legal).exists(), result.stderr
+    before = snapshot(work)
+    result = imfilt("apply", "a.png", "-k", "box", "-o", "d" * 260 + suffix, "--memory", memory)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "cannot write (File name too long)" in lines[0], result.stderr
+    assert snapshot(work) == before and not [p for p in work.iterdir() if p.name.startswith(".")]
