@@ -37,7 +37,7 @@ def _layout(planes):
     """(sources, targets, result): 2-D planes or one interleaved (H, W, C) array, and the
     (C, H, W) view of the targets' memory that the caller gets back."""
     interleaved = np.moveaxis(planes, 0, -1)
-    if planes.shape[0] > 1 and interleaved.flags.c_contiguous:
+    if 1 < planes.shape[0] <= 4 and interleaved.flags.c_contiguous:  # OpenCV takes up to 512 channels; SIMD paths up to 4
         out = np.empty(interleaved.shape, np.float32)
         return [interleaved], [out], np.moveaxis(out, -1, 0)
     out = np.empty(planes.shape, np.float32)

@@ -62,8 +62,9 @@ def open_image(path: str) -> StoredImage:
         raise InputError(f"{path}: not a zarr store, or a corrupt one ({exc})") from None
     if isinstance(node, zarr.Group):
         array, axes = _first_dataset(path, node)
-    elif node.ndim in (2, 3):
-        array, axes = node, ("y", "x", "c")[: node.ndim]
+    elif node.ndim in (2, 3):  # a plain array: (H, W, C), unless it names its dimensions (as an OME dataset does)
+        names = tuple(str(n).lower() for n in (getattr(node.metadata, "dimension_names", None) or ()))
+        array, axes = node, names if sorted(names) in (["x", "y"], ["c", "x", "y"]) else ("y", "x", "c")[: node.ndim]
     else:
         raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, "
                          f"got an array of shape {node.shape}")

@@ -448,3 +448,19 @@ def test_long_output_names(work, suffix, memory):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "cannot write (File name too long)" in lines[0], result.stderr
     assert snapshot(work) == before and not [p for p in work.iterdir() if p.name.startswith(".")]
+
+
+def test_an_array_with_more_channels_than_opencv_takes_is_filtered(tmp_path):
+    """A (3, 60, 700) .npy is an image of 700 channels to imfilt: filtered plane by plane (OpenCV
+    takes at most 512 channels at once: it was an internal error), equal to scipy's per plane."""
+    import scipy.ndimage as ndi
+
+    from imfilt.io import load
+
+    array = np.random.default_rng(0).random((3, 60, 700), dtype=np.float32)
+    np.save(tmp_path / "chw.npy", array)
+    result = imfilt("apply", tmp_path / "chw.npy", "-k", "box", "-o", tmp_path / "out.npy")
+    assert result.exit_code == 0, result.stderr
+    got = load(str(tmp_path / "out.npy")).pixels
+    expected = ndi.uniform_filter(array.astype(np.float64), size=(3, 3, 1), mode="reflect")
+    assert np.abs(got - expected).max() < 1e-5

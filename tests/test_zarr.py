@@ -357,3 +357,16 @@ def test_after_a_signal_the_partial_folder_of_a_store_is_removed(work):
     (partial / "zarr.json").write_text("{}")
     remove_partial_files(jobs)
     assert not (work / ".o.zarr.x1y2.part").exists() and (work / "s.zarr").is_dir()
+
+
+def test_an_ome_dataset_read_directly_keeps_its_axes(tmp_path):
+    """The array "0" of imfilt's own OME-Zarr output is (C, H, W) with dimension names c, y, x:
+    read directly it is the same image (it was read as 3 rows of 200 columns with H channels)."""
+    from imfilt.io import load
+
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert imfilt("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "s.zarr").exit_code == 0
+    group, dataset = load(str(tmp_path / "s.zarr")), load(str(tmp_path / "s.zarr" / "0"))
+    assert dataset.pixels.shape == (30, 20, 3)
+    assert np.array_equal(group.pixels, dataset.pixels)
