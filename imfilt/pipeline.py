@@ -232,7 +232,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 seen[key] = source
             if shape is not None:
                 _check_sizes(output, shape, source)
-            skip = skip_existing and bool(output.files) and all(_exists(f, settings) for f in output.files)
+            skip = skip_existing and bool(output.files) and all(_done(f, settings) for f in output.files)
             outputs.append(replace(output, skip=skip))
         big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
         jobs.append(Job(source, tuple(outputs), settings, tiled=big))
@@ -304,6 +304,11 @@ def _exists(path: str, settings: Settings) -> bool:
     if "{channel}" not in path:
         return os.path.lexists(path)
     return any(os.path.lexists(path.replace("{channel}", _channel_names(n)[0])) for n in (1, 2, 3))
+
+
+def _done(path: str, settings: Settings) -> bool:
+    """--skip-existing: the output is there; a folder that is not a zarr store is only in the way."""
+    return _exists(path, settings) and not (os.path.isdir(path) and not is_store(path))
 
 
 def _check_overwrites(jobs: list[Job]) -> None:

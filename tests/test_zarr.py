@@ -370,3 +370,13 @@ def test_an_ome_dataset_read_directly_keeps_its_axes(tmp_path):
     group, dataset = load(str(tmp_path / "s.zarr")), load(str(tmp_path / "s.zarr" / "0"))
     assert dataset.pixels.shape == (30, 20, 3)
     assert np.array_equal(group.pixels, dataset.pixels)
+
+
+def test_skip_existing_does_not_take_a_plain_folder_for_a_finished_store(tmp_path):
+    """An empty folder named out.zarr is not an output that was written: --skip-existing goes on to
+    write it, which refuses (it is not a store) as --overwrite does; it was reported skipped."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "out.zarr").mkdir()
+    result = imfilt("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "out.zarr", "--skip-existing", "--json")
+    assert result.exit_code == 1 and "is a folder, not a zarr store" in result.stderr
+    assert list((tmp_path / "out.zarr").iterdir()) == []
