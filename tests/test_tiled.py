@@ -380,3 +380,35 @@ def test_ctrl_c_during_an_out_of_core_fft_leaves_no_scratch_and_no_output(tmp_pa
     assert process.returncode == 130 and b"Traceback" not in stderr, stderr
     assert list(scratch.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "scratch"]
+
+
+@pytest.mark.parametrize("kernel", ["gaussian:sigma=2", "box:size=15"])
+def test_alpha_keep_is_carried_exactly_with_large_kernels(kernel):
+    """--alpha keep: the alpha is the input's, bit for bit, and tiled = whole (a large delta through
+    OpenCV's filter2D went by its DFT and moved alpha by 1e-16, differently per window)."""
+    image = np.random.default_rng(4).random((40, 53, 4)).astype(np.float32)
+    image[..., -1] = np.round(image[..., -1] * 2) / 2
+    op = Apply(load_kernel(kernel), alpha="keep")
+    whole = whole_result(op, image, cpu_engine(1))
+    assert np.array_equal(whole[..., -1], image[..., -1])
+    assert np.array_equal(tiled_result(op, image, (8, 10**6), cpu_engine(1)), whole)
+
+
+@pytest.mark.parametrize("size", ["same", "valid", "full"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("correlate", [False, True])
+def test_carried_channel_is_the_delta_convolution(size, mode, correlate):
+    """Apply._carry indexes what convolving with a centred delta gives (scipy's, exact): every
+    size, mode and parity of the kernel."""
+    from imfilt.convolve import convolve
+
+    rng = np.random.default_rng(5)
+    plane = rng.random((9, 11, 1)).astype(np.float32)
+    engine = replace(cpu_engine(1), filters=ndfilters)
+    for kh, kw in ((1, 1), (2, 5), (4, 6), (7, 3)):
+        op = Apply(Kernel("k", rng.random((kh, kw))), mode=mode, cval=0.3, size=size, correlate=correlate)
+        delta = np.zeros((kh, kw))
+        delta[kh // 2, kw // 2] = 1
+        expected = convolve(plane, Kernel("delta", delta), mode=mode, cval=0.3, size=size, method="direct",
+                            correlate=correlate, engine=engine)
+        assert np.array_equal(op._carry(plane, engine), expected.reshape(expected.shape[:2] + (1,)))
