@@ -22,10 +22,10 @@ import numpy as np
 
 from .distributed import map_on_cluster, on_dask_worker, stripes
 from .errors import InputError, UsageError
-from .io import SCALERS, Loaded, fitting_depth, temp_prefix, to_storage
+from .io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
 from .frequency import Lowpass, Spectrum
 from .ops import Apply, Result
-from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, remove_tree, window_for, write_tiles
+from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, window_for, write_tiles
 
 DEFAULT_MEMORY = "2G"
 # Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo

@@ -22,9 +22,9 @@ from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .engine import get_engine
 from .errors import InputError
 from .frequency import Lowpass, Spectrum
-from .io import Loaded, temp_prefix
+from .io import Loaded, remove_tree, temp_prefix
 from .ops import Result, luminance, split_alpha
-from .tiles import Plan, Source, open_source, remove_tree, write_tiles
+from .tiles import Plan, Source, open_source, write_tiles
 from .tiled import TILE, write_result
 
 SCRATCH_CHUNK = 512  # scratch chunks are square: rows are written in bands, read back in columns

@@ -23,8 +23,8 @@ import numpy as np
 
 from .distributed import check_stop
 from .errors import InputError
-from .io import (ORIENTATIONS, check_frames, depth_of, open_header, orient,  # noqa: F401 - remove_tree for tiled*
-                 remove_tree, replace_beside, tiff_frames, tiff_orientation)
+from .io import (ORIENTATIONS, check_frames, depth_of, open_header, orient, replace_beside, tiff_frames,
+                 tiff_orientation)
 from .omezarr import open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
