@@ -233,7 +233,25 @@ def _load_png16(data: bytes, limit: int) -> Loaded:
     width, height, rows, info = reader.asDirect()
     check_pixels(width, height, limit)
     planes = info["planes"]
-    return _from_hwc(np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes), 16)
+    stored = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+    return _from_hwc(np.ascontiguousarray(orient(stored, _png_orientation(data))), 16)
+
+
+def _png_orientation(data: bytes) -> int:
+    """The EXIF orientation of a PNG's eXIf chunk, before or after the pixels (1 if none), as
+    Pillow's exif_transpose finds it for the 8-bit PNGs it decodes."""
+    position = len(_PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        if kind == b"eXIf":
+            exif = Image.Exif()
+            exif.load(data[position + 8 : position + 8 + length])
+            value = exif.get(0x0112, 1)
+            return value if value in ORIENTATIONS else 1
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return 1
 
 
 # Chunks OpenCV's libpng decodes without a word on stderr; any other (tRNS, eXIf, iCCP, PLTE, ...)

@@ -212,3 +212,29 @@ def test_png_bytes_do_not_depend_on_the_thread_count():
     encode_png(values, two, threads=2)
     assert one.getvalue() == two.getvalue()
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(one.getvalue()))), values)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("where", ["before", "after"])  # the eXIf chunk before or after the pixels
+def test_16bit_png_turns_by_its_exif_orientation_as_8bit_does(tmp_path, orientation, where):
+    """16-bit colour PNGs are decoded by pypng, which knows no eXIf: imfilt turns them itself, as
+    Pillow's exif_transpose turns the same picture in 8 bits (they were left as stored)."""
+    import io as bytes_io
+    import zlib
+
+    import png
+
+    stored = np.random.default_rng(orientation).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    buffer = bytes_io.BytesIO()
+    png.Writer(7, 5, greyscale=False, bitdepth=16).write(buffer, stored.reshape(5, -1))
+    data = buffer.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    raw = exif.tobytes()[6:]  # the chunk holds the TIFF structure, without "Exif\0\0"
+    chunk = len(raw).to_bytes(4, "big") + b"eXIf" + raw + zlib.crc32(b"eXIf" + raw).to_bytes(4, "big")
+    at = 33 if where == "before" else len(data) - 12  # after IHDR, or before IEND
+    (tmp_path / "a16.png").write_bytes(data[:at] + chunk + data[at:])
+    Image.fromarray((stored >> 8).astype(np.uint8)).save(tmp_path / "a8.png", exif=exif)
+    got16, got8 = load(str(tmp_path / "a16.png")), load(str(tmp_path / "a8.png"))
+    assert got16.depth == 16 and got16.pixels.shape == got8.pixels.shape
+    assert np.array_equal(np.round(got16.pixels * 65535).astype(np.uint16) >> 8, np.round(got8.pixels * 255))
