@@ -39,6 +39,15 @@ def make_tiff(path: Path, size: int, tile: int = 256) -> None:
                      compression="zlib", compressionargs={"level": 1}, bigtiff=True)
 
 
+def sample_tiff(folder: Path, size: int) -> Path:
+    """The SIZE x SIZE test image in ``folder``, made once and kept for later runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = folder / f"rgb{size}.tif"
+    if not image.exists():
+        make_tiff(image, size)
+    return image
+
+
 def measure(command: list[str], cap: int) -> str:
     """'seconds | peak RSS' of one run under an address-space cap of ``cap`` GiB, or why it failed."""
     limit = ["prlimit", f"--as={cap * 2**30}"] if cap else []
@@ -61,10 +70,7 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=20, help="address-space cap in GiB for every command (0: none)")
     args = parser.parse_args()
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    image = folder / f"rgb{args.size}.tif"
-    if not image.exists():
-        make_tiff(image, args.size)
+    image = sample_tiff(folder, args.size)
     rng = np.random.default_rng(1)
     dense = rng.normal(size=(31, 31))
     np.savetxt(folder / "dense31.txt", dense)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from huge import make_tiff
+from huge import sample_tiff
 
 COMMANDS = {"spectrum": ["spectrum"], "lowpass r=200": ["lowpass", "--radius", "200"]}
 
@@ -40,10 +40,7 @@ def main() -> None:
     parser.add_argument("--folder", default="/tmp/imfilt-huge")
     args = parser.parse_args()
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    image = folder / f"rgb{args.size}.tif"
-    if not image.exists():
-        make_tiff(image, args.size)
+    image = sample_tiff(folder, args.size)
     imfilt = str(Path(sys.executable).parent / "imfilt")
     from distributed import LocalCluster
 
