@@ -1,10 +1,15 @@
-"""For tests that run imfilt under a hard address-space limit (RLIMIT_AS) on big generated images."""
+"""For tests that run the imfilt command in a subprocess: under a hard address-space limit
+(RLIMIT_AS) on big generated images, or interrupted in the middle of a run."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,3 +52,14 @@ def pattern_tiff(path, height: int, width: int, tile: int = 256):
 
     tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb")
     return path
+
+
+def interrupted(args: list, ready: Callable[[], bool], timeout: float = 60) -> tuple[int, bytes]:
+    """imfilt ARGS sent SIGINT once ``ready()`` (or after ``timeout`` s): (its exit code, its stderr)."""
+    process = subprocess.Popen([Path(sys.executable).parent / "imfilt", *map(str, args)], stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=max(timeout, 180))
+    return process.returncode, stderr

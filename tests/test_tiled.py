@@ -14,7 +14,7 @@ from imfilt.kernels import Kernel, load_kernel
 from imfilt.ops import Apply
 from imfilt.tiled import apply_windows, output_shape
 from imfilt.tiles import Source
-from limits import pattern_tiff, run_limited
+from limits import interrupted, pattern_tiff, run_limited
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 
@@ -361,23 +361,13 @@ def test_tiled_on_dask_is_byte_identical_to_local(big_tiff, tmp_path):
 
 
 def test_ctrl_c_during_an_out_of_core_fft_leaves_no_scratch_and_no_output(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     source = pattern_tiff(tmp_path / "big.tif", 1024, 1024)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    process = subprocess.Popen([Path(sys.executable).parent / "imfilt", "lowpass", source, "--radius", "50", "-o",
-                                tmp_path / "low.tif", "--memory", "200K", "--temp-dir", scratch], stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(scratch.glob("imfilt-fft-*/coefficients/c/*")):
-        time.sleep(0.01)  # interrupted once the scratch holds coefficients
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and b"Traceback" not in stderr, stderr
+    code, stderr = interrupted(["lowpass", source, "--radius", "50", "-o", tmp_path / "low.tif", "--memory", "200K",
+                                "--temp-dir", scratch],  # interrupted once the scratch holds coefficients
+                               ready=lambda: bool(list(scratch.glob("imfilt-fft-*/coefficients/c/*"))))
+    assert code == 130 and b"Traceback" not in stderr, stderr
     assert list(scratch.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "scratch"]
 
