@@ -50,8 +50,12 @@ class Engine:
         """An (H, W, C) or (H, W) host image -> float32 (C, H, W) planes on the engine.
 
         On the CPU the planes are a view of the image's memory, planar (as io reads images) or
-        interleaved: the filters work in either layout, so no layout copy is made.
+        interleaved: the filters work in either layout, so no layout copy is made. An image that
+        is already on the GPU stays there (no round trip through the host).
         """
+        if self.xp is not np and isinstance(image, self.xp.ndarray):
+            planes = self.xp.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)
+            return self.xp.ascontiguousarray(planes, dtype=np.float32)
         image = np.asarray(image, dtype=np.float32)
         planes = np.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)
         return planes if self.xp is np else self.asarray(np.ascontiguousarray(planes))

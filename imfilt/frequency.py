@@ -44,8 +44,13 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
     """
     check_choice("window", window, WINDOWS)
     engine = get_engine(engine) if isinstance(engine, str) else engine
+    out = spectrum_planes(engine, engine.planes(image), window=window, phase=phase)
+    return engine.image(out, flat=np.ndim(image) == 2)
+
+
+def spectrum_planes(engine: Engine, planes, *, window: str = "none", phase: bool = False):
+    """The core of spectrum(): (C, H, W) planes on the engine in, centred spectra on the engine out."""
     xp = engine.xp
-    planes = engine.planes(image)
     height, width = planes.shape[-2:]
     if window == "hann":
         taper = np.outer(np.hanning(height), np.hanning(width)).astype(np.float32)
@@ -53,7 +58,7 @@ def spectrum(image: np.ndarray, *, window: str = "none", phase: bool = False,
     half = engine.fft.rfft2(planes, axes=(-2, -1))
     values = xp.angle(half) if phase else xp.log1p(xp.abs(half))
     full = _mirror_half(values, width, xp, negate=phase)
-    return engine.image(engine.fft.fftshift(full, axes=(-2, -1)), flat=np.ndim(image) == 2)
+    return engine.fft.fftshift(full, axes=(-2, -1))
 
 
 def check_mask_options(radius: float, profile: str = "ideal", order: float = 2.0, band: float | None = None) -> None:
@@ -109,11 +114,20 @@ def apply_mask(image: np.ndarray, mask: np.ndarray, *, engine: Engine | str = "c
     height, width = planes.shape[-2:]
     if mask.shape != (height, width):
         raise UsageError(f"mask shape {mask.shape} does not match the image {height}x{width}")
-    # the centred mask, moved to the FFT's layout and cut to the rfft2 half-plane
-    half_mask = np.fft.ifftshift(mask)[:, : width // 2 + 1].astype(np.float32)
+    return engine.image(mask_planes(engine, planes, half_plane_mask(mask)), flat=np.ndim(image) == 2)
+
+
+def half_plane_mask(mask: np.ndarray) -> np.ndarray:
+    """A centred (H, W) mask moved to the FFT's layout and cut to the rfft2 half-plane, float32."""
+    return np.fft.ifftshift(mask)[:, : mask.shape[1] // 2 + 1].astype(np.float32)
+
+
+def mask_planes(engine: Engine, planes, half_mask):
+    """The core of apply_mask(): planes on the engine times a half-plane mask in Fourier space."""
+    height, width = planes.shape[-2:]
     coefficients = engine.fft.rfft2(planes, axes=(-2, -1))
     coefficients *= engine.asarray(half_mask)
-    return engine.image(engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1)), flat=np.ndim(image) == 2)
+    return engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1))
 
 
 def lowpass(image: np.ndarray, radius: float, *, profile: str = "ideal", order: float = 2.0,

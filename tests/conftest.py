@@ -34,6 +34,14 @@ def engine(request):
     return cpu_engine() if request.param == "cpu" else ndimage_cpu_engine()
 
 
+@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def engine_name(request) -> str:
+    """The engines the command line can choose (--engine); GPU cases skip with the reason."""
+    if request.param == "gpu":
+        _gpu_or_skip()
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def chelsea() -> np.ndarray:
     return np.asarray(Image.open(SAMPLES / "chelsea.png").convert("RGB"), dtype=np.float32) / 255

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import scipy.signal
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import imfilt
@@ -83,18 +83,19 @@ def test_corner_delta_shifts_by_hand(method, engine):
     ("constant", [9, 1, 2, 3, 4, 9]),
 ])
 @pytest.mark.parametrize("method", ["direct", "fft"])
-def test_boundary_modes_by_hand(mode, expected, method):
+def test_boundary_modes_by_hand(mode, expected, method, engine):
     """--size full with a centred 1x3 delta shows the extension one pixel past each side."""
-    out = imfilt.convolve(ROW, np.array([[0.0, 1.0, 0.0]]), mode=mode, cval=9.0, size="full", method=method)
+    out = imfilt.convolve(ROW, np.array([[0.0, 1.0, 0.0]]), mode=mode, cval=9.0, size="full", method=method,
+                          engine=engine)
     np.testing.assert_allclose(out[0, :, 0], expected, atol=1e-5)
 
 
-def test_valid_and_full_sizes():
+def test_valid_and_full_sizes(engine):
     """A 16x16 kernel over 256x256 gives 241x241 (valid) and 271x271 (full)."""
     image = np.zeros((256, 256, 3), np.float32)
     kernel = np.ones((16, 16))
-    assert imfilt.convolve(image, kernel, size="valid").shape == (241, 241, 3)
-    assert imfilt.convolve(image, kernel, size="full").shape == (271, 271, 3)
+    assert imfilt.convolve(image, kernel, size="valid", engine=engine).shape == (241, 241, 3)
+    assert imfilt.convolve(image, kernel, size="full", engine=engine).shape == (271, 271, 3)
 
 
 def test_valid_kernel_larger_than_image_is_an_error():
@@ -173,24 +174,24 @@ def test_planar_and_interleaved_memory_give_the_same_result(chelsea, mode, name)
     np.testing.assert_allclose(planar_out, interleaved_out, atol=1e-6)  # SIMD order differs near edges
 
 
-def test_gaussian_matches_scipy_gaussian_filter(chelsea):
+def test_gaussian_matches_scipy_gaussian_filter(chelsea, engine):
     """gaussian:sigma=s is scipy.ndimage.gaussian_filter with truncate=4."""
-    out = imfilt.convolve(chelsea, builtin("gaussian", sigma=3.0))
+    out = imfilt.convolve(chelsea, builtin("gaussian", sigma=3.0), engine=engine)
     expected = ndi.gaussian_filter(chelsea.astype(np.float64), sigma=(3, 3, 0), mode="reflect", truncate=4.0)
     np.testing.assert_allclose(out, expected, atol=2e-5)
 
 
-def test_sobel_is_the_gradient_magnitude(chelsea):
+def test_sobel_is_the_gradient_magnitude(chelsea, engine):
     gx = reference(chelsea, builtin("sobel-x").weights, "reflect")
     gy = reference(chelsea, builtin("sobel-y").weights, "reflect")
-    np.testing.assert_allclose(imfilt.convolve(chelsea, builtin("sobel")), np.hypot(gx, gy), atol=5e-5)
+    np.testing.assert_allclose(imfilt.convolve(chelsea, builtin("sobel"), engine=engine), np.hypot(gx, gy), atol=5e-5)
 
 
-def test_sobel_x_is_positive_on_a_rising_edge():
+def test_sobel_x_is_positive_on_a_rising_edge(engine):
     """Orientation: brighter to the right gives a positive sobel-x, zero sobel-y."""
     ramp = np.tile(np.arange(8.0), (8, 1))[..., None]
-    assert (imfilt.convolve(ramp, builtin("sobel-x"))[2:-2, 2:-2] > 0).all()
-    np.testing.assert_allclose(imfilt.convolve(ramp, builtin("sobel-y"))[2:-2, 2:-2], 0, atol=1e-5)
+    assert (imfilt.convolve(ramp, builtin("sobel-x"), engine=engine)[2:-2, 2:-2] > 0).all()
+    np.testing.assert_allclose(imfilt.convolve(ramp, builtin("sobel-y"), engine=engine)[2:-2, 2:-2], 0, atol=1e-5)
 
 
 # --- the cost model ----------------------------------------------------------------------
@@ -277,45 +278,49 @@ def cases(draw):
     return image, kernel, rank_one, draw(st.sampled_from(MODES)), size, draw(st.booleans())
 
 
-@settings(max_examples=150, deadline=None)
+# the engine fixture is the same for every example (engines are stateless): no health check needed
+ON_EVERY_ENGINE = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(max_examples=100, **ON_EVERY_ENGINE)
 @given(cases(), st.floats(-1, 1))
-def test_every_method_equals_the_float64_reference(case, cval):
+def test_every_method_equals_the_float64_reference(engine, case, cval):
     """direct = separable = FFT = scipy in float64, for any boundary, size and orientation, through
     both spatial backends (OpenCV, and the ndimage one the GPU uses), within the README's bound."""
     image, kernel, rank_one, mode, size, correlate = case
     expected = reference(image, kernel, mode, cval=cval, correlate=correlate, size=size)
     tolerance = 1e-4 * max(1.0, np.abs(kernel).sum())
-    for engine in (cpu_engine(), ndimage_cpu_engine()):
-        for method in ["direct", "fft"] + (["separable"] if rank_one else []):
-            out = imfilt.convolve(image, kernel, mode=mode, cval=cval, size=size, method=method,
-                                  correlate=correlate, engine=engine)
-            np.testing.assert_allclose(out, expected, atol=tolerance, err_msg=f"{method} {engine.filters.__name__}")
+    for method in ["direct", "fft"] + (["separable"] if rank_one else []):
+        out = imfilt.convolve(image, kernel, mode=mode, cval=cval, size=size, method=method,
+                              correlate=correlate, engine=engine)
+        np.testing.assert_allclose(out, expected, atol=tolerance, err_msg=f"{method} {engine.filters.__name__}")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, **ON_EVERY_ENGINE)
 @given(cases(), st.floats(-3, 3), st.floats(-3, 3))
-def test_linearity(case, a, b):
+def test_linearity(engine, case, a, b):
     """conv(a·x + b·y) = a·conv(x) + b·conv(y) for boundaries that add (not a nonzero cval)."""
     image, kernel, _, mode, size, correlate = case
     other = np.random.default_rng(0).random(image.shape).astype(np.float32)
-    kwargs = dict(mode=mode, size=size, correlate=correlate, method="fft")
+    kwargs = dict(mode=mode, size=size, correlate=correlate, method="fft", engine=engine)
     left = imfilt.convolve(a * image + b * other, kernel, **kwargs)
     right = a * imfilt.convolve(image, kernel, **kwargs) + b * imfilt.convolve(other, kernel, **kwargs)
     np.testing.assert_allclose(left, right, atol=1e-4 * max(1.0, np.abs(kernel).sum()) * (abs(a) + abs(b) + 1))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, **ON_EVERY_ENGINE)
 @given(cases())
-def test_zeros_in_zeros_out(case):
+def test_zeros_in_zeros_out(engine, case):
     image, kernel, _, mode, size, correlate = case
     for method in ("direct", "fft"):
-        out = imfilt.convolve(np.zeros_like(image), kernel, mode=mode, size=size, correlate=correlate, method=method)
+        out = imfilt.convolve(np.zeros_like(image), kernel, mode=mode, size=size, correlate=correlate, method=method,
+                              engine=engine)
         assert not out.any()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, **ON_EVERY_ENGINE)
 @given(cases())
-def test_correlation_is_convolution_with_the_flipped_kernel(case):
+def test_correlation_is_convolution_with_the_flipped_kernel(engine, case):
     """For odd sizes (where both anchor at the centre): correlate(x, k) = convolve(x, k[::-1, ::-1])."""
     image, kernel, _, mode, size, _ = case
     kernel = kernel[: kernel.shape[0] - 1 + kernel.shape[0] % 2, : kernel.shape[1] - 1 + kernel.shape[1] % 2]
@@ -323,12 +328,12 @@ def test_correlation_is_convolution_with_the_flipped_kernel(case):
         return
     if kernel.size == 0:
         return
-    correlated = imfilt.convolve(image, kernel, mode=mode, size=size, correlate=True)
-    flipped = imfilt.convolve(image, kernel[::-1, ::-1], mode=mode, size=size)
+    correlated = imfilt.convolve(image, kernel, mode=mode, size=size, correlate=True, engine=engine)
+    flipped = imfilt.convolve(image, kernel[::-1, ::-1], mode=mode, size=size, engine=engine)
     np.testing.assert_allclose(correlated, flipped, atol=1e-5 * max(1.0, np.abs(kernel).sum()))
 
 
-def test_convolution_theorem_with_wrap():
+def test_convolution_theorem_with_wrap(engine):
     """With periodic boundaries, convolution is the element-wise product of the two spectra."""
     rng = np.random.default_rng(5)
     image = rng.random((32, 40, 2))
@@ -339,14 +344,15 @@ def test_convolution_theorem_with_wrap():
     padded = np.roll(padded, (-2, -2), axis=(0, 1))
     expected = np.real(np.fft.ifft2(np.fft.fft2(image, axes=(0, 1)) * np.fft.fft2(padded)[..., None], axes=(0, 1)))
     for method in ("direct", "fft"):
-        np.testing.assert_allclose(imfilt.convolve(image, kernel, mode="wrap", method=method), expected, atol=1e-5)
+        out = imfilt.convolve(image, kernel, mode="wrap", method=method, engine=engine)
+        np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, **ON_EVERY_ENGINE)
 @given(st.integers(1, 7), st.integers(1, 7), st.floats(-2, 2), st.sampled_from(MODES))
-def test_a_softmax_kernel_conserves_mass(kh, kw, level, mode):
+def test_a_softmax_kernel_conserves_mass(engine, kh, kw, level, mode):
     """Softmax makes the kernel a probability density: a constant image stays that constant."""
     kernel = imfilt.Kernel("k", np.random.default_rng(kh * 7 + kw).standard_normal((kh, kw))).normalized("softmax")
     image = np.full((9, 11, 1), level, np.float32)
-    out = imfilt.convolve(image, kernel, mode=mode, cval=level)
+    out = imfilt.convolve(image, kernel, mode=mode, cval=level, engine=engine)
     np.testing.assert_allclose(out, level, atol=1e-5)

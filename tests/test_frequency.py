@@ -22,16 +22,16 @@ def test_spectrum_matches_numpy_on_a_photo(chelsea, engine):
     np.testing.assert_allclose(imfilt.spectrum(chelsea, engine=engine), numpy_spectrum(chelsea), atol=5e-4)
 
 
-def test_phase_matches_numpy(chelsea):
+def test_phase_matches_numpy(chelsea, engine):
     expected = np.fft.fftshift(np.angle(np.fft.fft2(chelsea.astype(np.float64), axes=(0, 1))), axes=(0, 1))
-    difference = np.angle(np.exp(1j * (imfilt.spectrum(chelsea, phase=True) - expected)))
+    difference = np.angle(np.exp(1j * (imfilt.spectrum(chelsea, phase=True, engine=engine) - expected)))
     assert np.percentile(np.abs(difference), 99.9) < 1e-3  # phase of near-zero coefficients is noise
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (7, 9), (1, 6), (5, 1), (1, 1)])
-def test_zero_frequency_sits_at_the_centre(shape):
+def test_zero_frequency_sits_at_the_centre(shape, engine):
     """A constant image has all its energy at row H//2, column W//2, odd sizes too."""
-    spectrum = imfilt.spectrum(np.full(shape + (1,), 0.5, np.float32))[..., 0]
+    spectrum = imfilt.spectrum(np.full(shape + (1,), 0.5, np.float32), engine=engine)[..., 0]
     assert np.unravel_index(np.argmax(spectrum), shape) == (shape[0] // 2, shape[1] // 2)
     assert np.isfinite(spectrum).all()
 
@@ -43,9 +43,9 @@ def test_black_image_gives_a_finite_black_picture(tmp_path):
     assert not np.asarray(Image.open(tmp_path / "s.png")).any()
 
 
-def test_parseval(chelsea):
+def test_parseval(chelsea, engine):
     """sum |x|² = sum |F|² / (H·W), with |F| recovered from the spectrum."""
-    magnitude = np.expm1(imfilt.spectrum(chelsea).astype(np.float64))
+    magnitude = np.expm1(imfilt.spectrum(chelsea, engine=engine).astype(np.float64))
     energy = (magnitude**2).sum(axis=(0, 1)) / (chelsea.shape[0] * chelsea.shape[1])
     np.testing.assert_allclose(energy, (chelsea.astype(np.float64) ** 2).sum(axis=(0, 1)), rtol=1e-4)
 
@@ -78,13 +78,13 @@ def test_lowpass_matches_numpy_on_a_photo(chelsea, engine):
     np.testing.assert_allclose(imfilt.lowpass(chelsea, 25, engine=engine), expected, atol=1e-5)
 
 
-def test_gaussian_lowpass_is_a_gaussian_blur_with_wrap(chelsea):
+def test_gaussian_lowpass_is_a_gaussian_blur_with_wrap(chelsea, engine):
     """The convolution theorem: a Gaussian mask of radius R in a N-point spectrum is a spatial
     Gaussian of sigma N / (2πR) along that axis, with periodic (wrap) boundaries."""
     square = chelsea[:256, :256]
     radius = 16.0
     sigma = 256 / (2 * np.pi * radius)
-    blurred = imfilt.lowpass(square, radius, profile="gaussian")
+    blurred = imfilt.lowpass(square, radius, profile="gaussian", engine=engine)
     expected = ndi.gaussian_filter(square.astype(np.float64), sigma=(sigma, sigma, 0), mode="wrap", truncate=8)
     np.testing.assert_allclose(blurred, expected, atol=2e-4)
 
@@ -107,14 +107,14 @@ def test_masks_highpass_band_and_soft_profiles():
     assert imfilt.frequency_mask((32, 32), 8, profile="gaussian")[16, 24] == pytest.approx(np.exp(-0.5))
 
 
-def test_huge_radius_returns_the_image_unchanged_and_unshifted(chelsea):
-    np.testing.assert_allclose(imfilt.lowpass(chelsea, 10_000), chelsea, atol=1e-5)
+def test_huge_radius_returns_the_image_unchanged_and_unshifted(chelsea, engine):
+    np.testing.assert_allclose(imfilt.lowpass(chelsea, 10_000, engine=engine), chelsea, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (6, 1), (5, 5)])
-def test_constant_image_stays_constant(shape):
+def test_constant_image_stays_constant(shape, engine):
     image = np.full(shape + (2,), 0.3, np.float32)
-    np.testing.assert_allclose(imfilt.lowpass(image, 0), image, atol=1e-6)
+    np.testing.assert_allclose(imfilt.lowpass(image, 0, engine=engine), image, atol=1e-6)
 
 
 def test_lowpass_cli_reports_the_kept_fraction_and_writes_the_mask(tmp_path):
@@ -152,32 +152,36 @@ def test_pyfftw_backend_gives_the_same_numbers(chelsea, tmp_path, monkeypatch):
     atexit.unregister(save_fftw_wisdom)  # at exit XDG_CACHE_HOME is restored: keep the test out of ~/.cache
 
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 small_images = st.tuples(st.integers(1, 16), st.integers(1, 16), st.integers(0, 2**32 - 1)).map(
     lambda t: np.random.default_rng(t[2]).random((t[0], t[1], 2)).astype(np.float32))
 
 
-@settings(max_examples=60, deadline=None)
+ON_EVERY_ENGINE = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(max_examples=60, **ON_EVERY_ENGINE)
 @given(small_images, st.floats(0, 12), st.sampled_from(["ideal", "gaussian", "butterworth"]))
-def test_lowpass_plus_highpass_is_the_image(image, radius, profile):
-    low = imfilt.lowpass(image, radius, profile=profile)
-    high = imfilt.lowpass(image, radius, profile=profile, highpass=True)
+def test_lowpass_plus_highpass_is_the_image(engine, image, radius, profile):
+    low = imfilt.lowpass(image, radius, profile=profile, engine=engine)
+    high = imfilt.lowpass(image, radius, profile=profile, highpass=True, engine=engine)
     np.testing.assert_allclose(low + high, image, atol=1e-5)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, **ON_EVERY_ENGINE)
 @given(small_images, st.integers(-20, 20), st.integers(-20, 20))
-def test_magnitude_spectrum_ignores_a_circular_shift(image, dy, dx):
+def test_magnitude_spectrum_ignores_a_circular_shift(engine, image, dy, dx):
     """|F| does not change when the image is rolled: only the phase carries position."""
     rolled = np.roll(image, (dy, dx), axis=(0, 1))
-    np.testing.assert_allclose(imfilt.spectrum(rolled), imfilt.spectrum(image), atol=1e-4)
+    np.testing.assert_allclose(imfilt.spectrum(rolled, engine=engine), imfilt.spectrum(image, engine=engine), atol=1e-4)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, **ON_EVERY_ENGINE)
 @given(small_images, st.floats(-3, 3))
-def test_lowpass_is_linear(image, a):
+def test_lowpass_is_linear(engine, image, a):
     other = np.random.default_rng(1).random(image.shape).astype(np.float32)
-    left = imfilt.lowpass(a * image + other, 3)
-    np.testing.assert_allclose(left, a * imfilt.lowpass(image, 3) + imfilt.lowpass(other, 3), atol=1e-4 * (abs(a) + 1))
+    left = imfilt.lowpass(a * image + other, 3, engine=engine)
+    right = a * imfilt.lowpass(image, 3, engine=engine) + imfilt.lowpass(other, 3, engine=engine)
+    np.testing.assert_allclose(left, right, atol=1e-4 * (abs(a) + 1))

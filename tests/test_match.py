@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
@@ -37,25 +37,25 @@ def brute_ncc(image: np.ndarray, template: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_hand_computed_row():
+def test_hand_computed_row(engine):
     """[1 2 3 2 1 5] against [1 2 3]: 1, 0, -1 and 3/sqrt(2·78/9) - the template is not flipped."""
     image = np.array([[1, 2, 3, 2, 1, 5]], dtype=np.float32) / 5
     template = np.array([[1, 2, 3]], dtype=np.float32) / 5
     expected = [1.0, 0.0, -1.0, 3 / np.sqrt(2 * 78 / 9)]
-    np.testing.assert_allclose(match_template(image, template), [expected], atol=1e-6)
+    np.testing.assert_allclose(match_template(image, template, engine=engine), [expected], atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), h=st.integers(6, 20), w=st.integers(6, 20), th=st.integers(1, 6),
        tw=st.integers(1, 6), channels=st.sampled_from([1, 3]))
-def test_equals_float64_brute_force(seed, h, w, th, tw, channels):
+def test_equals_float64_brute_force(seed, h, w, th, tw, channels, engine):
     rng = np.random.default_rng(seed)
     image = rng.random((h, w, channels)).astype(np.float32)
     template = rng.random((th, tw, channels)).astype(np.float32)
     if th * tw == 1:  # a one-pixel template has no spread: every score is 0
-        np.testing.assert_array_equal(match_template(image, template), 0)
+        np.testing.assert_array_equal(match_template(image, template, engine=engine), 0)
         return
-    got, expected = match_template(image, template), brute_ncc(image, template)
+    got, expected = match_template(image, template, engine=engine), brute_ncc(image, template)
     # float32 sums lose digits to cancellation in a window whose values barely differ (random
     # draws can give a 2-pixel window 3e-6 apart, scored -0.9999972 for -1): compare where the
     # window's spread is at least 1e-4 (a fortieth of an 8-bit level), bound the rest
@@ -66,31 +66,31 @@ def test_equals_float64_brute_force(seed, h, w, th, tw, channels):
     assert np.all(np.abs(got) <= 1 + 1e-6)
 
 
-def test_blocks_and_strips_join_exactly():
+def test_blocks_and_strips_join_exactly(engine):
     """Large images run in overlap-save blocks of rows and columns: exact across their seams and at the ends."""
     rng = np.random.default_rng(2)
     image = rng.random((1100, 1300, 3)).astype(np.float32)
     template = image[3:12, 100:107].copy()
-    scores = match_template(image, template)
+    scores = match_template(image, template, engine=engine)
     for top, left in [(0, 0), (245, 245), (510, 510), (770, 770), (1060, 1265)]:  # seams of any block size, the ends
         window = image[top : top + 40 + 8, left : left + 30 + 6]
         np.testing.assert_allclose(scores[top : top + 40, left : left + 30], brute_ncc(window, template), atol=2e-6)
 
 
-def test_low_contrast_windows_are_exact_too():
+def test_low_contrast_windows_are_exact_too(engine):
     """Float64 sums: a window spread of a few 8-bit levels on a bright base is still exact."""
     rng = np.random.default_rng(3)
     image = (200 + rng.integers(0, 3, (40, 50, 3))).astype(np.float32) / 255
     template = image[10:18, 20:31].copy()
-    np.testing.assert_allclose(match_template(image, template), brute_ncc(image, template), atol=2e-6)
+    np.testing.assert_allclose(match_template(image, template, engine=engine), brute_ncc(image, template), atol=2e-6)
 
 
-def test_colour_matches_all_channels_together_each_minus_its_own_mean():
+def test_colour_matches_all_channels_together_each_minus_its_own_mean(engine):
     """A window that differs from the template by a different constant per channel scores 1."""
     rng = np.random.default_rng(4)
     image = rng.random((30, 40, 3)).astype(np.float32) * 0.5
     template = image[5:15, 7:20] + np.array([0.1, 0.3, -0.05], dtype=np.float32)
-    scores = match_template(image, template)
+    scores = match_template(image, template, engine=engine)
     assert scores[5, 7] == pytest.approx(1.0, abs=1e-6) and np.unravel_index(scores.argmax(), scores.shape) == (5, 7)
     np.testing.assert_allclose(scores, brute_ncc(image, template), atol=2e-6)
 
@@ -107,10 +107,11 @@ def test_flat_windows_and_flat_templates_score_zero(engine):
     assert (match_template(image, flat_template, engine=engine) == 0).all()
 
 
-def test_same_size_puts_each_score_at_the_template_centre():
+def test_same_size_puts_each_score_at_the_template_centre(engine):
     rng = np.random.default_rng(6)
     image, template = rng.random((20, 25, 3)).astype(np.float32), rng.random((4, 7, 3)).astype(np.float32)
-    valid, same = match_template(image, template), match_template(image, template, size="same")
+    valid = match_template(image, template, engine=engine)
+    same = match_template(image, template, size="same", engine=engine)
     assert same.shape == (20, 25)
     np.testing.assert_array_equal(same[2 : 2 + 17, 3 : 3 + 19], valid)
     assert (same[:2] == 0).all() and (same[19:] == 0).all() and (same[:, :3] == 0).all() and (same[:, 22:] == 0).all()

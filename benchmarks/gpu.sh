@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU engine's proof, in one run on a machine with an NVIDIA GPU and no network (issue 17):
+# set-up from the wheels in .whl/ (../shared/gpu/prepare-wheels.sh), the device, the GPU test cases,
+# the benchmark, then the rest of the suite; every log goes to LOGDIR. Never stops at a failure;
+# each part has a time limit so the whole fits in ~8 minutes.
+#   benchmarks/gpu.sh LOGDIR [PYTEST_ARGS...]   # with PYTEST_ARGS: only those tests, no benchmark
+# IMFILT_PYTHON=python3 skips the set-up (a machine where imfilt is already installed).
+set -u
+logs=${1:?usage: benchmarks/gpu.sh LOGDIR [PYTEST_ARGS...]}
+shift
+mkdir -p "$logs"
+cd "$(dirname "$0")/.."
+started=$SECONDS
+py=${IMFILT_PYTHON:-}
+if [[ -z $py ]]; then
+  # a venv over the machine's packages (cupy, numpy, ...): the wheels it lacks, and imfilt from this tree
+  venv=/tmp/imfilt-gpu-venv
+  python3 -m venv --system-site-packages --without-pip "$venv"
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    > "$logs/setup.log" 2>&1 || { echo "wheel install failed:"; tail -5 "$logs/setup.log"; }
+  echo "$PWD" > "$site/imfilt-tree.pth"
+  printf '#!%s\nimport sys\nfrom imfilt.cli import main\nsys.exit(main())\n' "$venv/bin/python" > "$venv/bin/imfilt"
+  chmod +x "$venv/bin/imfilt"
+  py=$venv/bin/python
+  export PATH=$venv/bin:$PATH
+fi
+echo "== set-up took $((SECONDS - started)) s; python: $py"
+{ nvidia-smi; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; } > "$logs/nvidia-smi.txt" 2>&1
+head -20 "$logs/nvidia-smi.txt"
+"$py" -c "import cupy, numpy, scipy, cv2, imfilt; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion(), 'driver', cupy.cuda.runtime.driverGetVersion(), 'numpy', numpy.__version__, 'scipy', scipy.__version__, 'cv2', cv2.__version__, 'imfilt', imfilt.__version__)" 2>&1 | tee "$logs/versions.txt"
+
+pytest=("$py" -m pytest -p no:cacheprovider -q -rfE --tb=short)
+if [[ $# -gt 0 ]]; then  # a re-run of what failed
+  timeout 400 "${pytest[@]}" "$@" 2>&1 | tee "$logs/pytest-rerun.log" | tail -40
+  exit 0
+fi
+echo "== GPU test cases"
+timeout 150 "${pytest[@]}" -m gpu --junitxml="$logs/pytest-gpu.xml" > "$logs/pytest-gpu.log" 2>&1
+echo "exit $? after $((SECONDS - started)) s"; tail -40 "$logs/pytest-gpu.log"
+echo "== benchmark"
+timeout 180 "$py" benchmarks/gpu.py --json "$logs/bench.json" > "$logs/bench.log" 2>&1
+echo "exit $? after $((SECONDS - started)) s"; tail -45 "$logs/bench.log"
+echo "== the rest of the suite"
+timeout $((420 - SECONDS + started > 30 ? 420 - SECONDS + started : 30)) "${pytest[@]}" -m "not gpu" \
+  --junitxml="$logs/pytest-rest.xml" > "$logs/pytest-rest.log" 2>&1
+echo "exit $? after $((SECONDS - started)) s"; tail -25 "$logs/pytest-rest.log"
