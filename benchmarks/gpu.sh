@@ -13,17 +13,14 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 py=${IMFILT_PYTHON:-}
 if [[ -z $py ]]; then
-  # a venv over the machine's packages (cupy, numpy, ...): the wheels it lacks, and imfilt from this tree
-  venv=/tmp/imfilt-gpu-venv
-  python3 -m venv --system-site-packages --without-pip "$venv"
-  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+  # the machine's python (cupy, numpy, ... as its image has them), the wheels it lacks in /tmp/site,
+  # imfilt from this tree, and an `imfilt` command beside that python (where the tests look for it)
+  py=$(python3 -c 'import sys; print(sys.executable)')
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     > "$logs/setup.log" 2>&1 || { echo "wheel install failed:"; tail -5 "$logs/setup.log"; }
-  echo "$PWD" > "$site/imfilt-tree.pth"
-  printf '#!%s\nimport sys\nfrom imfilt.cli import main\nsys.exit(main())\n' "$venv/bin/python" > "$venv/bin/imfilt"
-  chmod +x "$venv/bin/imfilt"
-  py=$venv/bin/python
-  export PATH=$venv/bin:$PATH
+  export PYTHONPATH=/tmp/site:$PWD
+  printf '#!%s\nimport sys\nfrom imfilt.cli import main\nsys.exit(main())\n' "$py" > "$(dirname "$py")/imfilt"
+  chmod +x "$(dirname "$py")/imfilt"
 fi
 echo "== set-up took $((SECONDS - started)) s; python: $py"
 { nvidia-smi; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; } > "$logs/nvidia-smi.txt" 2>&1
