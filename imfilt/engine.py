@@ -53,12 +53,18 @@ class Engine:
         interleaved: the filters work in either layout, so no layout copy is made. An image that
         is already on the GPU stays there (no round trip through the host).
         """
-        if self.xp is not np and isinstance(image, self.xp.ndarray):
-            planes = self.xp.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)
-            return self.xp.ascontiguousarray(planes, dtype=np.float32)
+        xp = self.xp
+        if xp is not np and isinstance(image, xp.ndarray):
+            planes = xp.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)
+            return xp.ascontiguousarray(planes, dtype=np.float32)
         image = np.asarray(image, dtype=np.float32)
-        planes = np.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)
-        return planes if self.xp is np else self.asarray(np.ascontiguousarray(planes))
+        image = image[..., None] if image.ndim == 2 else image
+        planes = np.moveaxis(image, -1, 0)
+        if xp is np or planes.flags.c_contiguous:
+            return planes if xp is np else self.asarray(planes)
+        # interleaved memory: copied to the device as it is, and made planar there, where a
+        # transpose runs at the device's bandwidth (on the host it cost more than the transfer)
+        return xp.ascontiguousarray(xp.moveaxis(self.asarray(np.ascontiguousarray(image)), -1, 0))
 
     def image(self, planes, flat: bool = False) -> np.ndarray:
         """(C, H, W) planes -> a float32 host image, (H, W, C) (a view of planar memory) or (H, W)."""
