@@ -200,6 +200,29 @@ def gpu_engine() -> Engine:
     return Engine("gpu", cupy, cundi, fft, ndfilters)
 
 
+# --engine auto, measured (benchmarks/gpu.py; docs/gpu.md): on an H200 against the CPU engine on 16
+# cores, transfers included, the GPU won where the work is FFTs (dense kernels 8.5-9.3x, spectrum
+# 4.8x, match 3.9-6.2x, lowpass 1.2x at 4096x4096) and lost on 3x3 and separable filters (0.1-1.4x),
+# whose CPU time is below the cost of moving the image to the device and back. Below 4096x4096
+# nothing was measured, so auto stays on the CPU there.
+GPU_MIN_PIXELS = 4096 * 4096
+
+
+def prefers_gpu(work: str, pixels: int) -> bool:
+    """Whether --engine auto sends this work ("fft" or "spatial") on an image of this size to the GPU."""
+    return work == "fft" and pixels >= GPU_MIN_PIXELS
+
+
+def auto_engine(work: str, pixels: int, threads: int | None = None) -> Engine:
+    """The engine --engine auto runs this work on: the GPU where it was measured faster and is present."""
+    if prefers_gpu(work, pixels):
+        try:
+            return gpu_engine()
+        except EngineUnavailable:
+            pass
+    return cpu_engine(threads)
+
+
 def get_engine(name: str = "auto", threads: int | None = None) -> Engine:
     """Engine by name: auto takes the GPU when cupy and a CUDA device are present."""
     if name == "cpu":

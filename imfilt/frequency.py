@@ -149,6 +149,8 @@ class Spectrum:
     def __post_init__(self):
         check_choice("window", self.window, WINDOWS)
 
+    work = "fft"  # what --engine auto weighs
+
     @property
     def name(self) -> str:
         return "phase" if self.phase else "spectrum"
@@ -178,6 +180,8 @@ class Lowpass:
 
     def __post_init__(self):
         check_mask_options(self.radius, self.profile, self.order, self.band)
+
+    work = "fft"  # what --engine auto weighs
 
     @property
     def name(self) -> str:

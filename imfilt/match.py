@@ -235,6 +235,8 @@ class Match:
         if self.threshold is not None and not -1 <= self.threshold <= 1:
             raise UsageError(f"--threshold is a score between -1 and 1, got {self.threshold:g}")
 
+    work = "fft"  # what --engine auto weighs
+
     @property
     def name(self) -> str:
         return "match"

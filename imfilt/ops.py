@@ -72,6 +72,11 @@ class Apply:
     def name(self) -> str:
         return self.kernel.name
 
+    @property
+    def work(self) -> str:
+        """What --engine auto weighs: "fft" when the FFT method runs, else "spatial"."""
+        return "fft" if self.resolved_method == "fft" else "spatial"
+
     def method_on(self, engine: Engine) -> str:
         """What --method auto becomes for this kernel on this engine."""
         return resolve_method(self.kernel.parts[0], self.method, engine)

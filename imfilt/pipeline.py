@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import tiled
 from .distributed import check_stop
-from .engine import get_engine
+from .engine import auto_engine, get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError
 from .io import (FORMATS, Loaded, check_output_format, check_output_size, check_pixels, fitting_depth, load,
                  pillow_limit, remove_tree, temp_prefix, write_image)
@@ -376,7 +376,6 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     for file in (f for o in todo for f in o.files):
         if job.source != "-" and _same_file(file, job.source):  # a link made since planning
             raise InputError(f"{job.source}: the output {file} is the input itself; not overwritten")
-    engine = get_engine(settings.engine, settings.threads)
     if job.tiled:
         for output in todo:
             tiled.check_tiled_output(job.source, output, settings.split_channels)
@@ -386,12 +385,13 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         except InputError as exc:
             raise InputError(f"{job.source}: {exc}") from None
         for output in todo:  # not shielded from signals: a streamed output can take minutes
-            records.append(_tiled_output(job, output, engine))
+            records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width)))
         return records
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
     for output in todo:
         start = time.perf_counter()
+        engine = _engine_for(settings, output.op, loaded.pixels.shape[0] * loaded.pixels.shape[1])
         result = output.op.run(loaded, engine)
         scale = result.auto_scale if settings.scale == "auto" else settings.scale
         suffix = settings.stdout_suffix if output.path == "-" else None
@@ -409,6 +409,13 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
             seconds = time.perf_counter() - start
             records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
     return records
+
+
+def _engine_for(settings, op, pixels: int):
+    """The engine named by --engine; auto decides per operation and image size (engine.prefers_gpu)."""
+    if settings.engine == "auto":
+        return auto_engine(op.work, pixels, settings.threads)
+    return get_engine(settings.engine, settings.threads)
 
 
 def _tiled_output(job: Job, output: Output, engine) -> dict:

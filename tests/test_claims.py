@@ -399,18 +399,23 @@ def test_bad_imfilt_fft_is_exit_2_even_after_an_engine_was_made(rgb, tmp_path, m
     assert not (tmp_path / "o.png").exists()
 
 
-def test_engine_auto_takes_the_gpu_only_when_there_is_one(rgb, tmp_path):
-    from imfilt.engine import gpu_engine
+def test_engine_auto_takes_the_gpu_only_for_measured_wins(rgb, tmp_path):
+    """auto: the GPU only for FFT work on images of 4096x4096 and more (docs/gpu.md), and only if present."""
+    from imfilt.engine import GPU_MIN_PIXELS, auto_engine, gpu_engine, prefers_gpu
     from imfilt.errors import EngineUnavailable
 
+    assert prefers_gpu("fft", GPU_MIN_PIXELS) and not prefers_gpu("fft", GPU_MIN_PIXELS - 1)
+    assert not prefers_gpu("spatial", 10**10)
     try:
         gpu_engine()
-        expected = "gpu"
+        present = "gpu"
     except EngineUnavailable:
-        expected = "cpu"
+        present = "cpu"
+    assert auto_engine("fft", GPU_MIN_PIXELS).name == present
+    assert auto_engine("spatial", GPU_MIN_PIXELS).name == auto_engine("fft", 64 * 64).name == "cpu"
     path, pixels = rgb
     result = run_ok("apply", path, "-k", inline(ASYMMETRIC), "--engine", "auto", "-o", tmp_path / "o.npy", "--json")
-    assert json.loads(result.stdout)["engine"] == expected
+    assert json.loads(result.stdout)["engine"] == "cpu"  # a small image: measured faster on the CPU
     reference = per_channel(lambda x: ndi.convolve(x, ASYMMETRIC, mode="reflect"), pixels)
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), reference, atol=2e-5)
 
