@@ -23,8 +23,7 @@ import numpy as np
 
 from .engine import Engine, get_engine
 from .errors import UsageError, check_choice
-from .io import Loaded
-from .ops import Result, luminance, split_alpha
+from .ops import Image, Result, luminance, split_alpha
 
 MATCH_SIZES = ("valid", "same")
 # A window whose root-mean-square deviation is below this (in [0, 1] units: far below one 16-bit
@@ -240,7 +239,7 @@ class Match:
     def name(self) -> str:
         return "match"
 
-    def run(self, loaded: Loaded, engine: Engine) -> Result:
+    def run(self, loaded: Image, engine: Engine) -> Result:
         colour, _ = split_alpha(loaded)  # transparency is not part of what is matched
         template = self.template
         if self.gray:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import tiled
+from . import tiled, tiled_fft
 from .distributed import check_stop
 from .engine import get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError
@@ -413,8 +413,9 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
 
 def _tiled_output(job: Job, output: Output, engine) -> dict:
     start = time.perf_counter()
-    facts = tiled.run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
-                             memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
+    run_output = tiled.run_output if isinstance(output.op, Apply) else tiled_fft.run_output
+    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
+                       memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
     record = _record(job, output)
     record.update(facts, engine=engine.name, seconds=round(time.perf_counter() - start, 4))
     return record

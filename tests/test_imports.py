@@ -44,3 +44,15 @@ def test_command_imports_only_what_it_uses(tmp_path, small_rgb, args, allowed):
     (tmp_path / "out").mkdir()
     code = f"import sys; from imfilt.cli import app; sys.argv = ['imfilt'] + {args!r}; app()"
     assert imported(code, cwd=tmp_path) & HEAVY == allowed
+
+
+def test_import_contracts_hold():
+    """lint-imports (pyproject.toml [tool.importlinter]: the layers, no upward or circular import) passes; .ci/run runs it too."""
+    import shutil
+    from pathlib import Path
+
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if lint is None:
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    done = subprocess.run([lint, "--no-cache"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
