@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,14 +149,19 @@ def save_fftw_wisdom() -> None:
     """Keep FFTW's plans for the next run (planning with MEASURE takes seconds)."""
     import pyfftw
 
-    from .io import atomic_write
-
     path = fftw_wisdom_path()
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(b"\0\0".join(pyfftw.export_wisdom())))
+        # through a temporary file and a rename, so a process reading it meanwhile sees old or new wisdom
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0\0".join(pyfftw.export_wisdom()))
+        os.replace(tmp, path)
     except OSError:
-        pass  # a read-only home: plans are simply made again next time
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        # a read-only home: plans are simply made again next time
 
 
 def default_fft_backend() -> str:

@@ -15,8 +15,7 @@ import numpy as np
 
 from .engine import Engine, get_engine
 from .errors import UsageError, check_choice
-from .io import Loaded
-from .ops import Result, luminance, split_alpha
+from .ops import Image, Result, luminance, split_alpha
 
 PROFILES = ("ideal", "gaussian", "butterworth")
 WINDOWS = ("none", "hann")
@@ -159,7 +158,7 @@ class Spectrum:
     def auto_scale(self) -> str:
         return "phase" if self.phase else "peak"
 
-    def run(self, loaded: Loaded, engine: Engine) -> Result:
+    def run(self, loaded: Image, engine: Engine) -> Result:
         colour, _ = split_alpha(loaded)  # the alpha channel has no spectrum worth showing
         if self.gray:
             colour = luminance(colour)
@@ -200,7 +199,7 @@ class Lowpass:
         # "kept": the fraction of coefficients the mask keeps, the compression-ratio view
         return {"profile": self.profile, "radius": self.radius, "kept": round(kept, 6)}
 
-    def run(self, loaded: Loaded, engine: Engine) -> Result:
+    def run(self, loaded: Image, engine: Engine) -> Result:
         colour, alpha = split_alpha(loaded)
         if self.gray:
             colour = luminance(colour)

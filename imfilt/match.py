@@ -20,12 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.ndimage as ndi
 
 from .engine import Engine, get_engine
 from .errors import UsageError, check_choice
-from .io import Loaded
-from .ops import Result, luminance, split_alpha
+from .ops import Image, Result, luminance, split_alpha
 
 MATCH_SIZES = ("valid", "same")
 # A window whose root-mean-square deviation is below this (in [0, 1] units: far below one 16-bit
@@ -195,6 +193,8 @@ def find_peaks(scores: np.ndarray, template_shape: tuple[int, int], *, top: int 
     if top == 1:
         candidates = np.array([np.argmax(scores)])
     else:
+        import scipy.ndimage as ndi  # here, not at the top: the CLI's start does not pay for scipy (0.2 s)
+
         local_max = ndi.maximum_filter(scores, size=(2 * half[0] + 1, 2 * half[1] + 1), mode="constant", cval=-np.inf)
         candidates = np.flatnonzero(scores == local_max)
         candidates = candidates[np.argsort(-scores.ravel()[candidates], kind="stable")]
@@ -241,7 +241,7 @@ class Match:
     def name(self) -> str:
         return "match"
 
-    def run(self, loaded: Loaded, engine: Engine) -> Result:
+    def run(self, loaded: Image, engine: Engine) -> Result:
         colour, _ = split_alpha(loaded)  # transparency is not part of what is matched
         template = self.template
         if self.gray:

@@ -1,25 +1,34 @@
 """Per-image operations: what one command does to one loaded image, on an engine.
 
 An operation is a small frozen dataclass (so it can travel to worker processes and Dask
-workers); ``run`` takes a Loaded image and returns the result with its alpha and a few facts
-for the --json record.
+workers); ``run`` takes an image (``Image``: its pixels and whether the last channel is alpha,
+as io.Loaded holds them) and returns the result with its alpha and a few facts for the --json
+record. Operations import nothing of the image layer (io, tiles): the runner hands them pixels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from .boundary import extend_index
 from .convolve import MODES, SIZES, check_method, convolve, resolve_method
 from .engine import Engine, cpu_engine
 from .errors import UsageError, check_choice
-from .io import Loaded
 from .kernels import Kernel
 
 ALPHA_MODES = ("premultiply", "keep", "drop")
 LUMA_601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class Image(Protocol):
+    """What an operation reads of an image (io.Loaded is one): float32 (H, W, C) pixels, alpha last when ``alpha``."""
+
+    pixels: np.ndarray
+    alpha: bool
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class Result:
     extras: dict = field(default_factory=dict)  # secondary arrays the pipeline may write (the mask)
 
 
-def split_alpha(loaded: Loaded) -> tuple[np.ndarray, np.ndarray | None]:
+def split_alpha(loaded: Image) -> tuple[np.ndarray, np.ndarray | None]:
     if loaded.alpha:
         return loaded.pixels[..., :-1], loaded.pixels[..., -1:]
     return loaded.pixels, None
@@ -96,8 +105,6 @@ class Apply:
         What convolving with a centred delta gives, by indexing: exact, where OpenCV's filter2D
         of a large delta goes through its DFT and moves values by 1e-16.
         """
-        from .tiles import extend_index
-
         if self.size == "same":
             return plane.copy()
         kh, kw = self.kernel.shape
@@ -112,7 +119,7 @@ class Apply:
         out[:, cols < 0] = self.cval
         return out.astype(np.float32)
 
-    def run(self, loaded: Loaded, engine: Engine) -> Result:
+    def run(self, loaded: Image, engine: Engine) -> Result:
         colour, alpha = split_alpha(loaded)
         if self.gray:
             colour = luminance(colour)

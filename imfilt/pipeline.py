@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import tiled
+from . import tiled, tiled_fft
 from .distributed import check_stop
 from .engine import auto_engine, get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError
@@ -420,8 +420,9 @@ def _engine_for(settings, op, pixels: int):
 
 def _tiled_output(job: Job, output: Output, engine) -> dict:
     start = time.perf_counter()
-    facts = tiled.run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
-                             memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
+    run_output = tiled.run_output if isinstance(output.op, Apply) else tiled_fft.run_output
+    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
+                       memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
     record = _record(job, output)
     record.update(facts, engine=engine.name, seconds=round(time.perf_counter() - start, 4))
     return record

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .distributed import map_on_cluster, on_dask_worker, stripes
+from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .errors import InputError, UsageError
 from .io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
 from .frequency import Lowpass, Spectrum
@@ -116,7 +116,7 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
     window_op = replace(op, method=op.resolved_method)
     if op.mode == "wrap" and op.size != "valid":
         window_op = replace(window_op, mode="nearest") if op.size == "same" else replace(window_op, size="valid")
-    for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe):
+    for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe, stop=check_stop):
         row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
         col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
         pixels = source.window(row_index, col_index, cval=op.cval)
@@ -129,27 +129,26 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
 
 def run_output(source_path: str, output, *, depth: int | None, scale: str, memory: int, engine,
                temp_dir: str | None = None) -> dict:
-    """Filter a source too large for memory into the output's files, window by window; facts for --json."""
-    from . import tiled_fft
+    """Filter a source too large for memory into the output's files, window by window; facts for --json.
 
+    An apply; spectrum and lowpass go through tiled_fft.run_output (which builds on this module).
+    """
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
     source = open_source(source_path)
     try:
         op = output.op
-        if isinstance(op, Apply):
-            shape = output_shape(op, *source.shape[:2])
-            window = apply_window(op, source.shape, memory)
-            scratch = _on_dask(source_path, op, output.path, shape, window, engine)
-            try:
-                make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
-                    lambda: apply_windows(op, source, engine, window))
-                facts = write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
-                                     depth=depth, scale=scale)
-                return {**facts, "window": list(window)}
-            finally:
-                if scratch:
-                    remove_tree(scratch[0])
-        return tiled_fft.run(source, output, depth=depth, scale=scale, memory=memory, engine=engine, temp_dir=temp_dir)
+        shape = output_shape(op, *source.shape[:2])
+        window = apply_window(op, source.shape, memory)
+        scratch = _on_dask(source_path, op, output.path, shape, window, engine)
+        try:
+            make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
+                lambda: apply_windows(op, source, engine, window))
+            facts = write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
+                                 depth=depth, scale=scale)
+            return {**facts, "window": list(window)}
+        finally:
+            if scratch:
+                remove_tree(scratch[0])
     finally:
         source.close()
 
@@ -190,7 +189,7 @@ def _read_back(scratch: tuple[Path, Result], shape, window) -> Iterator[tuple[sl
 
     folder, first = scratch
     array = zarr.open_array(str(folder), mode="r")
-    for rows, cols in Plan(*shape, window).windows():
+    for rows, cols in Plan(*shape, window).windows(stop=check_stop):
         yield rows, cols, replace(first, pixels=array[rows, cols])
 
 

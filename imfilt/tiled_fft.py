@@ -24,11 +24,22 @@ from .errors import InputError
 from .frequency import Lowpass, Spectrum
 from .io import Loaded, remove_tree, temp_prefix
 from .ops import Result, luminance, split_alpha
-from .tiles import Plan, Source, open_source, write_tiles
+from .tiles import Plan, Source, one_heap_arena, open_source, write_tiles
 from .tiled import TILE, write_result
 
 SCRATCH_CHUNK = 512  # scratch chunks are square: rows are written in bands, read back in columns
 MIN_CHUNK = 16  # ... smaller for a small --memory (zarr reads and writes whole chunks), down to this
+
+
+def run_output(source_path: str, output, *, depth: int | None, scale: str, memory: int, engine,
+               temp_dir: str | None = None) -> dict:
+    """The spectrum or lowpass of a source too large for memory into the output's files; facts for --json."""
+    one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
+    source = open_source(source_path)
+    try:
+        return run(source, output, depth=depth, scale=scale, memory=memory, engine=engine, temp_dir=temp_dir)
+    finally:
+        source.close()
 
 
 def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_dir: str | None) -> dict:
@@ -197,7 +208,7 @@ def _spectrum(source, op: Spectrum, path, values, bounds, tile, *, depth, scale,
     def windows():
         # centred output (i, j) holds F at u = i - H//2, v = j - W//2 (mod H, W); the columns
         # past the half-plane are mirrored: F(u, v) = conj F(-u, -v)
-        for rows, cols in Plan(height, width, (tile, columns)).windows():
+        for rows, cols in Plan(height, width, (tile, columns)).windows(stop=check_stop):
             u = (np.arange(rows.start, rows.stop) - height // 2) % height
             v = (np.arange(cols.start, cols.stop) - width // 2) % width
             out = np.empty((colours, len(u), len(v)), dtype=np.float32)
@@ -250,7 +261,7 @@ def _write_mask(op: Lowpass, path: str, height: int, width: int, tile: int) -> N
     depth = fitting_depth(8, suffix)
 
     def blocks():
-        for rows, cols in Plan(height, width, (tile, width)).windows():
+        for rows, cols in Plan(height, width, (tile, width)).windows(stop=check_stop):
             mask = op.mask_at(np.arange(rows.start, rows.stop) - height // 2, np.arange(width) - width // 2)
             pixels = mask.astype(np.float32)[..., None]
             yield rows, cols, pixels if suffix == ".npy" else to_storage(pixels, depth)

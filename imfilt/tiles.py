@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .distributed import check_stop
+from .boundary import extend_index
 from .errors import InputError
 from .io import (ORIENTATIONS, check_frames, depth_of, open_header, orient, replace_beside, tiff_frames,
                  tiff_orientation)
@@ -35,25 +35,6 @@ BIGTIFF_BYTES = 2**31  # above this a TIFF needs 64-bit offsets (which Pillow ca
 
 
 # --- index maps ----------------------------------------------------------------------------
-
-
-def extend_index(start: int, stop: int, n: int, mode: str) -> np.ndarray:
-    """Source index of positions start..stop-1 of a line of n values extended past both ends.
-
-    As numpy.pad extends it (also for halos wider than the line); -1 marks cval (``constant``).
-    """
-    i = np.arange(start, stop)
-    if mode == "constant":
-        return np.where((i >= 0) & (i < n), i, -1)
-    if mode == "nearest":
-        return np.clip(i, 0, n - 1)
-    if mode == "wrap":
-        return i % n
-    if mode == "mirror" and n == 1:
-        return np.zeros_like(i)
-    period = 2 * n if mode == "reflect" else 2 * n - 2  # reflect repeats edge values, mirror does not
-    m = i % period
-    return np.where(m < n, m, period - 1 - m if mode == "reflect" else period - m)
 
 
 def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
@@ -339,12 +320,14 @@ class Plan:
     width: int
     window: tuple[int, int]
 
-    def windows(self, rows: slice = slice(None)) -> Iterator[tuple[slice, slice]]:
-        """The windows whose top row is in ``rows`` (all by default)."""
+    def windows(self, rows: slice = slice(None), stop: Callable[[], None] | None = None) -> Iterator[tuple[slice, slice]]:
+        """The windows whose top row is in ``rows`` (all by default); ``stop()`` is called before
+        each (the runner's check of an interrupted run, which raises)."""
         wh, ww = self.window
         for top in range(*slice(rows.start or 0, rows.stop or self.height, wh).indices(self.height)):
             for left in range(0, self.width, ww):
-                check_stop()  # a window at a time, a task of an interrupted Dask run ends
+                if stop is not None:
+                    stop()  # a window at a time, a task of an interrupted Dask run ends
                 yield slice(top, min(top + wh, self.height)), slice(left, min(left + ww, self.width))
 
 
