@@ -28,8 +28,11 @@ def apply(
     batch: Batch,
     kernel: Annotated[list[str], typer.Option(
         "-k", "--kernel", metavar="KERNEL", help="Built-in name[:key=value,...], kernel file (.txt, .mat, .npy) or 'WxH: v,v,...'. "
-        "Repeat for one feature map per kernel.", show_default=False)],
-    correlate: Annotated[bool, typer.Option("--correlate", help="Cross-correlate (do not flip the kernel).")] = False,
+        "Repeat for one feature map per kernel. A bank gives one map per kernel: .npy (N, kh, kw) per channel; "
+        "a convolutional layer's (N, C, kh, kw) from .npy, .npz (weight, bias) or FILE.safetensors:TENSOR "
+        "(its .bias added) sums over the C channels.", show_default=False)],
+    correlate: Annotated[bool, typer.Option("--correlate", help="Cross-correlate (do not flip the kernel): "
+                                            "PyTorch's conv2d numbers for a layer's weight.")] = False,
     boundary: Annotated[Boundary, typer.Option(help="How the image is extended past its border.")] = Boundary.reflect,
     cval: Annotated[float, typer.Option(metavar="VALUE", help="The value outside the image for --boundary constant.")] = 0.0,
     size: Annotated[Size, typer.Option(help="same: as the input; valid: where the kernel fits; full: every overlap.")] = Size.same,

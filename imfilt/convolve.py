@@ -4,6 +4,10 @@ Everything is reduced to one correlation: out[i] = sum_m c[m] · x[i + m - ancho
 c = the kernel (``correlate=True``, anchor = n // 2) or the flipped kernel (true convolution,
 anchor = n - 1 - n // 2, which is scipy.ndimage.convolve's placement for even sizes too).
 The three methods compute that same sum, so they give the same numbers to float32 rounding.
+A summed kernel (C, kh, kw) correlates each of C planes with its own matrix and adds the C
+responses, in channel order, into one plane: a convolutional layer's feature map (PyTorch's
+conv2d is the cross-correlation, ``correlate=True``). By FFT the planes are transformed once
+for all the kernels that share them (``memo``), and the sum is taken before the one inverse.
 """
 
 from __future__ import annotations
@@ -54,21 +58,28 @@ def separable_could_win(shape: tuple[int, int], crossovers: dict) -> bool:
     return min(shape) > 1 and crossovers["separable_min_taps"] <= taps_2d and taps_1d <= crossovers["separable_max_taps"]
 
 
+def _matrices(weights: np.ndarray) -> np.ndarray:
+    return np.reshape(weights, (-1, *np.shape(weights)[-2:]))
+
+
 def check_method(parts, method: str) -> None:
-    """Refuse a method that cannot run: separable needs every part of the kernel to have rank 1."""
+    """Refuse a method that cannot run: separable needs every matrix of the kernel to have rank 1."""
     check_choice("method", method, METHODS)
-    if method == "separable" and any(rank_one_factors(part) is None for part in parts):
+    if method == "separable" and any(rank_one_factors(m) is None for part in parts for m in _matrices(part)):
         raise UsageError("--method separable needs a kernel of rank 1 (an outer product of two vectors)")
 
 
 def resolve_method(weights: np.ndarray, method: str, engine: Engine) -> str:
-    """The method that will run on this engine: auto by the cost model of its filters."""
+    """The method that will run on this engine: auto by the cost model of its filters.
+
+    (A summed kernel's C matrices each cost what one kernel costs: the choice is the same.)
+    """
     check_method([weights], method)
     if method != "auto":
         return method
-    shape, crossovers = np.shape(weights), engine.filters.CROSSOVERS
-    return choose_method(shape, separable_could_win(shape, crossovers) and rank_one_factors(weights) is not None,
-                         crossovers)
+    shape, crossovers = np.shape(weights)[-2:], engine.filters.CROSSOVERS
+    separable = separable_could_win(shape, crossovers) and all(rank_one_factors(m) is not None for m in _matrices(weights))
+    return choose_method(shape, separable, crossovers)
 
 
 def choose_method(shape: tuple[int, int], separable: bool, crossovers: dict) -> str:
@@ -109,8 +120,44 @@ def _fft(engine, planes, c, anchor, mode, cval):
     return engine.xp.ascontiguousarray(full[:, kh - 1 : ph, kw - 1 : pw], dtype=np.float32)
 
 
-def _correlate(engine, planes, weights, correlate, method, anchor, mode, cval):
-    """Run one method; a separable kernel's factors are flipped with it (its rank checked once)."""
+def _fft_summed(engine, planes, c, anchor, mode, cval, memo):
+    """sum_c planes[c] ⋆ c[c] by FFT: the padded planes' transforms come from ``memo`` when another
+    kernel over the same planes made them; the products are summed before one inverse transform."""
+    kh, kw = c.shape[-2:]
+    key = ("fft", anchor, (kh, kw), mode, cval)
+    if memo is None or key not in memo:
+        padded = _pad(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
+        ph, pw = padded.shape[1:]
+        shape = (engine.fft.next_fast_len(ph), engine.fft.next_fast_len(pw))
+        found = (engine.fft.rfft2(padded, s=shape, axes=(-2, -1)), (ph, pw), shape)
+        del padded
+        if memo is not None:
+            memo[key] = found
+    spectra, (ph, pw), shape = memo[key] if memo is not None else found
+    flipped = engine.asarray(np.ascontiguousarray(c[:, ::-1, ::-1], dtype=np.float32))
+    # the kernel's rows first (kh of them, not the padded height), then its columns
+    kernel = engine.fft.fft(engine.fft.rfft(flipped, n=shape[1], axis=-1), n=shape[0], axis=-2)
+    total = spectra[0] * kernel[0]
+    for channel in range(1, len(c)):
+        total += spectra[channel] * kernel[channel]
+    full = engine.fft.irfft2(total, s=shape, axes=(-2, -1))
+    return engine.xp.ascontiguousarray(full[None, kh - 1 : ph, kw - 1 : pw], dtype=np.float32)
+
+
+def _correlate(engine, planes, weights, correlate, method, anchor, mode, cval, memo=None):
+    """Run one method; a separable kernel's factors are flipped with it (its rank checked once).
+
+    A summed kernel (C, kh, kw) runs each channel's matrix on its plane and adds the responses in
+    channel order (by FFT: in Fourier space), so a window gives the whole image's bits.
+    """
+    if weights.ndim == 3:
+        if method == "fft":
+            return _fft_summed(engine, planes, weights if correlate else weights[:, ::-1, ::-1], anchor, mode, cval, memo)
+        total = None
+        for channel, matrix in enumerate(weights):
+            one = _correlate(engine, planes[channel : channel + 1], matrix, correlate, method, anchor, mode, cval)
+            total = one if total is None else engine.xp.add(total, one, out=total)
+        return total
     c = weights if correlate else weights[::-1, ::-1]
     if method == "separable":
         column, row = rank_one_factors(weights)
@@ -123,21 +170,34 @@ def _correlate(engine, planes, weights, correlate, method, anchor, mode, cval):
 
 
 def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="reflect", cval=0.0,
-                     size="same", method="auto", correlate=False):
-    """Planes (C, H, W) of the engine -> filtered planes; the core that every method shares."""
+                     size="same", method="auto", correlate=False, memo: dict | None = None):
+    """Planes (C, H, W) of the engine -> filtered planes; the core that every method shares.
+
+    ``weights`` (kh, kw) filters each plane; (C, kh, kw) sums over the C planes into one. ``memo``
+    (a dict per set of planes) keeps their FFTs for the next kernel over the same planes.
+    """
     weights = np.asarray(weights, dtype=np.float64)
-    kh, kw = weights.shape
+    kh, kw = weights.shape[-2:]
+    check_channels(weights, planes.shape[0])
     method = resolve_method(weights, method, engine)
     if size == "full":
         planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval, keep_layout=True)
     if size == "same":
         anchor = (kh - 1 - kh // 2, kw - 1 - kw // 2) if not correlate else (kh // 2, kw // 2)
-        return _correlate(engine, planes, weights, correlate, method, anchor, mode, cval)
+        return _correlate(engine, planes, weights, correlate, method, anchor, mode, cval, memo)
     h, w = planes.shape[1] - kh + 1, planes.shape[2] - kw + 1
     if h < 1 or w < 1:
         raise UsageError(f"--size valid: the {kh}x{kw} kernel does not fit in the {planes.shape[1]}x{planes.shape[2]} image")
     # anchor 0: out[i] = sum_m c[m] x[i + m]; the first h x w values are the valid ones
-    return _correlate(engine, planes, weights, correlate, method, (0, 0), mode, cval)[:, :h, :w]
+    return _correlate(engine, planes, weights, correlate, method, (0, 0), mode, cval, memo)[:, :h, :w]
+
+
+def check_channels(weights: np.ndarray, channels: int, gray: bool = False, name: str = "") -> None:
+    """A summed kernel (C, kh, kw) takes an image of exactly C channels (alpha is not one)."""
+    if np.ndim(weights) == 3 and np.shape(weights)[0] != channels:
+        after = " (after --gray)" if gray else ""
+        raise UsageError(f"kernel {name or 'of the bank'} takes {np.shape(weights)[0]} input channel{'s' * (np.shape(weights)[0] > 1)} "
+                         f"(its shape is (N, {np.shape(weights)[0]}, kh, kw)), the image has {channels}{after}")
 
 
 def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "reflect", cval: float = 0.0,
@@ -146,7 +206,9 @@ def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "ref
     """Convolve each channel of an (H, W, C) or (H, W) image with a kernel; float32 out.
 
     ``mode`` is the boundary (scipy's names; ``wrap`` = scipy's 'grid-wrap'), ``size`` the output
-    extent (same | valid | full), ``method`` auto | direct | separable | fft.
+    extent (same | valid | full), ``method`` auto | direct | separable | fft. A summed kernel
+    (one of a 4-D bank's, C input channels) gives one map, (H, W, 1): the sum over channels plus
+    its bias; with ``correlate=True`` these are PyTorch's conv2d numbers.
     """
     check_choice("mode", mode, MODES)
     check_choice("size", size, SIZES)
@@ -158,4 +220,6 @@ def convolve(image: np.ndarray, kernel: Kernel | np.ndarray, *, mode: str = "ref
     responses = [correlate_planes(engine, planes, part, mode=mode, cval=cval, size=size, method=method,
                                   correlate=correlate) for part in kernel.parts]
     out = engine.filters.magnitude(engine, responses) if kernel.magnitude else responses[0]
+    if kernel.bias:
+        out += np.float32(kernel.bias)
     return engine.image(out, flat=np.ndim(image) == 2)

@@ -43,10 +43,9 @@ STREAMED_BASE_BYTES = 103 * 2**20
 def method_and_why(op) -> tuple[str, str]:
     """The method an operation runs and the reason, in the cost model's numbers."""
     if isinstance(op, Apply):
-        weights = op.kernel.parts[0]
         method = op.resolved_method
-        kh, kw = weights.shape
-        rank_one = rank_one_factors(np.asarray(weights, dtype=np.float64)) is not None
+        kh, kw = op.kernel.shape
+        rank_one = all(rank_one_factors(np.asarray(m, dtype=np.float64)) is not None for m in op.kernel.matrices)
         if op.method != "auto":
             return method, f"--method {op.method}"
         crossovers = cpu_engine().filters.CROSSOVERS  # the CPU engine's measured cost model

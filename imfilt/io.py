@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -70,11 +70,16 @@ def unit_pixels(stored: np.ndarray, maxval: float = 1.0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Loaded:
-    """An image as read: float32 (H, W, C) pixels, the bit depth it came in, and its alpha."""
+    """An image as read: float32 (H, W, C) pixels, the bit depth it came in, and its alpha.
+
+    ``memo`` holds what operations derive from the pixels and share, made once per image (the
+    planes and their FFTs that all the kernels of a 4-D bank read).
+    """
 
     pixels: np.ndarray
     depth: int
     alpha: bool
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def check_output_format(path: str, depth: int | None) -> str:

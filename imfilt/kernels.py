@@ -1,13 +1,16 @@
 """Kernels: a small checked dataclass, the built-in registry, and the parsers.
 
 A kernel spec is a built-in name with optional parameters (``gaussian:sigma=2``), a file
-(text, libvips ``.mat`` or ``.npy``) or an inline ImageMagick matrix (``"3x3: 0,-1,0,..."``).
+(text, libvips ``.mat``, ``.npy``, ``.npz`` or ``.safetensors`` with a tensor name) or an inline
+ImageMagick matrix (``"3x3: 0,-1,0,..."``). A 4-D bank (N, C, kh, kw), as PyTorch stores a Conv2d's
+weight, gives N kernels that each sum their responses over the C input channels (plus a bias).
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -23,21 +26,27 @@ MAX_BUILTIN_SIZE = 4097  # taps per side of a built-in kernel: larger ones are s
 
 @dataclass(frozen=True, eq=False)
 class Kernel:
-    """A 2-D weight matrix, or a stack of them whose responses combine as a gradient magnitude.
+    """A 2-D weight matrix, or a stack of them whose responses combine as a gradient magnitude or a sum.
 
     ``weights`` has shape (kh, kw), or (n, kh, kw) with ``magnitude=True``: the response is
-    sqrt(sum_i (image * weights[i])²), as for ``sobel``.
+    sqrt(sum_i (image * weights[i])²), as for ``sobel``; or (C, kh, kw) with ``summed=True``: one
+    map, sum_c (image[c] * weights[c]) + bias, over the image's C channels (a convolutional layer's
+    kernel, one row of a PyTorch Conv2d weight).
     """
 
     name: str
     weights: np.ndarray
     magnitude: bool = False
+    summed: bool = False
+    bias: float = 0.0
 
     def __post_init__(self):
         w = np.array(self.weights, dtype=np.float64)
-        if w.ndim != (3 if self.magnitude else 2) or w.size == 0:
+        if w.ndim != (3 if self.magnitude or self.summed else 2) or w.size == 0:
             raise KernelError(f"kernel {self.name}: must be a non-empty 2-D matrix, got shape {w.shape}")
-        if not np.isfinite(w).all():
+        if self.magnitude and self.summed:
+            raise KernelError(f"kernel {self.name}: a gradient magnitude is not summed over channels")
+        if not np.isfinite(w).all() or not math.isfinite(self.bias):
             raise KernelError(f"kernel {self.name}: contains NaN or infinity")
         # Responses to pixels in [0, 1] are bounded by sum |w|: beyond float32's range they overflow.
         if np.abs(w).reshape(-1, *w.shape[-2:]).sum(axis=(-2, -1)).max() > F32_MAX:
@@ -48,7 +57,18 @@ class Kernel:
 
     @property
     def parts(self) -> tuple[np.ndarray, ...]:
+        """What one correlation takes: each matrix of a magnitude, or the whole (C, kh, kw) of a summed kernel."""
         return tuple(self.weights) if self.magnitude else (self.weights,)
+
+    @property
+    def matrices(self) -> tuple[np.ndarray, ...]:
+        """Every 2-D matrix of the kernel (a summed kernel's one per input channel)."""
+        return tuple(self.weights.reshape(-1, *self.shape))
+
+    @property
+    def channels(self) -> int | None:
+        """The input channels a summed kernel takes; None: any (each channel is filtered alone)."""
+        return self.weights.shape[0] if self.summed else None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,7 +91,8 @@ class Kernel:
             parts = [np.exp(part - part.max()) / np.exp(part - part.max()).sum() for part in self.parts]
         else:
             raise KernelError(f"unknown normalization {how!r}: choose from {', '.join(NORMALIZE)}")
-        return Kernel(self.name, np.array(parts if self.magnitude else parts[0]), self.magnitude)
+        # a summed kernel's sum and softmax span all its channels (its one part); the bias stays
+        return replace(self, weights=np.array(parts if self.magnitude else parts[0]))
 
 
 # --- built-in kernels: module constants from 1-D factors, and small factories -------------
@@ -179,7 +200,7 @@ def distinct_names(kernels: list[Kernel]) -> list[Kernel]:
     for kernel in kernels:
         counts[kernel.name] = counts.get(kernel.name, 0) + 1
         if counts[kernel.name] > 1:
-            kernel = Kernel(f"{kernel.name}-{counts[kernel.name]}", kernel.weights, kernel.magnitude)
+            kernel = replace(kernel, name=f"{kernel.name}-{counts[kernel.name]}")
         named.append(kernel)
     return named
 
@@ -306,19 +327,34 @@ def is_kernel_file(spec: str) -> bool:
         return False
 
 
+ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors")
+_LISTED = 8  # a missing tensor's message lists the file's first few names
+
+
+def _split_tensor(spec: str) -> tuple[str, str | None]:
+    """'model.safetensors:features.0.weight' -> (file, tensor name); a name is optional."""
+    for suffix in ARRAY_SUFFIXES:
+        head, sep, name = spec.rpartition(suffix + ":")
+        if sep and name and not Path(spec).is_file():
+            return head + suffix, name
+    return spec, None
+
+
 def load_kernels(spec: str) -> list[Kernel]:
-    """A spec -> kernels: one, or N for a bank (.npy of shape (N, kh, kw))."""
+    """A spec -> kernels: one, or N for a bank: (N, kh, kw) filters each channel, a 4-D
+    (N, C, kh, kw) bank (.npy, .npz's ``weight``, a .safetensors tensor) sums over C channels."""
     if not spec.strip():
         raise KernelError("-k: an empty kernel; give a built-in name, a kernel file or 'WxH: v,v,...'")
     if _INLINE.match(spec):
         return [parse_inline(spec)]
+    spec, tensor = _split_tensor(spec)
     path = Path(spec)
-    if path.suffix.lower() == ".npy" or is_kernel_file(spec):
+    if path.suffix.lower() in ARRAY_SUFFIXES or is_kernel_file(spec):
         if not is_kernel_file(spec):
             raise KernelError(f"{path}: no such kernel file")
         try:
-            if path.suffix.lower() == ".npy":
-                return _load_npy(path)
+            if path.suffix.lower() in ARRAY_SUFFIXES:
+                return _load_array_file(path, tensor)
             if path.suffix.lower() == ".mat":  # never sniffed: a .txt is always imfilt's own format
                 return [parse_vips(path)]
             return [parse_text(path)]
@@ -330,20 +366,99 @@ def load_kernels(spec: str) -> list[Kernel]:
     return [builtin(name, **_parse_params(name, params))]
 
 
-def _load_npy(path: Path) -> list[Kernel]:
+def _load_array_file(path: Path, tensor: str | None) -> list[Kernel]:
+    suffix = path.suffix.lower()
+    if tensor is not None and suffix != ".safetensors":
+        raise KernelError(f"{path}: only a .safetensors file takes a tensor name (':{tensor}')")
+    if suffix == ".npy":
+        return _bank(path, _load_npy(path), None, path.stem)
+    if suffix == ".npz":
+        weight, bias = _load_npz(path)
+        return _bank(path, weight, bias, path.stem)
+    weight, bias, base = _load_safetensors(path, tensor)
+    return _bank(path, weight, bias, base)
+
+
+def _load_npy(path: Path) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise KernelError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """An .npz with ``weight`` and, optionally, ``bias`` (np.savez(f, weight=w, bias=b))."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if "weight" not in names:
+                raise KernelError(f"{path}: no array 'weight' in the .npz; it has {_listed(names)}")
+            return archive["weight"], archive["bias"] if "bias" in names else None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays: pickles are never loaded
+        raise KernelError(f"{path}: not a readable .npz of arrays ({exc})") from None
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_LISTED])
+    return (shown + f" ... ({len(names)} in all)" if len(names) > _LISTED else shown) or "no arrays"
+
+
+def _load_safetensors(path: Path, tensor: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The tensor ``tensor`` (or the file's only ``*weight``), its ``*bias`` when present, and a name."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            names = sorted(f.keys())
+            if tensor is None:
+                weights = [n for n in names if n.rsplit(".", 1)[-1] == "weight"] or names
+                if len(weights) != 1:
+                    raise KernelError(f"{path}: name the tensor, e.g. -k {path}:{weights[0] if weights else 'NAME'}; "
+                                      f"it has {_listed(names)}")
+                tensor = weights[0]
+            if tensor not in names:
+                raise KernelError(f"{path}: no tensor {tensor!r}; it has {_listed(names)}")
+            bias_name = tensor[: -len("weight")] + "bias" if tensor.endswith("weight") else None
+            weight = _tensor(f, path, tensor)
+            bias = _tensor(f, path, bias_name) if bias_name in names else None
+    except SafetensorError as exc:
+        raise KernelError(f"{path}: not a readable .safetensors file ({exc})") from None
+    except OSError as exc:
+        raise KernelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    label = tensor.removesuffix("weight").rstrip("._-")
+    return weight, bias, f"{path.stem}.{label}" if label else path.stem
+
+
+def _tensor(f, path: Path, name: str) -> np.ndarray:
+    if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16
+        raise KernelError(f"{path}: tensor {name!r} is bfloat16, which numpy cannot hold; save it as float32")
+    return f.get_tensor(name)
+
+
+def _bank(path: Path, array: np.ndarray, bias: np.ndarray | None, base: str) -> list[Kernel]:
+    """An array -> kernels: (kh, kw) one; (N, kh, kw) N, each per channel; (N, C, kh, kw) N summed."""
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise KernelError(f"{path}: a kernel must hold real numbers, got {array.dtype}")
+    if array.ndim not in (2, 3, 4):
+        raise KernelError(f"{path}: a kernel must be 2-D (kh, kw), a bank (N, kh, kw) or a convolutional layer's "
+                          f"(N, C, kh, kw), got shape {array.shape}")
+    if 0 in array.shape:
+        raise KernelError(f"{path}: an empty kernel{' bank' if array.ndim > 2 else ''}, shape {array.shape}")
+    if bias is not None:
+        if array.ndim != 4:
+            raise KernelError(f"{path}: a bias goes with a 4-D weight (N, C, kh, kw), not shape {array.shape}")
+        if np.shape(bias) != array.shape[:1] or not np.issubdtype(bias.dtype, np.number) or np.iscomplexobj(bias):
+            raise KernelError(f"{path}: the bias must hold {array.shape[0]} real numbers (one per kernel), "
+                              f"got shape {np.shape(bias)} of {bias.dtype}")
     if array.ndim == 2:
-        return [Kernel(path.stem, array)]
+        return [Kernel(base, array)]
+    sep = "-" if base[-1:].isdigit() else ""
     if array.ndim == 3:
-        if len(array) == 0:
-            raise KernelError(f"{path}: an empty kernel bank, shape {array.shape}")
-        return [Kernel(f"{path.stem}{i}", k) for i, k in enumerate(array)]
-    raise KernelError(f"{path}: a kernel .npy must be 2-D (kh, kw) or a bank (n, kh, kw), got shape {array.shape}")
+        return [Kernel(f"{base}{sep}{i}", k) for i, k in enumerate(array)]
+    biases = np.zeros(len(array)) if bias is None else np.asarray(bias, dtype=np.float64)
+    return [Kernel(f"{base}{sep}{i}", k, summed=True, bias=float(b)) for i, (k, b) in enumerate(zip(array, biases))]
 
 
 def load_kernel(spec: str) -> Kernel:

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .boundary import extend_index
-from .convolve import MODES, SIZES, check_method, convolve, resolve_method
+from .convolve import MODES, SIZES, check_channels, check_method, convolve, correlate_planes, resolve_method
 from .engine import Engine, cpu_engine
 from .errors import UsageError, check_choice
 from .kernels import Kernel
@@ -25,10 +25,12 @@ LUMA_601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class Image(Protocol):
-    """What an operation reads of an image (io.Loaded is one): float32 (H, W, C) pixels, alpha last when ``alpha``."""
+    """What an operation reads of an image (io.Loaded is one): float32 (H, W, C) pixels, alpha last when ``alpha``;
+    ``memo``: what operations derive from the pixels and share (a 4-D bank's planes and their FFTs)."""
 
     pixels: np.ndarray
     alpha: bool
+    memo: dict
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def luminance(colour: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Apply:
-    """`imfilt apply`: convolve each channel with one kernel."""
+    """`imfilt apply`: convolve each channel with one kernel, or sum a 4-D bank's kernel over the channels."""
 
     kernel: Kernel
     mode: str = "reflect"
@@ -76,6 +78,8 @@ class Apply:
         if not math.isfinite(self.cval):
             raise UsageError(f"cval must be a finite number, got {self.cval}")
         check_method(self.kernel.parts, self.method)  # separable on a rank > 1 kernel raises
+        if self.gray and self.kernel.summed:  # --gray makes one channel: the bank must take one
+            check_channels(self.kernel.weights, 1, gray=True, name=self.kernel.name)
 
     @property
     def name(self) -> str:
@@ -119,12 +123,37 @@ class Apply:
         out[:, cols < 0] = self.cval
         return out.astype(np.float32)
 
+    def check(self, channels: int) -> None:
+        """Whether this operation can run on an image of ``channels`` colour channels (alpha not counted)."""
+        check_channels(self.kernel.weights if self.kernel.summed else None, 1 if self.gray else channels, self.gray,
+                       self.kernel.name)
+
+    def _feature_map(self, loaded: Image, engine: Engine) -> np.ndarray:
+        """One map of a 4-D bank: sum over the colour channels (alpha is none) plus the bias.
+
+        The planes (planar, on the engine) and their FFTs are made once per image, for all the
+        kernels of the bank (``loaded.memo``).
+        """
+        memo = loaded.memo.setdefault(("planes", self.gray), {})
+        if "planes" not in memo:
+            colour, _ = split_alpha(loaded)
+            colour = luminance(colour) if self.gray else colour
+            memo["planes"] = engine.xp.ascontiguousarray(engine.planes(colour))
+        check_channels(self.kernel.weights, memo["planes"].shape[0], self.gray, self.kernel.name)
+        out = correlate_planes(engine, memo["planes"], self.kernel.weights, mode=self.mode, cval=self.cval,
+                               size=self.size, method=self.method, correlate=self.correlate, memo=memo)
+        if self.kernel.bias:
+            out += np.float32(self.kernel.bias)
+        return engine.image(out)
+
     def run(self, loaded: Image, engine: Engine) -> Result:
+        auto_scale = "clip" if self.kernel.sum > 1e-9 and not self.kernel.magnitude else "abs"
+        facts = {"kernel": self.kernel.name, "method": self.method_on(engine)}
+        if self.kernel.summed:  # a feature map: one channel, no alpha
+            return Result(self._feature_map(loaded, engine), False, auto_scale, facts)
         colour, alpha = split_alpha(loaded)
         if self.gray:
             colour = luminance(colour)
-        auto_scale = "clip" if self.kernel.sum > 1e-9 and not self.kernel.magnitude else "abs"
-        facts = {"kernel": self.kernel.name, "method": self.method_on(engine)}
         if alpha is None or self.alpha == "drop":
             return Result(self._filter(colour, engine), False, auto_scale, facts)
         if self.alpha == "keep":

@@ -389,6 +389,9 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         return records
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
+    colours = loaded.pixels.shape[2] - loaded.alpha
+    for output in todo:  # e.g. a 4-D bank for another number of channels: before any output is written
+        getattr(output.op, "check", lambda channels: None)(colours)
     for output in todo:
         start = time.perf_counter()
         engine = _engine_for(settings, output.op, loaded.pixels.shape[0] * loaded.pixels.shape[1])
