@@ -12,8 +12,9 @@ from .frequency import apply_mask, frequency_mask, lowpass, spectrum
 from .io import read_image, write_image
 from .kernels import Kernel, load_kernel, load_kernels
 from .match import find_peaks, match_template
+from .orientation import orientations
 
 __all__ = [
     "Engine", "ImfiltError", "apply_mask", "frequency_mask", "lowpass", "spectrum", "InputError", "Kernel", "KernelError", "UsageError", "convolve", "get_engine",
-    "load_kernel", "load_kernels", "match_template", "find_peaks", "read_image", "write_image",
+    "load_kernel", "load_kernels", "match_template", "orientations", "find_peaks", "read_image", "write_image",
 ]

@@ -356,6 +356,9 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
             for record in records or ():
                 report.skipped += record["skipped"]
                 report.done += not record["skipped"]
+                note = record.pop("note", None)  # a line for people (e.g. the orientations found)
+                if note and not batch.json and not batch.quiet:
+                    err.print(f"{record['input']}: {note}", markup=False)
                 if batch.json:
                     print(json.dumps(record, ensure_ascii=False), flush=True)
             advance()

@@ -66,15 +66,18 @@ def spectrum(
     batch: Batch,
     window: Annotated[Window, typer.Option(help="hann tapers the borders, removing the bright cross they cause.")] = Window.none,
     phase: Annotated[bool, typer.Option("--phase", help="Write the phase instead of the log-magnitude.")] = False,
+    orientation: Annotated[bool, typer.Option("--orientation", help="Also find the dominant orientations: the direction "
+                                              "of stripes and edges, degrees counter-clockwise from the x axis (y up), "
+                                              "0-180, with a strength (--json: orientation).")] = False,
 ) -> None:
     """Write the centred log-magnitude spectrum log(1 + |F|) of each channel.
 
     Zero frequency sits at row H//2, column W//2. Images scale by the maximum over all
     channels; .npy holds the values themselves.
 
-    Example:  imfilt spectrum samples/stripes.png -o stripes.spectrum.png
+    Example:  imfilt spectrum samples/stripes-rotated.png -o rotated.spectrum.png --orientation
     """
-    run(batch, [Spectrum(window=window.value, phase=phase, gray=batch.gray)])
+    run(batch, [Spectrum(window=window.value, phase=phase, gray=batch.gray, orientation=orientation)])
 
 
 @app.command("lowpass")

@@ -207,7 +207,8 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
         if len(sources) > 1 and "{stem}" not in path:
             raise UsageError(f"--{name}-out {path!r} would be written for every input: put {{stem}} in it")
     inputs = {_key(s): s for s in (*sources, *reads) if s != "-"}  # kernel files and templates too
-    streams = all(isinstance(op, tiled.STREAMED_OPS) for op in ops)  # match works on whole images
+    # match works on whole images, and so does a spectrum's --orientation
+    streams = all(isinstance(op, tiled.STREAMED_OPS) and getattr(op, "streams", True) for op in ops)
     quiet_decoders()  # the header reads below must not log about a bad file: its job reports it
     jobs, seen = [], {}
     for source in sources:
