@@ -25,7 +25,7 @@ from . import __version__
 from .engine import ENGINES, get_engine
 from .errors import Interrupted, UsageError
 from .io import DEPTHS, check_stdout_format
-from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, Report, Settings, execute, expand_inputs,
+from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
                        output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
 from .tiled import DEFAULT_MEMORY, parse_size
 
@@ -222,7 +222,8 @@ def _check_streams(batch: Batch, pipes: bool) -> None:
 
 
 def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
-               extras: dict[str, str] | None = None, reads: tuple[str, ...] = ()) -> tuple[list, Expanded, int]:
+               extras: dict[str, str] | None = None, reads: tuple[str, ...] = (),
+               montage: str | None = None) -> tuple[list, Expanded, int]:
     """Everything that can be wrong with the whole run is found here, before any image is read.
 
     Returns the jobs, what the inputs expanded to (with the items that named no image), and
@@ -242,7 +243,11 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
             raise UsageError("standard input given but no output: use -o FILE, or redirect standard output")
     if "-" in items and sys.stdin.isatty():
         raise UsageError("- reads an image from standard input, but it is a terminal")
-    expanded = expand_inputs(items, batch.recursive, output_name_pattern(ops, batch.name, split_channels))
+    is_output = output_name_pattern(ops, batch.name, split_channels)
+    if montage is not None:  # a folder given again never takes its montages for inputs
+        is_montage = output_name_pattern([MontageOf()], Path(montage).name, False)
+        is_output = (lambda outputs, montages: lambda name: outputs(name) or montages(name))(is_output, is_montage)
+    expanded = expand_inputs(items, batch.recursive, is_output)
     sources = expanded.sources
     if batch.scheduler:  # Dask workers run elsewhere: give them paths that do not depend on our folder
         sources = [os.path.abspath(s) for s in sources]
@@ -252,7 +257,7 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
                         temp_dir=_temp_dir(batch.temp_dir))
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
-                absolute=bool(batch.scheduler), reads=reads)
+                absolute=bool(batch.scheduler), reads=reads, montage=montage)
     workers = worker_count(batch.jobs, len(jobs), os.cpu_count() or 1)
     threads = 1 if workers > 1 or batch.scheduler else None
     get_engine(settings.engine, threads)  # no GPU, or a bad IMFILT_FFT: one clear error now
@@ -279,12 +284,13 @@ def worker_count(requested: int | None, inputs: int, cores: int) -> int:
 
 
 def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
-        extras: dict[str, str] | None = None, reads: tuple[str, ...] = ()) -> None:
+        extras: dict[str, str] | None = None, reads: tuple[str, ...] = (), montage: str | None = None) -> None:
     """Plan, run and report a batch; raises typer.Exit with the exit code of docs/DESIGN.md.
 
     ``reads`` are the other files the run reads (kernel files, a template): never outputs.
+    ``montage`` names one picture per input of all its outputs' maps.
     """
-    jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras, reads)
+    jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras, reads, montage)
     if batch.dry_run:
         from .dry_run import describe, print_plan
 

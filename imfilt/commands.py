@@ -43,6 +43,9 @@ def apply(
         help="Float responses -> pixels. auto: clip, or abs for edge detectors (sum <= 0, gradient magnitudes).")] = Scale.auto,
     alpha: Annotated[Alpha, typer.Option(help="premultiply: no colour bleeds from under transparency.")] = Alpha.premultiply,
     split_channels: Annotated[bool, typer.Option("--split-channels", help="One grey file per colour channel ({channel} in --name).")] = False,
+    montage: Annotated[Optional[str], typer.Option(
+        metavar="PATH", help="Also one picture of all the feature maps of each input, in a near-square grid, each "
+        "scaled as its own output (at most 8192 pixels a side); {stem} in it for several inputs.")] = None,
 ) -> None:
     """Convolve each colour channel with each kernel: one output per kernel.
 
@@ -55,7 +58,7 @@ def apply(
     ops = [Apply(k, mode=boundary.value, cval=cval, size=size.value, method=method.value, correlate=correlate,
                  gray=batch.gray, alpha=alpha.value) for k in kernels]
     run(batch, ops, scale=scale.value, split_channels=split_channels,
-        reads=tuple(spec for spec in kernel if is_kernel_file(spec)))
+        reads=tuple(spec for spec in kernel if is_kernel_file(spec)), montage=montage)
 
 
 

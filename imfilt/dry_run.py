@@ -116,6 +116,8 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
     for job in jobs:
         shape, error = probe(job.source)
         streams = {}
+        if not error and job.tiled and job.montage and not job.montage.skip:
+            error = "too large for memory (see --memory), and --montage needs the maps of images that fit in memory"
         if not error and job.tiled:
             try:
                 streams = {o.path: streamed(job, o, shape, scheduler) for o in job.outputs if not o.skip}
@@ -124,8 +126,9 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
         if error:
             records.append({"input": job.source, "refused": error})
             continue
-        for output in job.outputs:
-            method, why = method_and_why(output.op)
+        for output in job.all_outputs:
+            method, why = method_and_why(output.op) if output is not job.montage else (
+                "montage", f"the {len(job.outputs)} maps above in a near-square grid")
             record = {"input": job.source, "output": output.path, "op": output.op.name, "method": method, "why": why,
                       "skipped": output.skip}
             record.update({f"{name}_output": path for name, path in output.extras})

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from . import tiled, tiled_fft
 from .distributed import check_stop
 from .engine import auto_engine, get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError
 from .io import (FORMATS, Loaded, check_output_format, check_output_size, check_pixels, fitting_depth, load,
-                 pillow_limit, remove_tree, temp_prefix, write_image)
+                 pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from .omezarr import is_store
 from .ops import Apply
 from .tiles import image_shape
@@ -69,6 +71,18 @@ class Job:
     settings: Settings
     data: bytes | None = None  # standard input's bytes
     tiled: bool = False  # too large for memory: streamed window by window (tiled.py)
+    montage: Output | None = None  # --montage: one picture of all the outputs' maps (montage.py)
+
+    @property
+    def all_outputs(self) -> tuple[Output, ...]:
+        return self.outputs + ((self.montage,) if self.montage else ())
+
+
+@dataclass(frozen=True)
+class MontageOf:
+    """What a --montage output is made of: the maps of the job's operations."""
+
+    name: str = "montage"
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -186,11 +200,13 @@ def _key(path: str) -> str:
 def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None = None,
          out_dir: str | None = None, template: str | None = None, overwrite: bool = False,
          skip_existing: bool = False, extras: dict[str, str] | None = None,
-         absolute: bool = False, reads: Iterable[str] = ()) -> list[Job]:
+         absolute: bool = False, reads: Iterable[str] = (), montage: str | None = None) -> list[Job]:
     """One job per input; every output file named and checked before any image is read.
 
     ``extras`` are secondary files by name (``{"mask": "--mask-out template"}``); they get the
-    same checks as the main outputs. ``absolute`` makes every path absolute (for Dask workers).
+    same checks as the main outputs. ``montage`` names one picture per input of all its maps
+    (``{stem}`` in it for several inputs), checked the same way. ``absolute`` makes every path
+    absolute (for Dask workers).
     """
     split = settings.split_channels
     if overwrite and skip_existing:
@@ -206,6 +222,8 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     for name, path in extras.items():
         if len(sources) > 1 and "{stem}" not in path:
             raise UsageError(f"--{name}-out {path!r} would be written for every input: put {{stem}} in it")
+    if montage is not None and len(sources) > 1 and "{stem}" not in montage:
+        raise UsageError(f"--montage {montage!r} would be written for every input: put {{stem}} in it")
     inputs = {_key(s): s for s in (*sources, *reads) if s != "-"}  # kernel files and templates too
     # match works on whole images, and so does a spectrum's --orientation
     streams = all(isinstance(op, tiled.STREAMED_OPS) and getattr(op, "streams", True) for op in ops)
@@ -214,9 +232,12 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     for source in sources:
         outputs = []
         shape = image_shape(source) if source != "-" else None
-        for op in ops:
-            path = _output_path(source, op, split, out, out_dir, template)
-            more = tuple((name, _name(t, f"--{name}-out", source, op, False)) for name, t in extras.items())
+        pictures = [(path_op, None) for path_op in ops]
+        if montage is not None:
+            pictures.append((MontageOf(), _name(montage, "--montage", source, MontageOf(), False)))
+        for op, fixed in pictures:
+            path = fixed or _output_path(source, op, split, out, out_dir, template)
+            more = tuple((name, _name(t, f"--{name}-out", source, op, False)) for name, t in extras.items()) if not fixed else ()
             if absolute:
                 path = path if path == "-" else os.path.abspath(path)
                 more = tuple((name, os.path.abspath(p)) for name, p in more)
@@ -231,12 +252,13 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 if key in seen:
                     raise UsageError(f"{seen[key]} and {source} would both write {file}: change --name")
                 seen[key] = source
-            if shape is not None:
+            if shape is not None and not fixed:
                 _check_sizes(output, shape, source)
             skip = skip_existing and bool(output.files) and all(_done(f, settings) for f in output.files)
             outputs.append(replace(output, skip=skip))
         big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
-        jobs.append(Job(source, tuple(outputs), settings, tiled=big))
+        picture = outputs.pop() if montage is not None else None
+        jobs.append(Job(source, tuple(outputs), settings, tiled=big, montage=picture))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
     return jobs
@@ -269,7 +291,7 @@ def _check_sizes(output: Output, shape: tuple[int, int, int], source: str) -> No
 
 def prepare_folders(jobs: list[Job]) -> None:
     """Make the folders the outputs go to, or refuse (exit 2) before any image is read."""
-    folders = {Path(f).parent for job in jobs for o in job.outputs if not o.skip for f in o.files}
+    folders = {Path(f).parent for job in jobs for o in job.all_outputs if not o.skip for f in o.files}
     for folder in sorted(folders, key=str):
         shown = str(folder) or "."
         if folder.exists() and not folder.is_dir():
@@ -285,7 +307,7 @@ def prepare_folders(jobs: list[Job]) -> None:
 def remove_partial_files(jobs: list[Job]) -> None:
     """After a signal: temporary files that it cut off between their creation and clean-up."""
     for job in jobs:
-        for file in (f for o in job.outputs for f in o.files):
+        for file in (f for o in job.all_outputs for f in o.files):
             path = Path(file)
             pattern = glob.escape(temp_prefix(path.name)).replace(glob.escape("{channel}"), "*") + "*.part"
             for part in path.parent.glob(pattern):
@@ -314,7 +336,7 @@ def _done(path: str, settings: Settings) -> bool:
 
 def _check_overwrites(jobs: list[Job]) -> None:
     for job in jobs:
-        for output in job.outputs:
+        for output in job.all_outputs:
             for file in output.files:
                 if not output.skip and _exists(file, job.settings):
                     shown = file.replace("{channel}", "*")
@@ -370,14 +392,18 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     """
     settings = job.settings
     records = [] if records is None else records
-    records.extend(_record(job, o, skipped=True) for o in job.outputs if o.skip)
+    records.extend(_record(job, o, skipped=True) for o in job.all_outputs if o.skip)
+    montage = job.montage if job.montage and not job.montage.skip else None
     todo = [o for o in job.outputs if not o.skip]
-    if not todo:
+    if not todo and not montage:
         return records
-    for file in (f for o in todo for f in o.files):
+    for file in (f for o in todo + [montage] * bool(montage) for f in o.files):
         if job.source != "-" and _same_file(file, job.source):  # a link made since planning
             raise InputError(f"{job.source}: the output {file} is the input itself; not overwritten")
     if job.tiled:
+        if montage:
+            raise InputError(f"{job.source}: too large for memory (see --memory), and --montage needs the maps "
+                             "of images that fit in memory")
         for output in todo:
             tiled.check_tiled_output(job.source, output, settings.split_channels)
         height, width, _ = image_shape(job.source) or (0, 0, 0)
@@ -391,14 +417,19 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source)
     colours = loaded.pixels.shape[2] - loaded.alpha
-    for output in todo:  # e.g. a 4-D bank for another number of channels: before any output is written
+    for output in job.outputs:  # e.g. a 4-D bank for another number of channels: before any output is written
         getattr(output.op, "check", lambda channels: None)(colours)
-    for output in todo:
+    sheet = _Sheet(job, montage, loaded) if montage else None
+    for output in job.outputs if montage else todo:  # a montage shows the maps of skipped outputs too
         start = time.perf_counter()
         engine = _engine_for(settings, output.op, loaded.pixels.shape[0] * loaded.pixels.shape[1])
         result = output.op.run(loaded, engine)
         scale = result.auto_scale if settings.scale == "auto" else settings.scale
         suffix = settings.stdout_suffix if output.path == "-" else None
+        if sheet:
+            sheet.add(result, scale)
+        if output.skip:
+            continue
         files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
                  else [(output.path, result.pixels, result.alpha)])
         check_stop()  # on Dask: not after the client was interrupted
@@ -412,6 +443,10 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
                             depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
             seconds = time.perf_counter() - start
             records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
+    if sheet:
+        check_stop()
+        with WHILE_WRITING:
+            records.append(sheet.write(engine.name))
     return records
 
 
@@ -420,6 +455,38 @@ def _engine_for(settings, op, pixels: int):
     if settings.engine == "auto":
         return auto_engine(op.work, pixels, settings.threads)
     return get_engine(settings.engine, settings.threads)
+
+
+class _Sheet:
+    """--montage: each map scaled as its own output is, fitted to the grid as it comes (montage.py)."""
+
+    def __init__(self, job: Job, output: Output, loaded: Loaded):
+        from . import montage
+
+        self.job, self.output, self.montage = job, output, montage
+        height, width = loaded.pixels.shape[:2]
+        self.suffix = Path(output.path).suffix.lower()
+        self.depth = job.settings.depth or fitting_depth(loaded.depth, self.suffix)
+        self.grid = montage.layout([tiled.output_shape(o.op, height, width) for o in job.outputs])
+        self.maps: list[np.ndarray] = []
+        self.start = time.perf_counter()
+
+    def add(self, result, scale: str) -> None:
+        colour = result.pixels[..., :-1] if result.alpha else result.pixels
+        if self.depth == 32 or self.suffix == ".npy":  # float outputs hold the values themselves
+            shown = colour
+        else:
+            shown = to_storage(colour, self.depth, scale).astype(np.float32) / (255 if self.depth == 8 else 65535)
+        self.maps.append(self.montage.fit(shown, self.grid))
+
+    def write(self, engine: str) -> dict:
+        picture = self.montage.compose(self.maps, self.grid)
+        depth = 32 if self.suffix == ".npy" else self.depth
+        write_image(self.output.path, picture, depth=depth, scale="clip", threads=self.job.settings.threads)
+        record = _record(self.job, self.output)
+        record.update(self.grid.facts(len(self.maps)), engine=engine, shape=list(picture.shape),
+                      seconds=round(time.perf_counter() - self.start, 4))
+        return record
 
 
 def _tiled_output(job: Job, output: Output, engine) -> dict:
