@@ -11,7 +11,7 @@ from .batch import app, choice_enum, err
 from .commands import Normalize
 from .errors import InputError, UsageError
 from .io import atomic_write
-from .kernel_view import KERNEL_FORMATS, builtin_rows, facts, kernel_file, matrix_text, oriented, picture
+from .kernel_view import KERNEL_FORMATS, builtin_rows, facts, format_number, kernel_file, matrix_text, oriented, picture
 from .kernels import load_kernels
 
 KernelFormat = choice_enum("KernelFormat", KERNEL_FORMATS)
@@ -68,7 +68,7 @@ def show(
     flipped: Annotated[bool, typer.Option("--flipped", help="Show the kernel turned 180°: what a true convolution "
                                           "multiplies each neighbour by (apply without --correlate).")] = False,
     output: Annotated[Optional[str], typer.Option("-o", "--output", metavar="PATH", help="Write a picture (.png) or a "
-                                                  "kernel file (.txt, .mat, .npy; - = standard output).")] = None,
+                                                  "kernel file (.txt, .mat, .npy, .npz; - = standard output).")] = None,
     format: Annotated[Optional[KernelFormat], typer.Option(help="Kernel file format for -o.  [default: from its extension]")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="The facts and matrix as one JSON object.")] = False,
@@ -78,7 +78,8 @@ def show(
     """Show a kernel as apply uses it (after its file's headers, scale and --normalize): the
     matrix, its sum, rank and anchor; draw it (-o k.png) or write it as a kernel file.
 
-    KERNEL: a built-in name[:key=value,...], a kernel file (.txt, .mat, .npy) or 'WxH: v,v,...'.
+    KERNEL: a built-in name[:key=value,...], a kernel file (.txt, .mat, .npy, .npz, FILE.safetensors:TENSOR) or
+    'WxH: v,v,...'. A convolutional layer's (N, C, kh, kw) is drawn as a grid: a row per kernel, a column per channel.
 
     Example:  imfilt kernels show sobel-x --flipped;  imfilt kernels show box:size=5 -o box5.txt
     """
@@ -122,8 +123,8 @@ def _output_kind(output: Optional[str], format, overwrite: bool) -> Optional[str
     suffix = "" if output == "-" else Path(output).suffix.lower().lstrip(".")
     kind = format.value if format is not None else suffix
     if kind not in KERNEL_FORMATS + ("png",):
-        raise UsageError(f"{output}: write a picture (.png) or a kernel file (.txt, .mat, .npy), or give --format")
-    if output == "-" and kind == "png" or (output == "-" and kind == "npy" and sys.stdout.isatty()):
+        raise UsageError(f"{output}: write a picture (.png) or a kernel file (.txt, .mat, .npy, .npz), or give --format")
+    if output == "-" and kind == "png" or (output == "-" and kind in ("npy", "npz") and sys.stdout.isatty()):
         raise UsageError("refusing to write binary data to a terminal: use -o FILE or redirect standard output")
     if output != "-" and Path(output).exists() and not overwrite:
         raise UsageError(f"{output}: exists; use --overwrite to replace it")
@@ -141,11 +142,13 @@ def _png(image) -> bytes:
 def _print_kernel(kernel, view, flipped: bool, normalize: Optional[str]) -> None:
     f = facts(kernel, flipped)
     what = f"gradient magnitude sqrt({' + '.join(f'g{i}²' for i in range(len(kernel.parts)))}) of" if kernel.magnitude else ""
+    if kernel.summed:
+        what = f"x {kernel.channels} input channels, summed, plus bias {format_number(kernel.bias)}"
     turned = " (flipped: as a convolution multiplies)" if flipped else ""
     print(f"{kernel.name}: {f['shape'][1]}x{f['shape'][0]} (WxH) {what}".rstrip() + turned)
-    for i, matrix in enumerate(view.parts):
-        if kernel.magnitude:
-            print(f"g{i}:")
+    for i, matrix in enumerate(view.matrices):
+        if kernel.magnitude or kernel.summed:
+            print(f"{'g' if kernel.magnitude else 'channel '}{i}:")
         print(matrix_text(matrix))
     print(f"sum {f['sum']}, rank {f['rank']}{' (separable)' if f['separable'] else ''}, "
           f"anchor row {f['anchor'][0]} col {f['anchor'][1]}, --method auto: {f['auto_method']}")

@@ -277,3 +277,34 @@ def test_errors_are_one_line(bad_banks, args, code, message):
         import os
 
         assert sorted(os.listdir("o")) == ["rgb.rgb0.png", "rgb.rgb1.png"]
+
+
+def test_kernels_show_draws_a_layer_as_a_grid_and_writes_it_back(tmp_path):
+    """N rows of C kernels in the diverging colour map; --json gives channels and bias; .npz round-trips."""
+    from imfilt.kernel_view import bank_picture, diverging_colours
+
+    weight, bias = bank(18, (4, 3, 5, 5))
+    spec = write_bank(tmp_path, "safetensors", weight, bias)
+    picture = tmp_path / "layer.png"
+    assert imfilt("kernels", "show", spec, "-o", picture, "-q").exit_code == 0
+    drawn = np.asarray(Image.open(picture).convert("RGB"))
+    kernels = load_kernels(spec)
+    cell, label, header = 64, 150, 18  # min(480 // 5, 4096 // (4 * 6), 1600 // (3 * 6)) = 88, at most 64
+    gap = cell // 2
+    assert drawn.shape == (header + 4 * (5 * cell + gap), label + 3 * (5 * cell + gap), 3)
+    limit = np.abs(weight.astype(np.float32)).max()
+    for n, c, r, k in [(0, 0, 0, 0), (2, 1, 3, 4), (3, 2, 4, 1)]:
+        y = header + n * (5 * cell + gap) + r * cell + cell // 2
+        x = label + c * (5 * cell + gap) + k * cell + cell // 2
+        np.testing.assert_array_equal(drawn[y, x], diverging_colours(np.float32(weight[n, c, r, k]), limit))
+    assert bank_picture(kernels).size == Image.open(picture).size
+    result = imfilt("kernels", "show", spec, "--json")
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["channels"] == 3 and first["bias"] == pytest.approx(bias[0], abs=1e-6) and first["rank"] == [5, 5, 5]
+    np.testing.assert_allclose(first["matrix"], weight[0], atol=1e-6)
+    assert imfilt("kernels", "show", spec, "-o", tmp_path / "copy.npz", "-q").exit_code == 0
+    again = load_kernels(str(tmp_path / "copy.npz"))
+    np.testing.assert_array_equal(np.stack([k.weights for k in again]), np.stack([k.weights for k in kernels]))
+    assert [k.bias for k in again] == [k.bias for k in kernels]
+    refused = imfilt("kernels", "show", spec, "-o", tmp_path / "copy.npy")
+    assert refused.exit_code == 2 and "holds no bias" in refused.stderr
