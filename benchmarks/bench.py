@@ -13,6 +13,9 @@ batch      100 photos of 640x480 and 40 smaller ones: -j 1, -j 2, xargs -P2 vips
 match      imfilt.match_template vs cv2.matchTemplate (TM_CCOEFF_NORMED), 4096x4096 RGB photo
 streampng  8192x8192 RGB PNG and JPEG: decoders (Pillow whole, libvips in bands) and a streamed
            apply against the whole-image one, seconds and peak RSS
+layer      a (64, 3, 7, 7) convolutional layer on a 4096x4096 RGB photo: imfilt's 64 feature maps
+           against the same sums with scipy.ndimage by hand, and torch.nn.functional.conv2d (CPU)
+           when torch is installed
 """
 
 from __future__ import annotations
@@ -382,8 +385,77 @@ def bench_streampng(size: int = 8192) -> None:
     shutil.rmtree(folder)
 
 
+def gabor_bank(count: int = 64, size: int = 7, seed: int = 0) -> np.ndarray:
+    """(count, 3, size, size): Gabor kernels at 8 orientations, a few wavelengths and two phases,
+    weighted differently per colour channel, as a trained net's first layer looks."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: size, : size] - (size - 1) / 2
+    bank = []
+    for i in range(count):
+        theta, wavelength, phase = np.pi * (i % 8) / 8, 2.5 + (i // 8) % 4, np.pi / 2 * (i // 32)
+        along = x * np.cos(theta) + y * np.sin(theta)
+        gabor = np.exp(-(x**2 + y**2) / (2 * (size / 4) ** 2)) * np.cos(2 * np.pi * along / wavelength + phase)
+        bank.append(np.stack([gabor * w for w in rng.uniform(0.2, 1.0, 3)]))
+    return np.array(bank, dtype=np.float32) / size
+
+
+def bench_layer(size: int = 4096, by_hand_maps: int = 8) -> None:
+    """64 feature maps of a 4096x4096 RGB photo, cross-correlation with zero padding (PyTorch's
+    conv2d): imfilt (--correlate --boundary constant), scipy.ndimage by hand, torch on the CPU."""
+    from imfilt.io import Loaded
+    from imfilt.kernels import Kernel
+    from imfilt.ops import Apply
+
+    photo = np.asarray(Image.open(ROOT / "samples" / "astronaut.png").convert("RGB").resize((size, size), Image.LANCZOS))
+    image = photo.astype(np.float32) / 255
+    weight = gabor_bank()
+    kernels = [Kernel(f"g{i}", w, summed=True) for i, w in enumerate(weight)]
+    engine = cpu_engine()
+    rows = []
+    first = {}
+    for method in ("auto", "fft"):
+        loaded = Loaded(image, 8, False)
+        start = time.perf_counter()
+        for i, kernel in enumerate(kernels):
+            out = Apply(kernel, mode="constant", correlate=True, method=method).run(loaded, engine).pixels
+            if i == 0:
+                first[method] = out[..., 0]
+        rows.append([f"imfilt, --method {method} ({Apply(kernels[0], method=method).method_on(engine)})",
+                     time.perf_counter() - start, 64])
+        del loaded
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+    start = time.perf_counter()
+    for n in range(by_hand_maps):  # the obvious scipy: one correlate per (kernel, channel), summed
+        by_hand = sum(ndi.correlate(planes[c], weight[n, c], mode="constant") for c in range(3))
+        if n == 0:
+            first["scipy"] = by_hand
+    spent = time.perf_counter() - start
+    rows.append([f"scipy.ndimage.correlate by hand, float32 ({by_hand_maps} maps, x{64 // by_hand_maps})",
+                 spent * 64 / by_hand_maps, 64])
+    try:
+        import torch
+    except ImportError:
+        rows.append(["torch.nn.functional.conv2d: torch is not installed", "-", "-"])
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+        batch, kernel = torch.from_numpy(planes[None]), torch.from_numpy(weight)
+        start = time.perf_counter()
+        with torch.no_grad():
+            maps = torch.nn.functional.conv2d(batch, kernel, padding=3)
+        rows.append([f"torch {torch.__version__} conv2d, float32, {torch.get_num_threads()} threads",
+                     time.perf_counter() - start, 64])
+        first["torch"] = maps[0, 0].numpy()
+        del maps
+    table(f"A (64, 3, 7, 7) layer on a {size}x{size} RGB photo (seconds for all 64 maps)",
+          ["what", "seconds", "maps"], rows)
+    reference = first["scipy"]
+    for name, values in first.items():
+        print(f"map 0, {name}: max |difference| from scipy's = {np.abs(values - reference).max():.2e}")
+
+
 SECTIONS = {"inprocess": bench_inprocess, "convolve": bench_convolve, "crossover": bench_crossover, "png": bench_png, "cli": bench_cli,
-            "frequency": bench_frequency, "batch": bench_batch, "match": bench_match, "streampng": bench_streampng}
+            "frequency": bench_frequency, "batch": bench_batch, "match": bench_match, "streampng": bench_streampng,
+            "layer": bench_layer}
 
 if __name__ == "__main__":
     print(f"# imfilt benchmarks — {os.cpu_count()} cores, numpy {np.__version__}")

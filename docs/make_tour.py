@@ -100,6 +100,35 @@ def main() -> None:
     imfilt("kernels", "show", "sobel", "-o", str(tmp / "sobel.png"))
     row([("the scores", tmp / "scores.png"), ("kernels/diffusion.txt: their softmax", tmp / "diffusion.png"),
          ("sobel: its two kernels", tmp / "sobel.png")], OUT / "tour-kernels.png", height=200)
+    layer_and_orientation(tmp)
+
+
+def layer_and_orientation(tmp: Path) -> None:
+    """The tour's convolutional layer (docs/make_layer.py) and the orientation of a turned photo."""
+    import numpy as np
+    import scipy.ndimage as ndi
+
+    layer = tmp / "layer.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "docs" / "make_layer.py"), str(layer)], check=True)
+    imfilt("apply", str(SAMPLES / "chelsea.png"), "-k", f"{layer}:conv1.weight", "--correlate", "--out-dir", str(tmp),
+           "--montage", str(tmp / "montage.png"))
+    imfilt("kernels", "show", f"{layer}:conv1.weight", "-o", str(tmp / "layer.png"))
+    row([("kernels show: 6 x 3 channels", tmp / "layer.png"),
+         ("--montage: the 6 feature maps of chelsea.png", tmp / "montage.png")], OUT / "tour-layer.png", height=320)
+
+    brick = np.asarray(Image.open(SAMPLES / "brick.png").convert("L"))
+    side = int(min(brick.shape) / 2**0.5) - 4  # the centre square: no corners filled in by the turn
+    top = (brick.shape[0] - side) // 2
+    panels = []
+    for degrees in (0, 30):
+        turned = ndi.rotate(brick.astype(float), degrees, reshape=False, order=3, mode="reflect") if degrees else brick
+        path = tmp / f"brick{degrees}.png"
+        Image.fromarray(np.clip(np.rint(turned[top : top + side, top : top + side]), 0, 255).astype(np.uint8)).save(path)
+        found = imfilt_json("spectrum", str(path), "--window", "hann", "--orientation", "-o", str(tmp / f"s{degrees}.png"))
+        angle = found["orientation"][0]["angle"]
+        panels += [(f"brick, turned {degrees}°" if degrees else "brick.png (centre)", path),
+                   (f"--orientation: {angle:.1f}°", tmp / f"s{degrees}.png")]
+    row(panels, OUT / "tour-orientation.png", height=256)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def _fft_summed(engine, planes, c, anchor, mode, cval, memo):
     """sum_c planes[c] ⋆ c[c] by FFT: the padded planes' transforms come from ``memo`` when another
     kernel over the same planes made them; the products are summed before one inverse transform."""
     kh, kw = c.shape[-2:]
-    key = ("fft", anchor, (kh, kw), mode, cval)
+    key = ("fft", tuple(planes.shape), anchor, (kh, kw), mode, cval)  # --size full's planes are padded: larger
     if memo is None or key not in memo:
         padded = _pad(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
         ph, pw = padded.shape[1:]

@@ -308,3 +308,21 @@ def test_kernels_show_draws_a_layer_as_a_grid_and_writes_it_back(tmp_path):
     assert [k.bias for k in again] == [k.bias for k in kernels]
     refused = imfilt("kernels", "show", spec, "-o", tmp_path / "copy.npy")
     assert refused.exit_code == 2 and "holds no bias" in refused.stderr
+
+
+def test_one_image_shared_by_kernels_of_different_sizes_and_shapes():
+    """The FFTs kept for a bank are keyed by what made them: valid and full, or another kernel
+    shape, on the same image never take each other's."""
+    image = np.random.default_rng(19).random((14, 17, 3)).astype(np.float32)
+    loaded = Loaded(image, 32, False)
+    for size, shape in [("valid", (1, 3, 3, 4)), ("full", (1, 3, 3, 4)), ("same", (1, 3, 5, 2)), ("valid", (1, 3, 5, 2))]:
+        weight, bias = bank(20, shape)
+        out = Apply(load_kernels_from(weight, bias)[0], size=size, method="fft").run(loaded, cpu_engine()).pixels
+        np.testing.assert_allclose(out, reference(image, weight, bias, correlate=False, size=size), atol=2e-5)
+
+
+def test_normalize_sum_divides_a_layer_kernel_by_its_total_and_keeps_the_bias():
+    kernel = load_kernels_from(*bank(21, (1, 2, 3, 3)))[0]
+    normalized = kernel.normalized("sum")
+    assert normalized.summed and normalized.bias == kernel.bias
+    np.testing.assert_allclose(normalized.weights, kernel.weights / kernel.weights.sum())
