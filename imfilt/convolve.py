@@ -144,8 +144,9 @@ def _fft_summed(engine, planes, c, anchor, mode, cval, memo):
     return engine.xp.ascontiguousarray(full[None, kh - 1 : ph, kw - 1 : pw], dtype=np.float32)
 
 
-def _correlate(engine, planes, weights, correlate, method, anchor, mode, cval, memo=None):
+def _correlate(engine, planes, weights, correlate, method, anchor, mode, cval, memo=None, out=None):
     """Run one method; a separable kernel's factors are flipped with it (its rank checked once).
+    ``out``: where the result goes (planar, the planes' shape), else a new array.
 
     A summed kernel (C, kh, kw) runs each channel's matrix on its plane and adds the responses in
     channel order (by FFT: in Fourier space), so a window gives the whole image's bits.
@@ -153,20 +154,29 @@ def _correlate(engine, planes, weights, correlate, method, anchor, mode, cval, m
     if weights.ndim == 3:
         if method == "fft":
             return _fft_summed(engine, planes, weights if correlate else weights[:, ::-1, ::-1], anchor, mode, cval, memo)
-        total = None
-        for channel, matrix in enumerate(weights):
-            one = _correlate(engine, planes[channel : channel + 1], matrix, correlate, method, anchor, mode, cval)
-            total = one if total is None else engine.xp.add(total, one, out=total)
+        total = _correlate(engine, planes[:1], weights[0], correlate, method, anchor, mode, cval)
+        # the other channels' responses go through one scratch plane, kept for the bank's next kernel
+        key = ("scratch", total.shape)
+        scratch = memo[key] if memo is not None and key in memo else engine.xp.empty_like(total)
+        if memo is not None:
+            memo[key] = scratch
+        for channel in range(1, len(weights)):
+            _correlate(engine, planes[channel : channel + 1], weights[channel], correlate, method, anchor, mode, cval,
+                       out=scratch)
+            total += scratch
         return total
     c = weights if correlate else weights[::-1, ::-1]
     if method == "separable":
         column, row = rank_one_factors(weights)
         if not correlate:
             column, row = column[::-1], row[::-1]
-        return engine.filters.correlate_separable(engine, planes, column, row, anchor, mode, cval)
+        return engine.filters.correlate_separable(engine, planes, column, row, anchor, mode, cval, out=out)
     if method == "direct":
-        return engine.filters.correlate(engine, planes, c, anchor, mode, cval)
-    return _fft(engine, planes, c, anchor, mode, cval)
+        return engine.filters.correlate(engine, planes, c, anchor, mode, cval, out=out)
+    result = _fft(engine, planes, c, anchor, mode, cval)
+    if out is not None:
+        out[...] = result
+    return result if out is None else out
 
 
 def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="reflect", cval=0.0,

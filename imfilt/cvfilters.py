@@ -33,22 +33,22 @@ _BORDER = {"reflect": cv2.BORDER_REFLECT, "mirror": cv2.BORDER_REFLECT_101, "nea
 _PAD_BORDER = {"wrap": cv2.BORDER_WRAP, "constant": cv2.BORDER_CONSTANT}
 
 
-def _layout(planes):
+def _layout(planes, out=None):
     """(sources, targets, result): 2-D planes or one interleaved (H, W, C) array, and the
-    (C, H, W) view of the targets' memory that the caller gets back."""
+    (C, H, W) view of the targets' memory that the caller gets back (``out``, planar, when given)."""
     interleaved = np.moveaxis(planes, 0, -1)
-    if 1 < planes.shape[0] <= 4 and interleaved.flags.c_contiguous:  # OpenCV takes up to 512 channels; SIMD paths up to 4
+    if out is None and 1 < planes.shape[0] <= 4 and interleaved.flags.c_contiguous:  # OpenCV takes up to 512 channels; SIMD paths up to 4
         out = np.empty(interleaved.shape, np.float32)
         return [interleaved], [out], np.moveaxis(out, -1, 0)
-    out = np.empty(planes.shape, np.float32)
+    out = np.empty(planes.shape, np.float32) if out is None else out
     return [np.ascontiguousarray(plane) for plane in planes], list(out), out
 
 
-def _run(engine, planes, shape, anchor, mode: str, cval: float, filter_one):
+def _run(engine, planes, shape, anchor, mode: str, cval: float, filter_one, out=None):
     """filter_one(source, target, border) over the planes; padded first where OpenCV has no border."""
     if cv2.getNumThreads() != engine.threads:  # a process-wide setting: the engine in use decides
         cv2.setNumThreads(engine.threads)
-    sources, targets, result = _layout(np.asarray(planes, dtype=np.float32))
+    sources, targets, result = _layout(np.asarray(planes, dtype=np.float32), out)
     padded = mode == "wrap" or (mode == "constant" and cval != 0)
     top, left = anchor
     bottom, right = shape[0] - 1 - top, shape[1] - 1 - left
@@ -63,17 +63,19 @@ def _run(engine, planes, shape, anchor, mode: str, cval: float, filter_one):
     return result
 
 
-def correlate(engine, planes, weights: np.ndarray, anchor, mode: str, cval: float):
+def correlate(engine, planes, weights: np.ndarray, anchor, mode: str, cval: float, out=None):
+    """Correlation with weights, into ``out`` (planar float32, the planes' shape) when given."""
     kernel = np.asarray(weights, dtype=np.float32)
     point = (int(anchor[1]), int(anchor[0]))  # OpenCV's anchor is (x, y)
 
     def filter_one(source, target, border):
         return cv2.filter2D(source, cv2.CV_32F, kernel, dst=target, anchor=point, borderType=border)
 
-    return _run(engine, planes, weights.shape, anchor, mode, cval, filter_one)
+    return _run(engine, planes, weights.shape, anchor, mode, cval, filter_one, out)
 
 
-def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anchor, mode: str, cval: float):
+def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anchor, mode: str, cval: float,
+                        out=None):
     """Correlation with outer(column, row): sepFilter2D's two passes."""
     column32, row32 = column.astype(np.float32), row.astype(np.float32)
     point = (int(anchor[1]), int(anchor[0]))
@@ -81,7 +83,7 @@ def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anc
     def filter_one(source, target, border):
         return cv2.sepFilter2D(source, cv2.CV_32F, row32, column32, dst=target, anchor=point, borderType=border)
 
-    return _run(engine, planes, (column.size, row.size), anchor, mode, cval, filter_one)
+    return _run(engine, planes, (column.size, row.size), anchor, mode, cval, filter_one, out)
 
 
 def _flat(array):
