@@ -10,6 +10,7 @@ from .frequency import PROFILES, WINDOWS, Lowpass, Spectrum
 from .io import SCALES
 from .kernels import NORMALIZE, distinct_names, is_kernel_file, load_kernels
 from .ops import ALPHA_MODES, Apply
+from .orientation import OrientedSpectrum
 
 # The choices come from the library, so a value is named once.
 Boundary = choice_enum("Boundary", MODES)
@@ -80,7 +81,8 @@ def spectrum(
 
     Example:  imfilt spectrum samples/stripes-rotated.png -o rotated.spectrum.png --orientation
     """
-    run(batch, [Spectrum(window=window.value, phase=phase, gray=batch.gray, orientation=orientation)])
+    kind = OrientedSpectrum if orientation else Spectrum
+    run(batch, [kind(window=window.value, phase=phase, gray=batch.gray)])
 
 
 @app.command("lowpass")

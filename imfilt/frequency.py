@@ -144,17 +144,11 @@ class Spectrum:
     window: str = "none"
     phase: bool = False
     gray: bool = False
-    orientation: bool = False  # also find the dominant orientations (orientation.py)
 
     def __post_init__(self):
         check_choice("window", self.window, WINDOWS)
 
     work = "fft"  # what --engine auto weighs
-
-    @property
-    def streams(self) -> bool:
-        """Whether a huge image can be streamed: the orientations need the whole spectrum in memory."""
-        return not self.orientation
 
     @property
     def name(self) -> str:
@@ -169,15 +163,7 @@ class Spectrum:
         if self.gray:
             colour = luminance(colour)
         out = spectrum(colour, window=self.window, phase=self.phase, engine=engine)
-        facts = {"window": self.window}
-        if self.orientation:
-            from .orientation import orientations
-
-            found = orientations(colour, engine=engine)
-            facts["orientation"] = found
-            facts["note"] = "orientation " + (", ".join(f"{f['angle']:.1f}° (strength {f['strength']:.2f})"
-                                                        for f in found) or "none found")
-        return Result(out, False, self.auto_scale, facts)
+        return Result(out, False, self.auto_scale, {"window": self.window})
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ class Apply:
         The planes (planar, on the engine) and their FFTs are made once per image, for all the
         kernels of the bank (``loaded.memo``).
         """
-        memo = loaded.memo.setdefault(("planes", self.gray), {})
+        memo = loaded.memo.setdefault(("planes", self.gray, engine.name), {})  # --engine auto picks per operation
         if "planes" not in memo:
             colour, _ = split_alpha(loaded)
             colour = luminance(colour) if self.gray else colour

@@ -15,9 +15,13 @@ lies within 20° of it and nearer to it than to another orientation found.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from .engine import Engine, get_engine
+from .frequency import Spectrum, _mirror_half
+from .ops import Image, Result, luminance, split_alpha
 
 BIN = 0.25  # degrees per bin of the angle density
 NOISE_FLOOR = 3.0  # power up to this many times a ring's mean noise power counts as noise
@@ -38,8 +42,6 @@ def orientations(image: np.ndarray, *, engine: Engine | str = "cpu") -> list[dic
     from the x axis with y up, in [0, 180); strengths are shares of the oriented power (they sum
     to at most 1).
     """
-    from .ops import luminance
-
     engine = get_engine(engine) if isinstance(engine, str) else engine
     image = np.asarray(image, dtype=np.float32)
     gray = luminance(image)[..., 0] if image.ndim == 3 else image
@@ -55,8 +57,6 @@ def _power(engine: Engine, plane):
     mean = (plane * window).sum() / max(float(window.sum()), 1e-300)
     half = engine.fft.rfft2((plane - mean) * window)
     power = half.real**2 + half.imag**2
-    from .frequency import _mirror_half
-
     return engine.fft.fftshift(_mirror_half(power, width, xp), axes=(-2, -1))
 
 
@@ -167,3 +167,18 @@ def _place(engine: Engine, index: int, density: np.ndarray, angle, weight, fx, f
     curve = a - 2 * b + c
     shift = 0.5 * (a - c) / curve if curve < 0 else 0.0
     return round(float(((index + shift) * BIN) % 180.0), 2)
+
+
+@dataclass(frozen=True)
+class OrientedSpectrum(Spectrum):
+    """`imfilt spectrum --orientation`: the spectrum, and the orientations found in its facts (and
+    a line for people). It needs the whole image: a huge one is not streamed."""
+
+    streams = False
+
+    def run(self, loaded: Image, engine: Engine) -> Result:
+        result = super().run(loaded, engine)
+        colour, _ = split_alpha(loaded)
+        found = orientations(luminance(colour) if self.gray else colour, engine=engine)
+        note = ", ".join(f"{f['angle']:.1f}° (strength {f['strength']:.2f})" for f in found) or "none found"
+        return replace(result, facts={**result.facts, "orientation": found, "note": f"orientation {note}"})
