@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .engine import Engine, get_engine
-from .frequency import Spectrum, _mirror_half
+from .frequency import Spectrum
 from .ops import Image, Result, luminance, split_alpha
 
 BIN = 0.25  # degrees per bin of the angle density
@@ -49,46 +49,75 @@ def orientations(image: np.ndarray, *, engine: Engine | str = "cpu") -> list[dic
 
 
 def _power(engine: Engine, plane):
-    """The centred power spectrum of the plane, windowed, with its windowed mean removed (no DC)."""
-    xp = engine.xp
+    """The power spectrum of the plane on rfft2's half plane, windowed, its windowed mean removed (no DC)."""
     height, width = plane.shape
     window = engine.asarray(np.outer(np.hanning(height), np.hanning(width)))
     plane = plane.astype(np.float64)
     mean = (plane * window).sum() / max(float(window.sum()), 1e-300)
     half = engine.fft.rfft2((plane - mean) * window)
-    power = half.real**2 + half.imag**2
-    return engine.fft.fftshift(_mirror_half(power, width, xp), axes=(-2, -1))
+    return half.real**2 + half.imag**2
+
+
+@dataclass(frozen=True)
+class _Oriented:
+    """The frequencies whose power stands above their ring's noise floor: the half plane's, each
+    with its multiplicity (an inner column stands for itself and its mirror image -f as well)."""
+
+    rows: object  # indices into the half plane
+    cols: object
+    fx: object  # cycles per pixel, x right
+    fy: object  # y up
+    angle: object  # of the stripes they stand for, degrees in [0, 180)
+    ring: object
+    above: object  # power above the floor
+    weight: object  # ... times the multiplicity
+    rings: int
+
+
+def _oriented(engine: Engine, power, height: int, width: int):
+    """(_Oriented, the dense weights on the half plane without multiplicity)."""
+    xp = engine.xp
+    kept = power.shape[1]
+    fy = -xp.fft.fftfreq(height)[:, None]  # rows in FFT order: 0, 1, ..., -1; y up
+    fx = (xp.arange(kept) / width)[None, :]
+    radius = xp.sqrt(fx * fx + fy * fy)
+    ring = xp.rint(radius * min(height, width)).astype(np.int64)
+    keep = (ring >= MIN_RING) & (radius <= 0.5)
+    multiplicity = xp.full(kept, 2.0)
+    multiplicity[0] = 1.0
+    if width % 2 == 0:
+        multiplicity[-1] = 1.0  # the Nyquist column is its own mirror image
+    # each ring's noise floor from the mean of log power: one strong frequency hardly moves it
+    rings = int(ring.max()) + 1
+    counted = xp.broadcast_to(multiplicity, power.shape)[keep]
+    counts = xp.bincount(ring[keep], weights=counted, minlength=rings)
+    logs = xp.bincount(ring[keep], weights=counted * xp.log(power[keep] + 1e-300), minlength=rings)
+    floor = xp.exp(logs / xp.maximum(counts, 1) + _EULER)
+    dense = xp.where(keep, xp.maximum(power - NOISE_FLOOR * floor[ring], 0.0), 0.0)
+    index = xp.flatnonzero(dense)
+    rows, cols = index // kept, index % kept
+    fx_, fy_ = fx[0, cols], fy[rows, 0]
+    angle = (xp.degrees(xp.arctan2(fy_, fx_)) + 90.0) % 180.0
+    above = dense.ravel()[index]
+    return _Oriented(rows, cols, fx_, fy_, angle, ring.ravel()[index], above, above * multiplicity[cols], rings), dense
 
 
 def orientation_plane(engine: Engine, plane) -> list[dict]:
     """The core of orientations(): one (H, W) plane on the engine."""
-    xp = engine.xp
     height, width = plane.shape
     if min(height, width) < 2 * MIN_RING + 1:
         return []
-    power = _power(engine, plane)
-    fy = -(xp.arange(height) - height // 2)[:, None] / height  # cycles per pixel, y up
-    fx = (xp.arange(width) - width // 2)[None, :] / width
-    radius = xp.sqrt(fx * fx + fy * fy)
-    ring = xp.rint(radius * min(height, width)).astype(np.int64)
-    keep = (ring >= MIN_RING) & (radius <= 0.5)
-    angle = xp.broadcast_to((xp.degrees(xp.arctan2(fy, fx)) + 90.0) % 180.0, power.shape)
-    # each ring's noise floor from the mean of log power: one strong frequency hardly moves it
-    rings = int(ring.max()) + 1
-    counts = xp.bincount(ring[keep], minlength=rings)
-    logs = xp.bincount(ring[keep], weights=xp.log(power[keep] + 1e-300), minlength=rings)
-    floor = xp.exp(logs / xp.maximum(counts, 1) + _EULER)
-    weight = xp.where(keep, xp.maximum(power - NOISE_FLOOR * floor[ring], 0.0), 0.0)
-    density = _density(engine, angle, ring, weight, rings)
+    found, dense = _oriented(engine, _power(engine, plane), height, width)
+    density = _density(engine, found)
     if float(density.sum()) <= 0:  # a flat image: nothing is oriented
         return []
-    found: list[float] = []
+    angles: list[float] = []
     for index in _peaks(density):
-        placed = _place(engine, index, density, angle, weight, fx, fy)
+        placed = _place(engine, index, density, found, dense, (height, width))
         # lumps of one broad peak placed on the same spot are one orientation
-        if all(_distance(placed, f) >= SEPARATION for f in found):
-            found.append(placed)
-    return _strengths(density, found)
+        if all(_distance(placed, a) >= SEPARATION for a in angles):
+            angles.append(placed)
+    return _strengths(density, angles)
 
 
 def _distance(a, b):
@@ -110,21 +139,19 @@ def _strengths(density: np.ndarray, found: list[float]) -> list[dict]:
     return sorted(out, key=lambda f: -f["strength"])[:MOST]
 
 
-def _density(engine: Engine, angle, ring, weight, rings: int) -> np.ndarray:
+def _density(engine: Engine, found: _Oriented) -> np.ndarray:
     """The weights over [0, 180) in bins of BIN degrees, each ring smoothed by its angular resolution."""
     xp = engine.xp
     bins = int(round(180 / BIN))
-    position = angle / BIN
+    position = found.angle / BIN
     low = xp.floor(position).astype(np.int64)
     fraction = position - low
-    flat = weight.ravel() > 0
-    low, fraction, w, r = low.ravel()[flat], fraction.ravel()[flat], weight.ravel()[flat], ring.ravel()[flat]
-    size = rings * bins
-    histogram = (xp.bincount(r * bins + low % bins, weights=w * (1 - fraction), minlength=size)
-                 + xp.bincount(r * bins + (low + 1) % bins, weights=w * fraction, minlength=size))
-    histogram = engine.to_host(histogram).reshape(rings, bins)
+    size = found.rings * bins
+    histogram = (xp.bincount(found.ring * bins + low % bins, weights=found.weight * (1 - fraction), minlength=size)
+                 + xp.bincount(found.ring * bins + (low + 1) % bins, weights=found.weight * fraction, minlength=size))
+    histogram = engine.to_host(histogram).reshape(found.rings, bins)
     used = histogram.any(axis=1)
-    sigma = np.maximum(np.degrees(1.0 / np.maximum(np.arange(rings), 1)) / BIN, 1.0)[used]  # in bins
+    sigma = np.maximum(np.degrees(1.0 / np.maximum(np.arange(found.rings), 1)) / BIN, 1.0)[used]  # in bins
     transfer = np.exp(-2.0 * (np.pi * sigma[:, None] * np.fft.rfftfreq(bins)[None, :]) ** 2)
     return np.maximum(np.fft.irfft((np.fft.rfft(histogram[used], axis=1) * transfer).sum(axis=0), n=bins), 0.0)
 
@@ -145,22 +172,29 @@ def _peaks(density: np.ndarray) -> list[int]:
     return chosen
 
 
-def _place(engine: Engine, index: int, density: np.ndarray, angle, weight, fx, fy) -> float:
+def _place(engine: Engine, index: int, density: np.ndarray, found: _Oriented, dense, shape) -> float:
     """The peak's angle: the centre of its compact spot of power, or a parabola through the density."""
     xp = engine.xp
-    centre = index * BIN
-    offset = (angle - centre + 90.0) % 180.0 - 90.0
-    wedge = xp.where(xp.abs(offset) <= 10.0, weight, 0.0)
-    wedge_total = float(wedge.sum())
+    height, width = shape
+    offset = (found.angle - index * BIN + 90.0) % 180.0 - 90.0
+    inside = xp.abs(offset) <= 10.0
+    wedge_total = float(xp.where(inside, found.weight, 0.0).sum())  # with the mirror images: the spot is in it twice
     if wedge_total > 0:
-        row, col = (int(i) for i in np.unravel_index(int(xp.argmax(wedge)), wedge.shape))
-        rows = slice(max(0, row - SPOT), row + SPOT + 1)
-        cols = slice(max(0, col - SPOT), col + SPOT + 1)
-        spot = weight[rows, cols]
+        strongest = int(xp.argmax(xp.where(inside, found.above, 0.0)))
+        row, col = int(found.rows[strongest]), int(found.cols[strongest])
+        u = (row + height // 2) % height - height // 2  # the signed row frequency, in bins
+        steps = np.arange(-SPOT, SPOT + 1)
+        du, dv = (a.ravel() for a in np.meshgrid(steps, steps, indexing="ij"))
+        us, vs = u + du, col + dv  # the spot around it, on both sides of the half plane's edge
+        inside = (np.abs(us) <= height // 2) & (np.abs(vs) <= width // 2)
+        us, vs = us[inside], vs[inside]
+        mirrored = vs < 0  # power(-f) = power(f): a column left of 0 is read at -f
+        rows_at, cols_at = np.where(mirrored, -us, us) % height, np.abs(vs)
+        spot = engine.to_host(dense[engine.asarray(rows_at), engine.asarray(cols_at)]).astype(np.float64)
         spot_total = float(spot.sum())
-        if spot_total >= SPOT_SHARE * wedge_total / 2:  # the wedge holds the spot twice: at f and at -f
-            x = float((spot * xp.broadcast_to(fx, weight.shape)[rows, cols]).sum()) / spot_total
-            y = float((spot * xp.broadcast_to(fy, weight.shape)[rows, cols]).sum()) / spot_total
+        if spot_total >= SPOT_SHARE * wedge_total / 2:
+            x = float((spot * vs / width).sum()) / spot_total
+            y = float((spot * -us / height).sum()) / spot_total
             return round(float((np.degrees(np.arctan2(y, x)) + 90.0) % 180.0), 2)
     bins = len(density)
     a, b, c = density[index - 1], density[index], density[(index + 1) % bins]
