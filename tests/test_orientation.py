@@ -113,3 +113,15 @@ def test_on_the_command_line(tmp_path):
     assert result.stderr.startswith(f"{tmp_path / 'a.png'}: orientation 37.0° (strength ")
     result = runner.invoke(app, ["spectrum", str(tmp_path / "a.png"), "--json", "-o", str(tmp_path / "u.png")])
     assert "orientation" not in json.loads(result.stdout)  # only when asked
+
+
+def test_an_image_over_memory_is_processed_whole_for_its_orientation(tmp_path):
+    """--orientation needs the whole spectrum: a TIFF over --memory is not streamed (a plain spectrum is)."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.rint(stripes(37.0, 9.0, shape=(120, 140)) * 200).astype(np.uint8))
+    common = ["spectrum", str(tmp_path / "a.tif"), "--memory", "100K", "--json", "--out-dir", str(tmp_path)]
+    oriented = json.loads(runner.invoke(app, common + ["--orientation", "--name", "o.tif"]).stdout)
+    plain = json.loads(runner.invoke(app, common + ["--name", "p.tif"]).stdout)
+    assert plain.get("tiled") and not oriented.get("tiled")
+    assert abs(oriented["orientation"][0]["angle"] - 37.0) <= 1.0
