@@ -15,7 +15,7 @@ import numpy as np
 
 MAX_SIDE = 8192  # pixels a side of a montage at most
 SEPARATOR = 2  # pixels between cells
-BACKGROUND = 1.0  # separators and empty cells: white
+# separators and empty cells are white: the largest value the maps' type stores (1.0 for floats)
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ def layout(shapes: list[tuple[int, int]], max_side: int = MAX_SIDE) -> Layout:
 
 
 def fit(cell_map: np.ndarray, grid: Layout) -> np.ndarray:
-    """One map (H, W, C) in [0, 1] units scaled to the grid (area averaging), float32."""
-    cell_map = np.asarray(cell_map, dtype=np.float32)
+    """One map (H, W, C), as stored (uint8, uint16) or float32, scaled to the grid (area averaging)."""
     if grid.scale == 1.0:
         return cell_map
     import cv2
@@ -62,7 +61,7 @@ def fit(cell_map: np.ndarray, grid: Layout) -> np.ndarray:
 
 
 def compose(maps: list[np.ndarray], grid: Layout) -> np.ndarray:
-    """The maps (each fitted, (h, w, C) in [0, 1]) row by row into one (H, W, C) picture.
+    """The maps (each fitted, (h, w, C), one type) row by row into one (H, W, C) picture.
 
     Grey maps are repeated into colour when another map has colour.
     """
@@ -71,7 +70,9 @@ def compose(maps: list[np.ndarray], grid: Layout) -> np.ndarray:
         from .errors import InputError
 
         raise InputError(f"--montage: maps of {sorted({m.shape[2] for m in maps})} channels do not go in one picture")
-    canvas = np.full((*grid.shape, channels), BACKGROUND, dtype=np.float32)
+    dtype = maps[0].dtype
+    white = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1.0
+    canvas = np.full((*grid.shape, channels), white, dtype=dtype)
     for index, cell_map in enumerate(maps):
         row, col = divmod(index, grid.cols)
         top, left = row * (grid.cell[0] + SEPARATOR), col * (grid.cell[1] + SEPARATOR)

@@ -22,8 +22,8 @@ from . import tiled, tiled_fft
 from .distributed import check_stop
 from .engine import auto_engine, get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError
-from .io import (FORMATS, Loaded, check_output_format, check_output_size, check_pixels, fitting_depth, load,
-                 pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
+from .io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
+                 fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from .omezarr import is_store
 from .ops import Apply
 from .tiles import image_shape
@@ -222,6 +222,8 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     for name, path in extras.items():
         if len(sources) > 1 and "{stem}" not in path:
             raise UsageError(f"--{name}-out {path!r} would be written for every input: put {{stem}} in it")
+    if montage == "-":
+        raise UsageError("--montage writes a file: give its path (standard output takes the main output only)")
     if montage is not None and len(sources) > 1 and "{stem}" not in montage:
         raise UsageError(f"--montage {montage!r} would be written for every input: put {{stem}} in it")
     inputs = {_key(s): s for s in (*sources, *reads) if s != "-"}  # kernel files and templates too
@@ -458,7 +460,11 @@ def _engine_for(settings, op, pixels: int):
 
 
 class _Sheet:
-    """--montage: each map scaled as its own output is, fitted to the grid as it comes (montage.py)."""
+    """--montage: each map scaled as its own output is, fitted to the grid as it comes (montage.py).
+
+    Image formats keep the maps as the integers their files store (a quarter of float32's memory)
+    and encode the grid as it is; float outputs (.npy, .zarr, 32-bit) hold the values themselves.
+    """
 
     def __init__(self, job: Job, output: Output, loaded: Loaded):
         from . import montage
@@ -467,22 +473,23 @@ class _Sheet:
         height, width = loaded.pixels.shape[:2]
         self.suffix = Path(output.path).suffix.lower()
         self.depth = job.settings.depth or fitting_depth(loaded.depth, self.suffix)
+        self.stored = self.depth != 32 and self.suffix not in (".npy", ".zarr")
         self.grid = montage.layout([tiled.output_shape(o.op, height, width) for o in job.outputs])
         self.maps: list[np.ndarray] = []
         self.start = time.perf_counter()
 
     def add(self, result, scale: str) -> None:
         colour = result.pixels[..., :-1] if result.alpha else result.pixels
-        if self.depth == 32 or self.suffix == ".npy":  # float outputs hold the values themselves
-            shown = colour
-        else:
-            shown = to_storage(colour, self.depth, scale).astype(np.float32) / (255 if self.depth == 8 else 65535)
-        self.maps.append(self.montage.fit(shown, self.grid))
+        self.maps.append(self.montage.fit(to_storage(colour, self.depth, scale) if self.stored else colour, self.grid))
 
     def write(self, engine: str) -> dict:
         picture = self.montage.compose(self.maps, self.grid)
-        depth = 32 if self.suffix == ".npy" else self.depth
-        write_image(self.output.path, picture, depth=depth, scale="clip", threads=self.job.settings.threads)
+        threads = self.job.settings.threads or os.cpu_count() or 1
+        if self.stored:
+            atomic_write(self.output.path, lambda f: encode(picture, self.suffix, False, f, threads))
+        else:
+            write_image(self.output.path, picture, depth=32 if self.suffix == ".npy" else self.depth, scale="clip",
+                        threads=threads)
         record = _record(self.job, self.output)
         record.update(self.grid.facts(len(self.maps)), engine=engine, shape=list(picture.shape),
                       seconds=round(time.perf_counter() - self.start, 4))

@@ -89,3 +89,16 @@ def test_a_missing_montage_is_made_from_outputs_that_are_skipped(photo, tmp_path
     out = records(imfilt("apply", photo, "-k", "box", "-k", "sobel", "--out-dir", tmp_path / "o", "--skip-existing",
                          "--montage", tmp_path / "m.png", "--json"))
     assert [r["skipped"] for r in out] == [True, True, False] and out[-1]["maps"] == 2
+
+
+def test_a_float_montage_holds_the_values_and_standard_output_is_refused(photo, tmp_path):
+    """.npy: each cell holds the map's float32 values themselves (as the .npy outputs), white = 1.0."""
+    out = records(imfilt("apply", photo, "-k", "sobel-x", "-k", "box", "--out-dir", tmp_path / "o", "--name", "{op}.npy",
+                         "--montage", tmp_path / "m.npy", "--json"))
+    picture = np.load(tmp_path / "m.npy")
+    assert picture.dtype == np.float32 and picture.shape == tuple(out[-1]["shape"]) == (20, 62, 3)
+    np.testing.assert_array_equal(picture[:, :30], np.load(tmp_path / "o" / "sobel-x.npy"))  # negative values kept
+    np.testing.assert_array_equal(picture[:, 32:], np.load(tmp_path / "o" / "box.npy"))
+    assert (picture[:, 30:32] == 1.0).all() and picture.min() < 0
+    result = imfilt("apply", photo, "-k", "box", "--out-dir", tmp_path / "p", "--montage", "-")
+    assert result.exit_code == 2 and "--montage writes a file" in result.stderr
