@@ -23,7 +23,8 @@ from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
 from .omezarr import is_store
 from .ops import Apply
-from .tiled import apply_window, check_tiled_output
+from . import montage
+from .tiled import apply_window, check_tiled_output, output_shape
 from .tiles import image_shape, open_source
 
 # Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
@@ -95,6 +96,14 @@ def peak_bytes(shape: tuple[int, int, int], ops) -> int:
     return BASE_BYTES + max(need(op) for op in ops)
 
 
+def montage_bytes(shape: tuple[int, int, int], ops) -> int:
+    """--montage: its grid and the cells kept for it, ~2.5 bytes per 8-bit sample of the grid
+    (8 maps of 4096x4096: +160 MB for a 8190x8190 grid, measured)."""
+    grid = montage.layout([output_shape(op, *shape[:2]) for op in ops])
+    channels = max(1 if op.gray or op.kernel.summed else shape[2] for op in ops)  # a layer's maps are grey
+    return int(2.5 * grid.shape[0] * grid.shape[1] * channels)
+
+
 def probe(source: str) -> tuple[tuple[int, int, int] | None, str | None]:
     """(height, width, channels) from the file's header, or why it cannot be read; nothing decoded."""
     if source == "-":
@@ -139,6 +148,8 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
             peak = STREAMED_BASE_BYTES + job.settings.memory if job.tiled else peak_bytes(shape, [o.op for o in job.outputs])
+            if job.montage and not job.montage.skip and not job.tiled:
+                peak += montage_bytes(shape, [o.op for o in job.outputs])
             largest = (job.source, shape, peak, job.tiled)
     summary = {"inputs": len(jobs) + len(expanded.empty), "outputs": sum(1 for r in records if "output" in r and not r["skipped"]),
                "skipped": sum(1 for r in records if r.get("skipped")), "refused": sum(1 for r in records if "refused" in r),

@@ -102,3 +102,13 @@ def test_a_float_montage_holds_the_values_and_standard_output_is_refused(photo, 
     assert (picture[:, 30:32] == 1.0).all() and picture.min() < 0
     result = imfilt("apply", photo, "-k", "box", "--out-dir", tmp_path / "p", "--montage", "-")
     assert result.exit_code == 2 and "--montage writes a file" in result.stderr
+
+
+def test_dry_run_shows_the_montage_and_counts_its_memory(photo, tmp_path):
+    plain = imfilt("apply", photo, "-k", "box", "-k", "sobel", "--out-dir", tmp_path / "o", "--dry-run", "--json")
+    sheet = imfilt("apply", photo, "-k", "box", "-k", "sobel", "--out-dir", tmp_path / "o", "--montage",
+                   tmp_path / "m.png", "--dry-run", "--json")
+    records = [json.loads(line) for line in sheet.stdout.splitlines()]
+    assert records[2]["output"] == str(tmp_path / "m.png") and records[2]["method"] == "montage"
+    before = json.loads(plain.stdout.splitlines()[-1])["plan"]["peak_memory_mb"]
+    assert records[-1]["plan"]["peak_memory_mb"] >= before and not (tmp_path / "m.png").exists()
