@@ -96,11 +96,11 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
             bottom = min(top + step, out_h)
             numerator, spread = engine.map(lambda part: part(top, bottom), [strips.numerator, strips.spread])
             flat = spread <= flat_level
-            spread[flat] = 1.0
+            xp.maximum(spread, flat_level, out=spread)  # no 0 / 0 in flat windows (they score 0 below)
             spread *= t_norm2
             xp.sqrt(spread, out=spread)
             numerator /= spread
-            numerator[flat] = 0.0
+            xp.copyto(numerator, 0.0, where=flat)
             xp.clip(numerator, -1.0, 1.0, out=numerator)
             scores[top:bottom] = numerator
     if size == "same":
