@@ -125,9 +125,8 @@ class _Strips:
         self.block_filled = fshape
         rows = min(step + self.th - 1, height)
         self.out = xp.empty((step, width - self.tw + 1), dtype=np.float64)
-        self.squares = xp.empty((rows, width), dtype=np.float64)
-        self.scratch = xp.empty((rows, width), dtype=np.float64)
-        self.sums = [xp.empty((rows, width), dtype=np.float64) for _ in range(channels + 1)]
+        # the window sums: of the squares (summed over the channels), then of one channel at a time
+        self.squares, self.scratch, self.total = (xp.empty((rows, width), dtype=np.float64) for _ in range(3))
 
     def _raw(self, top: int, bottom: int):
         """Input rows top..bottom + th - 1 as (C, rows, W) planes (a view on the CPU)."""
@@ -170,8 +169,9 @@ class _Strips:
             xp.multiply(more, more, out=scratch, dtype=np.float64)
             squares += scratch
         window = (self.th, self.tw)
-        (total,) = engine.filters.window_sums(engine, squares[None], window, out=self.sums[-1:])
-        for sums in engine.filters.window_sums(engine, raw, window, out=self.sums[:-1]):
+        (total,) = engine.filters.window_sums(engine, squares[None], window, out=[self.total])
+        for plane in raw:
+            (sums,) = engine.filters.window_sums(engine, plane[None], window, out=[self.scratch])
             sums *= sums
             sums /= self.th * self.tw
             total -= sums
