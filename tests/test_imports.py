@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-HEAVY = {"scipy", "zarr", "pyvips", "dask", "distributed", "tifffile", "numcodecs", "pyfftw"}
+# the GPU libraries too: cupy is imported only when a run asks for the GPU (and --engine auto only for large FFT work)
+HEAVY = {"scipy", "zarr", "pyvips", "dask", "distributed", "tifffile", "numcodecs", "pyfftw", "cupy", "cupyx"}
 
 
 def imported(code: str, cwd=None) -> set[str]:
