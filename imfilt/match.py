@@ -94,7 +94,8 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
         strips = _Strips(engine.one_thread(), image3, (th, tw), t_spectrum, means, (step, block_w), fshape)
         for top in range(0, out_h, step):
             bottom = min(top + step, out_h)
-            numerator, spread = engine.map(lambda part: part(top, bottom), [strips.numerator, strips.spread])
+            raw = strips.raw(top, bottom)  # one host-to-device copy a strip on the GPU
+            numerator, spread = engine.map(lambda part: part(raw, bottom - top), [strips.numerator, strips.spread])
             flat = spread <= flat_level
             xp.maximum(spread, flat_level, out=spread)  # no 0 / 0 in flat windows (they score 0 below)
             spread *= t_norm2
@@ -128,16 +129,16 @@ class _Strips:
         # the window sums: of the squares (summed over the channels), then of one channel at a time
         self.squares, self.scratch, self.total = (xp.empty((rows, width), dtype=np.float64) for _ in range(3))
 
-    def _raw(self, top: int, bottom: int):
+    def raw(self, top: int, bottom: int):
         """Input rows top..bottom + th - 1 as (C, rows, W) planes (a view on the CPU)."""
         return self.engine.asarray(np.moveaxis(self.image3[top : bottom + self.th - 1], -1, 0))
 
-    def numerator(self, top: int, bottom: int):
-        """sum_c sum_xy T'_c · I_c for output rows top..bottom: each channel minus its mean (the
+    def numerator(self, raw, rows: int):
+        """sum_c sum_xy T'_c · I_c for ``rows`` output rows from their input rows ``raw``: each channel minus its mean (the
         scores ignore it; the FFT's rounding stays small), correlated by FFT in float64 block by
         block and summed over the channels in the Fourier domain."""
         engine, xp, th, tw = self.engine, self.engine.xp, self.th, self.tw
-        raw, rows, out = self._raw(top, bottom), bottom - top, self.out[: bottom - top]
+        out = self.out[:rows]
         out_w = out.shape[1]
         for left in range(0, out_w, self.block_w):
             cols = min(self.block_w, out_w - left)
@@ -157,12 +158,11 @@ class _Strips:
             out[:, left : left + cols] = engine.fft.irfft2(total, s=self.fshape)[th - 1 : th - 1 + rows, tw - 1 : tw - 1 + cols]
         return out
 
-    def spread(self, top: int, bottom: int):
+    def spread(self, raw, rows: int):
         """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window, from float64 window sums of the
         pixels as they are (double holds the difference: 1e-9 of it at a spread of 3e-4 on a
         base of 0.8)."""
         engine, xp = self.engine, self.engine.xp
-        raw = self._raw(top, bottom)
         squares, scratch = self.squares[: raw.shape[1]], self.scratch[: raw.shape[1]]
         xp.multiply(raw[0], raw[0], out=squares, dtype=np.float64)  # a float32's square is exact in float64
         for more in raw[1:]:
