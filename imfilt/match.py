@@ -91,16 +91,13 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
         # One strip after another, its FFTs on one thread and its window sums on another: on the
         # 2-core machine two strips at once, or FFTs on two threads, measured 1.2-2.4x slower
         # (small FFTs, twice the memory in flight).
-        strips = _Strips(engine.one_thread(), image3, (th, tw), t_spectrum, means, (step, block_w), fshape)
+        strips = _Strips(engine.one_thread(), image3, (th, tw), t_spectrum, means, (step, block_w), fshape,
+                         t_norm2, flat_level)
         for top in range(0, out_h, step):
             bottom = min(top + step, out_h)
             raw = strips.raw(top, bottom)  # one host-to-device copy a strip on the GPU
-            numerator, spread = engine.map(lambda part: part(raw, bottom - top), [strips.numerator, strips.spread])
-            flat = spread <= flat_level
-            xp.maximum(spread, flat_level, out=spread)  # no 0 / 0 in flat windows (they score 0 below)
-            spread *= t_norm2
-            xp.sqrt(spread, out=spread)
-            numerator /= spread
+            numerator, (norm, flat) = engine.map(lambda part: part(raw, bottom - top), [strips.numerator, strips.norm])
+            numerator /= norm
             xp.copyto(numerator, 0.0, where=flat)
             xp.clip(numerator, -1.0, 1.0, out=numerator)
             scores[top:bottom] = numerator
@@ -117,11 +114,12 @@ class _Strips:
     arithmetic): the numerator by FFTs, and the windows' spread by window sums.
     """
 
-    def __init__(self, engine: Engine, image3, shape, t_spectrum, means, steps, fshape):
+    def __init__(self, engine: Engine, image3, shape, t_spectrum, means, steps, fshape, t_norm2, flat_level):
         xp = engine.xp
         (self.th, self.tw), (step, self.block_w), self.fshape = shape, steps, fshape
         height, width, channels = image3.shape
         self.engine, self.image3, self.t_spectrum, self.means = engine, image3, t_spectrum, means
+        self.t_norm2, self.flat_level = t_norm2, flat_level
         self.block = xp.zeros((channels, *fshape), dtype=np.float64)  # one overlap-save block, zero-padded
         self.block_filled = fshape
         rows = min(step + self.th - 1, height)
@@ -158,7 +156,17 @@ class _Strips:
             out[:, left : left + cols] = engine.fft.irfft2(total, s=self.fshape)[th - 1 : th - 1 + rows, tw - 1 : tw - 1 + cols]
         return out
 
-    def spread(self, raw, rows: int):
+    def norm(self, raw, rows: int):  # rows: as numerator takes them (the strip's height is raw's, less th - 1)
+        """(the denominator sqrt(sum_xy T'² · spread) of each window, where it is flat): the
+        spread's half of the arithmetic, so that the thread of the FFTs has less to do."""
+        spread = self.spread(raw)
+        flat = spread <= self.flat_level
+        xp = self.engine.xp
+        xp.maximum(spread, self.flat_level, out=spread)  # no 0 / 0 in flat windows (they score 0)
+        spread *= self.t_norm2
+        return xp.sqrt(spread, out=spread), flat
+
+    def spread(self, raw):
         """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window, from float64 window sums of the
         pixels as they are (double holds the difference: 1e-9 of it at a spread of 3e-4 on a
         base of 0.8)."""
