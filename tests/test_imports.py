@@ -57,3 +57,18 @@ def test_import_contracts_hold():
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
     done = subprocess.run([lint, "--no-cache"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_every_module_has_a_layer():
+    """A new module is placed in pyproject.toml's layers contract: one left out would be checked by nothing."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in config if c["type"] == "layers")["layers"]
+    placed = {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+    modules = {p.stem for p in (root / "imfilt").glob("*.py") if not p.stem.startswith("__")}
+    assert modules - placed == set(), "add these to [tool.importlinter] layers in pyproject.toml"
+    assert placed - modules == set(), "these layers name no module"
