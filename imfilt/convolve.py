@@ -91,7 +91,7 @@ def choose_method(shape: tuple[int, int], separable: bool, crossovers: dict) -> 
     return "fft"
 
 
-def _pad(engine: Engine, planes, before: tuple[int, int], after: tuple[int, int], mode: str, cval: float,
+def pad_planes(engine: Engine, planes, before: tuple[int, int], after: tuple[int, int], mode: str, cval: float,
          keep_layout: bool = False):
     """The planes extended by the boundary mode: planar, or with ``keep_layout`` interleaved if they are.
 
@@ -109,7 +109,7 @@ def _pad(engine: Engine, planes, before: tuple[int, int], after: tuple[int, int]
 def _fft(engine, planes, c, anchor, mode, cval):
     """Linear correlation by FFT of the padded planes: the boundary is the padding, never the FFT's wrap."""
     kh, kw = c.shape
-    padded = _pad(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
+    padded = pad_planes(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
     ph, pw = padded.shape[1:]
     shape = (engine.fft.next_fast_len(ph), engine.fft.next_fast_len(pw))
     flipped = engine.asarray(np.ascontiguousarray(c[::-1, ::-1], dtype=np.float32))
@@ -126,7 +126,7 @@ def _fft_summed(engine, planes, c, anchor, mode, cval, memo):
     kh, kw = c.shape[-2:]
     key = ("fft", tuple(planes.shape), anchor, (kh, kw), mode, cval)  # --size full's planes are padded: larger
     if memo is None or key not in memo:
-        padded = _pad(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
+        padded = pad_planes(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
         ph, pw = padded.shape[1:]
         shape = (engine.fft.next_fast_len(ph), engine.fft.next_fast_len(pw))
         found = (engine.fft.rfft2(padded, s=shape, axes=(-2, -1)), (ph, pw), shape)
@@ -191,7 +191,7 @@ def correlate_planes(engine: Engine, planes, weights: np.ndarray, *, mode="refle
     check_channels(weights, planes.shape[0])
     method = resolve_method(weights, method, engine)
     if size == "full":
-        planes = _pad(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval, keep_layout=True)
+        planes = pad_planes(engine, planes, (kh - 1, kw - 1), (kh - 1, kw - 1), mode, cval, keep_layout=True)
     if size == "same":
         anchor = (kh - 1 - kh // 2, kw - 1 - kw // 2) if not correlate else (kh // 2, kw // 2)
         return _correlate(engine, planes, weights, correlate, method, anchor, mode, cval, memo)

@@ -70,6 +70,8 @@ def method_and_why(op) -> tuple[str, str]:
         return "fft", f"rfft2, times the {op.profile} mask of radius {op.radius:g}, irfft2"
     if isinstance(op, Match):
         return "fft", "float64 FFT correlation; window sums by running sums"
+    if hasattr(op, "explain"):  # newer operations say it themselves
+        return op.explain()
     return "-", ""
 
 
