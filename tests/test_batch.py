@@ -239,3 +239,14 @@ def test_dask_match_is_identical_to_local(tmp_path, dask_cluster):
     assert contents(tmp_path / "local") == contents(tmp_path / "remote") and len(contents(tmp_path / "local")) == 3
     best = {Path(r["input"]).name: r["matches"][0] for r in map(json.loads, remote.stdout.splitlines())}
     assert (best["img01.png"]["row"], best["img01.png"]["col"]) == (5, 10) and best["img01.png"]["score"] > 0.999
+
+
+@needs_dask
+def test_dask_deconvolve_is_identical_to_local(tmp_path, dask_cluster):
+    """imfilt deconvolve: a batch option like any other; the same files on Dask."""
+    make_photos(tmp_path / "in", 2)
+    args = ("deconvolve", tmp_path / "in", "-k", "gaussian:sigma=1", "--method", "richardson-lucy", "--iterations", "3")
+    local = imfilt(*args, "--out-dir", tmp_path / "local")
+    remote = imfilt(*args, "--out-dir", tmp_path / "remote", "--scheduler", dask_cluster)
+    assert local.exit_code == remote.exit_code == 0, remote.stderr
+    assert contents(tmp_path / "local") == contents(tmp_path / "remote") and len(contents(tmp_path / "local")) == 2
