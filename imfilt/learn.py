@@ -150,7 +150,7 @@ def _normal_equations(engine: Engine, planes, ys, kh: int, kw: int) -> tuple[np.
     row_out, col_out = row_out.astype(np.float64), col_out.astype(np.float64)
     windowed = (auto[None, None] - np.einsum("uk,kab->uab", row_out, row_sums)[:, None]
                 - np.einsum("vk,kab->vab", col_out, col_sums)[None, :]
-                + np.einsum("uk,vl,klab->uvab", row_out, col_out, corners))  # (kh, kw, lags0, lags1)
+                + np.einsum("vl,ulab->uvab", col_out, np.einsum("uk,klab->ulab", row_out, corners)))  # (kh, kw, lags, lags)
     u0, u1 = np.arange(kh), np.arange(kw)
     gram = windowed[u0[:, None, None, None], u1[None, :, None, None],
                     (u0[None, :] - u0[:, None] + rh)[:, None, :, None], (u1[None, :] - u1[:, None] + rw)[None, :, None, :]]
