@@ -130,6 +130,19 @@ def layer_and_orientation(tmp: Path) -> None:
                    (f"--orientation: {angle:.1f}°", tmp / f"s{degrees}.png")]
     row(panels, OUT / "tour-orientation.png", height=256)
 
+    # learn the kernel behind a sharpen we pretend not to know; deconvolve a blurred photo
+    cat = str(SAMPLES / "chelsea.png")
+    imfilt("apply", cat, "-k", "3x3: 0,-0.5,0,-1,3.5,-0.5,0,-0.5,0", "-o", str(tmp / "sharpened.png"))
+    imfilt("learn", cat, str(tmp / "sharpened.png"), "--size", "3", "-o", str(tmp / "learned.txt"))
+    imfilt("kernels", "show", str(tmp / "learned.txt"), "-o", str(tmp / "learned.png"))
+    imfilt("apply", cat, "-k", "gaussian:sigma=2", "-o", str(tmp / "blurred.png"))
+    for method in ("wiener", "richardson-lucy"):
+        imfilt("deconvolve", str(tmp / "blurred.png"), "-k", "gaussian:sigma=2", "--method", method, "-o",
+               str(tmp / f"{method}.png"))
+    row([("sharpened (kernel unknown)", tmp / "sharpened.png"), ("learn --size 3, kernels show", tmp / "learned.png"),
+         ("blurred: gaussian:sigma=2", tmp / "blurred.png"), ("deconvolve (wiener)", tmp / "wiener.png"),
+         ("--method richardson-lucy", tmp / "richardson-lucy.png")], OUT / "tour-learn.png")
+
 
 if __name__ == "__main__":
     main()
