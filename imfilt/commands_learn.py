@@ -28,7 +28,8 @@ DeconvolveMethod = choice_enum("DeconvolveMethod", METHODS)
 
 
 def _read(path: str, what: str, max_pixels: Optional[int], gray: bool):
-    """An image of the pair, its alpha dropped: a bad one is exit 2, before any fitting."""
+    """An image of the pair, its alpha dropped, and its clipped samples (None for float images):
+    a bad one is exit 2, before any fitting. With --gray a pixel is clipped where any channel is."""
     if path == "-":
         raise UsageError(f"the {what} cannot be read from standard input: give its file")
     try:
@@ -36,7 +37,11 @@ def _read(path: str, what: str, max_pixels: Optional[int], gray: bool):
     except InputError as exc:
         raise UsageError(f"{what} {exc}") from None
     pixels = loaded.pixels[..., :-1] if loaded.alpha else loaded.pixels
-    return (luminance(pixels) if gray else pixels), loaded.depth
+    cut = clipped(pixels, loaded.depth)
+    if gray:
+        pixels = luminance(pixels)
+        cut = None if cut is None else cut.any(axis=-1, keepdims=True)
+    return pixels, cut
 
 
 def _kernel_format(output: str, overwrite: bool, json_: bool, sources: tuple[str, ...]) -> str:
@@ -56,9 +61,8 @@ def _kernel_format(output: str, overwrite: bool, json_: bool, sources: tuple[str
 
 @app.command("learn")
 def learn(
-    input: Annotated[str, typer.Argument(metavar="INPUT", help="The image before filtering.", show_default=False)],
-    target: Annotated[str, typer.Argument(metavar="TARGET", help="The same image filtered: the input's size, or "
-                                          "the valid size (H-kh+1)x(W-kw+1).", show_default=False)],
+    input: Annotated[str, typer.Argument(metavar="INPUT", show_default=False, hidden=True)],  # in the help text:
+    target: Annotated[str, typer.Argument(metavar="TARGET", show_default=False, hidden=True)],  # typer prints <str>
     size: Annotated[str, typer.Option("--size", "-s", metavar="N|HxW", help="Kernel size: N (square) or rows x "
                                       "columns, e.g. 3x5.", show_default=False)],
     output: Annotated[str, typer.Option("-o", "--output", metavar="KERNEL", help="Kernel file to write (.txt, .mat, "
@@ -83,6 +87,9 @@ def learn(
     the maximum of an 8- or 16-bit target are left out (clipping hid their value). A target that
     is no convolution is fitted all the same: --json reports rmse (in 8-bit levels) and r2.
 
+    INPUT: the image before filtering. TARGET: the same image filtered, of the input's size or
+    the valid size (H-kh+1)x(W-kw+1).
+
     Example:  imfilt learn photo.png photo.sharpened.png --size 3 -o sharpen.txt --json
     """
     start = time.perf_counter()
@@ -91,13 +98,13 @@ def learn(
         kind = _kernel_format(output, overwrite, json_, (input, target))
         chosen = get_engine(engine.value)
         image, _ = _read(input, "input", max_pixels, gray)
-        goal, depth = _read(target, "target", max_pixels, gray)
+        goal, cut = _read(target, "target", max_pixels, gray)
         check_pair(image.shape, goal.shape, shape)  # mismatched sizes: exit 2, before any fitting
     except UsageError as exc:
         _fail(exc, debug, 2)
     try:
         fit = learn_kernel(image, goal, shape, correlate=correlate, mode=boundary.value, cval=cval, ridge=ridge,
-                           left_out=clipped(goal, depth), engine=chosen)
+                           left_out=cut, engine=chosen)
         kernel = Kernel("learned" if output == "-" else Path(output).stem, fit.kernel)
         data = kernel_file([kernel], kind)
         if output == "-":

@@ -2,6 +2,8 @@
 from 8- and 16-bit targets made by scipy.ndimage, honest fits of non-linear targets, the errors."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,26 @@ def test_recovers_a_known_kernel_from_a_quantized_target(tmp_path, crop, mode, c
     assert record["rmse"] < (0.35 if bits == 8 else 0.01)  # 8-bit rounding alone: 1/sqrt(12) = 0.289 levels
 
 
+@pytest.mark.skipif(shutil.which("convert") is None, reason="ImageMagick is not installed (apt-get install imagemagick)")
+@pytest.mark.parametrize("values, shape, correlate", [("0.1,0.5,-0.2,0.3,0.2,0.1,0,-0.1,0.1", (3, 3), False),
+                                                       ("0.1,0.5,-0.2,0.3,0.2,0.1", (2, 3), True)])
+def test_recovers_the_kernel_of_imagemagick(tmp_path, crop, values, shape, correlate):
+    """A target made by another tool: ImageMagick's -morphology Convolve (edge pixels outside: nearest).
+
+    It convolves (turns the kernel 180°); for an even size its anchor is where apply --correlate
+    puts the turned kernel's, so that kernel is learned with --correlate.
+    """
+    Image.fromarray(np.round(crop * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    subprocess.run(["convert", tmp_path / "in.png", "-define", "convolve:scale=1", "-morphology", "Convolve",
+                    f"{shape[1]}x{shape[0]}: {values}", "-depth", "16", tmp_path / "im.png"], check=True)
+    result = imfilt("learn", tmp_path / "in.png", tmp_path / "im.png", "-s", f"{shape[0]}x{shape[1]}",
+                    "--boundary", "nearest", "-o", tmp_path / "k.txt", *(["--correlate"] if correlate else []))
+    assert result.exit_code == 0, result.stderr
+    kernel = np.array([float(v) for v in values.split(",")]).reshape(shape)
+    expected = kernel[::-1, ::-1] if correlate else kernel
+    assert np.abs(read_kernel(tmp_path / "k.txt") - expected).max() < 1e-4  # from 16-bit, through IM's arithmetic
+
+
 def test_the_boundary_mode_is_the_one_fitted(crop):
     """A reflect target fitted as wrap is worse than the bound: --boundary is not ignored."""
     kernel = asymmetric((3, 5))
@@ -137,6 +159,17 @@ def test_clipped_samples_are_left_out(crop):
     biased = learn_kernel(crop, target, (3, 3))
     assert np.abs(honest.kernel - kernel).max() < 1e-8 and honest.left_out == pytest.approx(clipped.mean())
     assert np.abs(biased.kernel - kernel).max() > 0.1
+
+
+def test_the_cli_leaves_out_what_an_8_bit_target_clipped(tmp_path, crop):
+    kernel = np.array([[0, -2, 0], [-2, 9, -2], [0, -2, 0]], dtype=float)
+    stored = np.round(np.clip(filtered(crop, kernel, "reflect", False), 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(np.round(crop * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(stored).save(tmp_path / "t.png")
+    result = imfilt("learn", tmp_path / "in.png", tmp_path / "t.png", "-s", 3, "-o", tmp_path / "k.txt", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["clipped"] == pytest.approx(((stored == 0) | (stored == 255)).mean(), abs=1e-6)
+    assert np.abs(read_kernel(tmp_path / "k.txt") - kernel).max() < 5 * BOUND[8]
 
 
 def test_ridge_shrinks_the_kernel_and_solves_a_flat_image():
