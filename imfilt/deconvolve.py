@@ -109,9 +109,13 @@ def richardson_lucy(image: np.ndarray, kernel, *, iterations: int = 30, mode: st
         estimate = xp.empty(observed.shape, dtype=np.float32)
         estimate[...] = engine.asarray(np.moveaxis(np.atleast_3d(start), -1, 0)) if np.ndim(start) else start
     adjoint_cval = 0.0 if mode == "constant" else cval  # the transpose of x -> K(x extended by cval) - K(cval)
+    ratio = xp.empty(observed.shape, dtype=np.float32)  # reused: a fresh 200 MB array costs 0.3 s to touch
     for _ in range(iterations):
         blurred = correlate_planes(engine, estimate, weights, mode=mode, cval=cval, correlate=correlate)
-        ratio = xp.where(blurred < EPSILON, 0, observed / xp.where(blurred < EPSILON, 1, blurred)).astype(np.float32)
+        small = blurred < EPSILON
+        xp.copyto(blurred, 1, where=small)
+        xp.divide(observed, blurred, out=ratio)
+        xp.copyto(ratio, 0, where=small)
         estimate *= correlate_planes(engine, ratio, weights / total, mode=mode, cval=adjoint_cval,
                                      correlate=not correlate)
     return engine.image(estimate, flat=np.ndim(image) == 2)

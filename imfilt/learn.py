@@ -89,8 +89,8 @@ def learn_kernel(image: np.ndarray, target: np.ndarray, shape: tuple[int, int], 
     if float(image.max()) - float(image.min()) == 0:
         raise InputError("the input is constant: every kernel with the same sum fits it equally well")
     xp = engine.xp
-    planes = xp.asarray(np.moveaxis(image, -1, 0), dtype=np.float64)
-    ys = xp.asarray(np.moveaxis(target, -1, 0), dtype=np.float64)
+    planes = xp.asarray(np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float64))  # (C, H, W)
+    ys = xp.asarray(np.ascontiguousarray(np.moveaxis(target, -1, 0), dtype=np.float64))
     if size == "same":
         anchor = (kh // 2, kw // 2) if correlate else (kh - 1 - kh // 2, kw - 1 - kw // 2)
         planes = pad_planes(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
