@@ -8,7 +8,8 @@ target's pixels i, and no (pixels x taps) design matrix is ever made: G[u, u + d
 autocorrelation of P at lag d summed over the window of P that offset u sees, which is the
 whole-array autocorrelation (one 2-D FFT) less the border rows and columns outside that window
 (1-D FFTs of those few lines) plus the border corners subtracted twice. Target samples left out
-of the fit (clipped at 0 or the maximum) are taken off again explicitly, one patch each.
+of the fit (clipped at 0 or the maximum) are taken off again explicitly, one patch each (or, when
+they are most of the target, the samples kept are summed the same way instead).
 Everything is float64 and runs on the engine's xp and fft.
 """
 
@@ -94,12 +95,15 @@ def learn_kernel(image: np.ndarray, target: np.ndarray, shape: tuple[int, int], 
     if size == "same":
         anchor = (kh // 2, kw // 2) if correlate else (kh - 1 - kh // 2, kw - 1 - kw // 2)
         planes = pad_planes(engine, planes, anchor, (kh - 1 - anchor[0], kw - 1 - anchor[1]), mode, cval)
-    gram, rhs = _normal_equations(engine, planes, ys, kh, kw)
-    yy, ysum, count = float(xp.sum(ys * ys)), float(xp.sum(ys)), ys.size
-    if left_out is not None:
-        mask = xp.asarray(np.moveaxis(np.atleast_3d(left_out), -1, 0))
-        g, b, yy_out, ysum_out, n_out = _patches_of(engine, planes, ys, mask, kh, kw)
-        gram, rhs, yy, ysum, count = gram - g, rhs - b, yy - yy_out, ysum - ysum_out, count - n_out
+    mask = None if left_out is None else xp.asarray(np.moveaxis(np.atleast_3d(left_out), -1, 0))
+    if mask is not None and 2 * int(xp.count_nonzero(mask)) > mask.size:  # most left out: sum the rest directly
+        gram, rhs, yy, ysum, count = _patches_of(engine, planes, ys, ~mask, kh, kw)
+    else:
+        gram, rhs = _normal_equations(engine, planes, ys, kh, kw)
+        yy, ysum, count = float(xp.sum(ys * ys)), float(xp.sum(ys)), ys.size
+        if mask is not None:
+            g, b, yy_out, ysum_out, n_out = _patches_of(engine, planes, ys, mask, kh, kw)
+            gram, rhs, yy, ysum, count = gram - g, rhs - b, yy - yy_out, ysum - ysum_out, count - n_out
     if count < kh * kw:
         raise InputError(f"only {count} target samples are left to fit {kh * kw} taps (the rest are clipped)")
     c = _solve(gram / count, rhs / count, ridge)

@@ -172,6 +172,20 @@ def test_the_cli_leaves_out_what_an_8_bit_target_clipped(tmp_path, crop):
     assert np.abs(read_kernel(tmp_path / "k.txt") - kernel).max() < 5 * BOUND[8]
 
 
+@pytest.mark.parametrize("fraction", [0.2, 0.8])
+def test_left_out_samples_equal_a_design_matrix_without_them(crop, fraction):
+    """Few left out: subtracted from the FFT sums; most left out: the rest summed directly. Both are the
+    least-squares solution of the design matrix's kept rows."""
+    image, target = crop[:30, :40], np.random.default_rng(5).random((30, 40, 3))
+    left_out = np.random.default_rng(6).random(target.shape) < fraction
+    padded = np.pad(image, ((1, 1), (2, 2), (0, 0)), mode="symmetric")
+    x = np.stack([padded[u0 : u0 + 30, u1 : u1 + 40] for u0 in range(3) for u1 in range(5)], -1)[~left_out]
+    expected = np.linalg.lstsq(x, target[~left_out], rcond=None)[0].reshape(3, 5)
+    fit = learn_kernel(image, target, (3, 5), correlate=True, left_out=left_out)
+    np.testing.assert_allclose(fit.kernel, expected, atol=1e-9)
+    assert fit.samples == (~left_out).sum()
+
+
 def test_ridge_shrinks_the_kernel_and_solves_a_flat_image():
     stripes = np.tile(np.sin(np.arange(64) / 3.0)[None, :, None], (48, 1, 1)) * 0.4 + 0.5  # no vertical detail
     target = filtered(stripes, asymmetric((3, 3)), "reflect", False)
