@@ -16,7 +16,7 @@ import typer
 from .batch import Batch, Engine, app, batch_command, choice_enum, err, run
 from .commands import Boundary, Normalize, Scale
 from .deconvolve import METHODS, Deconvolve
-from .engine import get_engine
+from .engine import auto_engine, get_engine
 from .errors import InputError, UsageError
 from .io import atomic_write, load
 from .kernel_view import KERNEL_FORMATS, facts, kernel_file
@@ -96,10 +96,13 @@ def learn(
     try:
         shape = parse_kernel_size(size)
         kind = _kernel_format(output, overwrite, json_, (input, target))
-        chosen = get_engine(engine.value)
+        if engine.value != "auto":
+            get_engine(engine.value)  # no GPU: exit 2 before any image is read
         image, _ = _read(input, "input", max_pixels, gray)
         goal, cut = _read(target, "target", max_pixels, gray)
         check_pair(image.shape, goal.shape, shape)  # mismatched sizes: exit 2, before any fitting
+        # learn is FFT work: auto takes the GPU where FFTs were measured faster on it
+        chosen = auto_engine("fft", image.shape[0] * image.shape[1]) if engine.value == "auto" else get_engine(engine.value)
     except UsageError as exc:
         _fail(exc, debug, 2)
     try:

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .convolve import MODES, correlate_planes, pad_planes
-from .engine import Engine, get_engine
+from .convolve import MODES, correlate_planes, pad_planes, resolve_method
+from .engine import Engine, cpu_engine, get_engine
 from .errors import UsageError, check_choice
-from .io import Loaded
 from .kernels import Kernel
-from .ops import Result, luminance, split_alpha
+from .ops import Image, Result, luminance, split_alpha
 
 METHODS = ("wiener", "richardson-lucy")
 EPSILON = 1e-12  # K(x) below this: the ratio y / K(x) is taken as 0 (as scikit-image's filter_epsilon)
@@ -171,6 +170,13 @@ class Deconvolve:
     def auto_scale(self) -> str:
         return "clip"
 
+    @property
+    def work(self) -> str:
+        """What --engine auto weighs: wiener is FFTs; richardson-lucy is the convolutions apply would run."""
+        if self.method == "wiener":
+            return "fft"
+        return "fft" if resolve_method(self.kernel.weights, "auto", cpu_engine()) == "fft" else "spatial"
+
     def explain(self) -> tuple[str, str]:
         """The method and how it runs, for --dry-run."""
         if self.method == "wiener":
@@ -181,7 +187,7 @@ class Deconvolve:
         extra = {"balance": self.balance} if self.method == "wiener" else {"iterations": self.iterations}
         return {"kernel": self.kernel.name, "method": self.method, **extra, "boundary": self.mode}
 
-    def run(self, loaded: Loaded, engine: Engine) -> Result:
+    def run(self, loaded: Image, engine: Engine) -> Result:
         colour, alpha = split_alpha(loaded)
         if self.gray:
             colour = luminance(colour)

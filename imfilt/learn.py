@@ -100,7 +100,7 @@ def learn_kernel(image: np.ndarray, target: np.ndarray, shape: tuple[int, int], 
         gram, rhs, yy, ysum, count = _patches_of(engine, planes, ys, ~mask, kh, kw)
     else:
         gram, rhs = _normal_equations(engine, planes, ys, kh, kw)
-        yy, ysum, count = float(xp.sum(ys * ys)), float(xp.sum(ys)), ys.size
+        yy, ysum, count = float(xp.vdot(ys, ys)), float(xp.sum(ys)), ys.size
         if mask is not None:
             g, b, yy_out, ysum_out, n_out = _patches_of(engine, planes, ys, mask, kh, kw)
             gram, rhs, yy, ysum, count = gram - g, rhs - b, yy - yy_out, ysum - ysum_out, count - n_out
@@ -193,13 +193,18 @@ def _line_sums(engine: Engine, planes, reach: int, lag_reach: int) -> tuple[np.n
 def _corners(engine: Engine, planes, rows: np.ndarray, cols: np.ndarray, rh: int, rw: int) -> np.ndarray:
     """S[r, c, d0, d1] = sum over channels of P[r, c] · P[r + d0, c + d1] for border rows x border columns."""
     xp = engine.xp
+    _, height, width = planes.shape
     if len(rows) == 0 or len(cols) == 0:
         return np.zeros((len(rows), len(cols), 2 * rh + 1, 2 * rw + 1))
-    padded = xp.pad(planes, ((0, 0), (rh, rh), (rw, rw)))
-    windows = xp.lib.stride_tricks.sliding_window_view(padded, (2 * rh + 1, 2 * rw + 1), axis=(1, 2))
-    r, c = xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]
-    centre = planes[:, r, c]  # (C, rows, cols)
-    return engine.to_host((centre[..., None, None] * windows[:, r, c]).sum(axis=0))
+    near_rows = rows[:, None] + np.arange(-rh, rh + 1)  # (rows, lags): the neighbours each border row needs
+    near_cols = cols[:, None] + np.arange(-rw, rw + 1)
+    inside = xp.asarray(((near_rows >= 0) & (near_rows < height))[:, :, None, None]
+                        & ((near_cols >= 0) & (near_cols < width))[None, None, :, :])
+    r, c = xp.asarray(np.clip(near_rows, 0, height - 1)), xp.asarray(np.clip(near_cols, 0, width - 1))
+    near = planes[:, r[:, :, None, None], c[None, None, :, :]] * inside  # (C, rows, lags0, cols, lags1), 0 outside
+    centre = planes[:, xp.asarray(rows)[:, None], xp.asarray(cols)[None, :]]  # (C, rows, cols)
+    products = (centre[:, :, None, :, None] * near).sum(axis=0)  # (rows, lags0, cols, lags1)
+    return engine.to_host(products.transpose(0, 2, 1, 3))
 
 
 def _patches_of(engine: Engine, planes, ys, mask, kh: int, kw: int):
