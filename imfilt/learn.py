@@ -26,6 +26,7 @@ from .errors import InputError, UsageError, check_choice
 
 MAX_TAPS = 4096  # a 64x64 kernel: the normal equations are (taps x taps)
 _CHUNK = 1 << 15  # left-out samples turned into patches at a time (15x15: 59 MB)
+FLAT_CHECK = 1 << 16  # left-out samples above which flat patches are found by filters and summed without patches
 SINGULAR = 1e-12  # smallest / largest eigenvalue of G below which the fit is not determined
 
 
@@ -207,14 +208,35 @@ def _corners(engine: Engine, planes, rows: np.ndarray, cols: np.ndarray, rh: int
     return engine.to_host(products.transpose(0, 2, 1, 3))
 
 
+def _flat_patches(engine: Engine, planes, kh: int, kw: int):
+    """(C, Ht, Wt) bool: whether the patch under each target sample holds one value (a saturated or
+    flat region), from a maximum and a minimum filter of each plane."""
+    _, height, width = planes.shape
+    inner = (slice(None), slice(kh // 2, kh // 2 + height - kh + 1), slice(kw // 2, kw // 2 + width - kw + 1))
+    size = (1, kh, kw)
+    return (engine.ndi.maximum_filter(planes, size=size) == engine.ndi.minimum_filter(planes, size=size))[inner]
+
+
 def _patches_of(engine: Engine, planes, ys, mask, kh: int, kw: int):
-    """G, b, sum y², sum y and the count over the masked target samples: their patches, a chunk at a time."""
+    """G, b, sum y², sum y and the count over the masked target samples: their patches, a chunk at a time.
+
+    Many samples are usually left out because a region is saturated: where the patch is flat
+    (every tap the same value v) its product is v²·ones, so those are summed without their patch.
+    """
     xp = engine.xp
     windows = xp.lib.stride_tricks.sliding_window_view(planes, (kh, kw), axis=(1, 2))  # (C, Ht, Wt, kh, kw)
     where = xp.nonzero(mask)
     gram, rhs, yy, ysum = np.zeros((kh * kw, kh * kw)), np.zeros(kh * kw), 0.0, 0.0
     count = int(where[0].shape[0])
-    for start in range(0, count, _CHUNK):
+    if count > FLAT_CHECK and kh * kw > 1:
+        flat = _flat_patches(engine, planes, kh, kw)[where]
+        at = tuple(w[flat] for w in where)
+        v, y = planes[at], ys[at]
+        gram += float(xp.vdot(v, v))
+        rhs += float(xp.vdot(v, y))
+        yy, ysum = float(xp.vdot(y, y)), float(y.sum())
+        where = tuple(w[~flat] for w in where)
+    for start in range(0, int(where[0].shape[0]), _CHUNK):
         at = tuple(w[start : start + _CHUNK] for w in where)
         patches = windows[at].reshape(-1, kh * kw)
         y = ys[at]

@@ -172,6 +172,26 @@ def test_the_cli_leaves_out_what_an_8_bit_target_clipped(tmp_path, crop):
     assert np.abs(read_kernel(tmp_path / "k.txt") - kernel).max() < 5 * BOUND[8]
 
 
+@pytest.mark.parametrize("flat_check", [0, 1 << 30])
+def test_left_out_flat_patches_are_summed_without_their_patch(monkeypatch, engine, flat_check):
+    """Saturated regions (patches of one value) left out: the same G and b as every patch's product."""
+    import imfilt.learn
+
+    monkeypatch.setattr(imfilt.learn, "FLAT_CHECK", flat_check)
+    rng = np.random.default_rng(8)
+    padded = rng.random((2, 26, 31))
+    padded[0, 3:15, 4:20], padded[1, 10:26, 0:12] = 1.0, 0.0  # flat: patches inside them hold one value
+    target = rng.random((2, 22, 27))
+    mask = rng.random(target.shape) < 0.5
+    mask[0, 3:10, 4:15] = True
+    g, b, yy, ysum, count = _patches_of(engine, engine.xp.asarray(padded), engine.xp.asarray(target),
+                                        engine.xp.asarray(mask), 5, 5)
+    rows = np.stack([padded[:, u0 : u0 + 22, u1 : u1 + 27] for u0 in range(5) for u1 in range(5)], -1)[mask]
+    np.testing.assert_allclose(g, rows.T @ rows, rtol=1e-12)
+    np.testing.assert_allclose(b, rows.T @ target[mask], rtol=1e-12)
+    assert count == mask.sum() and np.isclose(yy, (target[mask] ** 2).sum()) and np.isclose(ysum, target[mask].sum())
+
+
 @pytest.mark.parametrize("fraction", [0.2, 0.8])
 def test_left_out_samples_equal_a_design_matrix_without_them(crop, fraction):
     """Few left out: subtracted from the FFT sums; most left out: the rest summed directly. Both are the
