@@ -19,12 +19,13 @@ from .deconvolve import METHODS, Deconvolve
 from .engine import auto_engine, get_engine
 from .errors import InputError, UsageError
 from .io import atomic_write, load
-from .kernel_view import KERNEL_FORMATS, facts, kernel_file
+from .kernel_view import facts, kernel_file
 from .kernels import Kernel, distinct_names, is_kernel_file, load_kernels
 from .learn import check_pair, clipped, learn_kernel, parse_kernel_size
 from .ops import luminance
 
 DeconvolveMethod = choice_enum("DeconvolveMethod", METHODS)
+LEARNED_FORMATS = ("txt", "mat", "npy")  # one 2-D kernel
 
 
 def _read(path: str, what: str, max_pixels: Optional[int], gray: bool):
@@ -50,7 +51,7 @@ def _kernel_format(output: str, overwrite: bool, json_: bool, sources: tuple[str
             raise UsageError("--json and -o - both write to standard output: choose one")
         return "txt"
     kind = Path(output).suffix.lower().lstrip(".")
-    if kind not in KERNEL_FORMATS:
+    if kind not in LEARNED_FORMATS:
         raise UsageError(f"{output}: a learned kernel is written as a kernel file: .txt, .mat or .npy")
     if any(os.path.exists(s) and os.path.exists(output) and os.path.samefile(s, output) for s in sources):
         raise UsageError(f"{output} is one of the images: not overwritten")

@@ -43,6 +43,9 @@ def _weights(kernel) -> np.ndarray:
     if isinstance(kernel, Kernel):
         if kernel.magnitude:
             raise UsageError(f"kernel {kernel.name} is a gradient magnitude, not a linear blur: it cannot be deconvolved")
+        if kernel.summed:
+            raise UsageError(f"kernel {kernel.name} sums over {kernel.channels} channels (a convolutional layer's): "
+                             "deconvolve undoes one 2-D blur of each channel")
         kernel = kernel.weights
     weights = np.asarray(kernel, dtype=np.float64)
     if weights.ndim != 2 or weights.size == 0 or not np.isfinite(weights).all():

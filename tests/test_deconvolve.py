@@ -162,3 +162,10 @@ def test_library_refuses_a_magnitude_kernel():
 
     with pytest.raises(UsageError, match="gradient magnitude"):
         wiener(np.zeros((8, 8)), load_kernel("sobel"))
+
+
+def test_a_convolutional_layers_kernel_is_refused(small_rgb, tmp_path):
+    """A (N, C, kh, kw) bank sums over channels: no 2-D blur to undo, exit 2 before any image."""
+    np.save(tmp_path / "layer.npy", np.ones((1, 3, 3, 3), np.float32))
+    result = imfilt("deconvolve", small_rgb, "-k", tmp_path / "layer.npy", "-o", tmp_path / "out.png")
+    assert result.exit_code == 2 and "sums over 3 channels" in result.stderr and not (tmp_path / "out.png").exists()
