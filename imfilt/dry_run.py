@@ -11,19 +11,19 @@ estimated peak memory for the largest input.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .convolve import rank_one_factors
 from .engine import cpu_engine
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, one_line, shown
 from .frequency import Lowpass, Spectrum
 from .match import Match, block_shape
 from .omezarr import is_store
 from .ops import Apply
 from . import montage
+from .pipeline import json_line
 from .tiled import apply_window, check_tiled_output, output_shape
 from .tiles import image_shape, open_source
 
@@ -106,16 +106,23 @@ def montage_bytes(shape: tuple[int, int, int], ops) -> int:
     return int(2.5 * grid.shape[0] * grid.shape[1] * channels)
 
 
-def probe(source: str) -> tuple[tuple[int, int, int] | None, str | None]:
-    """(height, width, channels) from the file's header, or why it cannot be read; nothing decoded."""
+def probe(job) -> tuple[tuple[int, int, int] | None, str | None]:
+    """(height, width, channels) from the file's header, or why it cannot be read; nothing decoded.
+
+    What planning refused (job.refused) is what the run reports for this input.
+    """
+    source = job.source
     if source == "-":
         return None, None  # standard input is not read in a dry run
+    if job.refused:
+        return None, job.refused.removeprefix(f"{shown(source)}: ")
     path = Path(source)
-    if not path.exists():
-        return None, "no such file"
     if path.is_dir() and not is_store(path):
         return None, "is a directory"
-    shape = image_shape(source)
+    try:
+        shape = image_shape(source)
+    except InputError as exc:  # changed since planning
+        return None, str(exc).removeprefix(f"{shown(source)}: ")
     return (shape, None) if shape else (None, "not an image, or a format imfilt cannot read")
 
 
@@ -125,7 +132,9 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
     for item, why in expanded.empty:
         records.append({"input": item, "refused": why})
     for job in jobs:
-        shape, error = probe(job.source)
+        shape, error = probe(job)
+        if all(o.skip for o in job.outputs):
+            error = None  # the run skips it unread
         streams = {}
         if not error and job.tiled and job.montage and not job.montage.skip:
             error = "too large for memory (see --memory), and --montage needs the maps of images that fit in memory"
@@ -133,7 +142,7 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             try:
                 streams = {o.path: streamed(job, o, shape, scheduler) for o in job.outputs if not o.skip}
             except (InputError, UsageError) as exc:  # the run fails this input, and goes on with the rest
-                error = str(exc).removeprefix(f"{job.source}: ")
+                error = str(exc).removeprefix(f"{shown(job.source)}: ")
         if error:
             records.append({"input": job.source, "refused": error})
             continue
@@ -179,7 +188,7 @@ def streamed(job, output, shape, scheduler: str | None) -> dict:
     band, block, _ = tiled_fft.passes(shape, output.op, memory)
     folder, needed, free = tiled_fft.scratch_space(shape, output.op, output.path, job.settings.temp_dir, bool(scheduler))
     if needed > free and not scheduler:  # a cluster's workers write it on their own storage
-        raise InputError(f"{job.source}: {tiled_fft.scratch_problem(folder, needed, free, False)}")
+        raise InputError(f"{shown(job.source)}: {tiled_fft.scratch_problem(folder, needed, free, False)}")
     return {**facts, "band_rows": band, "block_columns": block, "scratch_bytes": needed, "scratch_dir": folder,
             "scratch_free_bytes": None if scheduler else free}
 
@@ -209,18 +218,18 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
     """Print the plan; the exit code the run's planning would give (1 when an input would fail)."""
     if as_json:
         for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-        print(json.dumps({"plan": summary}, ensure_ascii=False))
+            print(json_line(record))
+        print(json_line({"plan": summary}))
     else:
         for record in records:
             if "refused" in record:
-                print(f"{record['input']}: would fail: {record['refused']}")
+                print(one_line(f"{shown(record['input'])}: would fail: {record['refused']}"))
                 continue
             height, width, channels = record.get("shape", (0, 0, 0))
             size = f" ({width}x{height}, {_count(channels, 'channel')})" if "shape" in record else ""
             state = "skip (exists)" if record["skipped"] else f"{record['method']}: {record['why']}"
-            extras = "".join(f" + {k.removesuffix('_output')} {v}" for k, v in record.items() if k.endswith("_output"))
-            print(f"{record['input']}{size} -> {record['output']}{extras}  [{record['op']}] {state}")
+            extras = "".join(f" + {k.removesuffix('_output')} {shown(v)}" for k, v in record.items() if k.endswith("_output"))
+            print(one_line(f"{shown(record['input'])}{size} -> {shown(record['output'])}{extras}  [{record['op']}] {state}"))
             if "streamed" in record:
                 print(f"  {_streamed_line(record['streamed'])}")
         where = f"on the Dask scheduler {summary['scheduler']}" if summary["scheduler"] else \
@@ -231,7 +240,7 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
             shape = summary["largest_shape"]
             each = " per worker" if summary["scheduler"] or summary["workers"] > 1 else ""
             how = ", streamed: its --memory and the libraries" if summary["largest_streamed"] else ""
-            line += (f"; peak memory ~{summary['peak_memory_mb']} MB{each} (the largest input, {summary['largest_input']}, "
+            line += (f"; peak memory ~{summary['peak_memory_mb']} MB{each} (the largest input, {shown(summary['largest_input'])}, "
                      f"{shape[1]}x{shape[0]}x{shape[2]}{how})")
-        print(line + ". Nothing was written (--dry-run).")
+        print(one_line(line + ". Nothing was written (--dry-run)."))
     return 1 if summary["refused"] else 0

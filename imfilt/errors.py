@@ -1,4 +1,10 @@
-"""The library's own errors; only the CLI turns them into messages and exit codes."""
+"""The library's own errors; only the CLI turns them into messages and exit codes.
+
+Messages name files through ``shown``, so that a name cannot break a line or reach the
+terminal's escape sequences.
+"""
+
+import os
 
 
 class ImfiltError(Exception):
@@ -37,3 +43,23 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """The one check for every option with a fixed set of values."""
     if value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def one_line(text: str) -> str:
+    """A message as one line of printable text: a character that does not print (in a library's own
+    words about a file, say) is escaped as repr escapes it. The last guard before stderr."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def shown(name) -> str:
+    """A file name (or any text a user gave) as messages show it: as it is when every character
+    prints, else as Python's repr (quoted, with \\n, \\x1b, \\udcff for a byte that is not UTF-8).
+
+    So one message is always one line, a name cannot forge a second one, and no escape sequence
+    reaches the terminal. repr's result prints, so showing a shown name changes nothing.
+    """
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    name = str(name)
+    return name if name.isprintable() else repr(name)

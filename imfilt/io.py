@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes a few ms
 
-from .errors import InputError, UsageError, check_choice
+from .errors import InputError, UsageError, check_choice, shown
+from .files import npy_header, open_regular
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
 
@@ -86,9 +87,9 @@ def check_output_format(path: str, depth: int | None) -> str:
     """The output extension, checked against the bit depth, before any work is done."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise UsageError(f"{path}: unknown output format {suffix or '(none)'}: use one of {', '.join(FORMATS)}")
+        raise UsageError(f"{shown(path)}: unknown output format {suffix or '(none)'}: use one of {', '.join(FORMATS)}")
     if depth is not None and depth not in FORMATS[suffix][1]:
-        raise UsageError(f"{path}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
+        raise UsageError(f"{shown(path)}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
     return suffix
 
 
@@ -96,8 +97,8 @@ def check_output_size(path: str, height: int, width: int, source: str) -> None:
     """A result larger than its format holds, refused before any work is done."""
     suffix = Path(path).suffix.lower()
     if max(height, width) > MAX_SIDE.get(suffix, max(height, width)):
-        raise UsageError(f"{path}: {suffix} holds at most {MAX_SIDE[suffix]} pixels a side, and the result of "
-                         f"{source} is {width}x{height}: write .png or .tif")
+        raise UsageError(f"{shown(path)}: {suffix} holds at most {MAX_SIDE[suffix]} pixels a side, and the result of "
+                         f"{shown(source)} is {width}x{height}: write .png or .tif")
 
 
 def check_stdout_format(name: str) -> str:
@@ -120,31 +121,31 @@ def read_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = No
 
 def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, name: str | None = None) -> Loaded:
     """Read an image; every failure is an InputError naming the file and the reason."""
-    name = name or ("<stdin>" if isinstance(source, bytes) else str(source))
+    name = shown(name or ("<stdin>" if isinstance(source, bytes) else str(source)))
     limit = max_pixels or pillow_limit()
     if not isinstance(source, bytes) and is_store(source):
         return _check_finite(_load_store(str(source), name, limit), name)
-    try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory") from None
-    except PermissionError:
-        raise InputError(f"{name}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    if isinstance(source, bytes):
+        data = source
+    else:  # a regular file, opened once: a .npy is read as far as its checked header says, the rest whole
+        try:
+            with open_regular(source) as f:
+                if f.read(6) == b"\x93NUMPY":
+                    f.seek(0)
+                    return _check_finite(_decoding(name, lambda: _load_npy(f, limit)), name)
+                f.seek(0)
+                data = f.read()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise InputError(f"{name}: empty file")
+    return _check_finite(_decoding(name, lambda: _decode(data, limit)), name)
+
+
+def _decoding(name: str, decode: Callable[[], Loaded]) -> Loaded:
+    """A decoder's every failure as one InputError naming the input."""
     try:
-        if data[:6] == b"\x93NUMPY":
-            loaded = _load_npy(data)
-        elif data[:8] == _PNG_SIGNATURE and data[24:25] == b"\x10" and data[25] in (2, 4, 6):
-            loaded = _load_png16(data, limit)
-        elif data[:4] in (b"II*\0", b"MM\0*"):
-            loaded = _load_tiff(data, limit)
-        else:
-            loaded = _load_pillow(data, limit)
+        return decode()
     except InputError as exc:
         raise InputError(f"{name}: {exc}") from None
     except UnidentifiedImageError:
@@ -153,7 +154,16 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
         raise InputError(f"{name}: not enough memory to decode this image") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many kinds (TypeError, struct.error, ...) on bad data
         raise InputError(f"{name}: truncated or corrupt image ({exc})") from None
-    return _check_finite(loaded, name)
+
+
+def _decode(data: bytes, limit: int) -> Loaded:
+    if data[:6] == b"\x93NUMPY":
+        return _load_npy(io.BytesIO(data), limit)
+    if data[:8] == _PNG_SIGNATURE and data[24:25] == b"\x10" and data[25] in (2, 4, 6):
+        return _load_png16(data, limit)
+    if data[:4] in (b"II*\0", b"MM\0*"):
+        return _load_tiff(data, limit)
+    return _load_pillow(data, limit)
 
 
 def _check_finite(loaded: Loaded, name: str) -> Loaded:
@@ -197,13 +207,21 @@ def check_pixels(width: int, height: int, limit: int) -> None:
                          "raise it with --max-pixels")
 
 
-def _load_npy(data: bytes) -> Loaded:
-    array = np.load(io.BytesIO(data), allow_pickle=False)
-    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise InputError(f"a .npy image must be a real (H, W) or (H, W, C) array, got {array.dtype} {array.shape}")
-    if array.size == 0:
-        raise InputError(f"a .npy image must hold pixels, got shape {array.shape}")
-    return _from_hwc(array, 32)
+def check_npy_image(shape: tuple[int, ...], dtype) -> None:
+    """A .npy's header describes an image: real numbers, (H, W) or (H, W, C), some pixels."""
+    dtype = np.dtype(dtype)
+    if len(shape) not in (2, 3) or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"a .npy image must be a real (H, W) or (H, W, C) array, got {dtype} {shape}")
+    if 0 in shape:
+        raise InputError(f"a .npy image must hold pixels, got shape {shape}")
+
+
+def _load_npy(f: BinaryIO, limit: int) -> Loaded:
+    """Its header checked before any data is read (an image's shape, the pixel limit, the bytes
+    there), then exactly the bytes it says."""
+    npy_header(f, lambda shape, dtype: (check_npy_image(shape, dtype), check_pixels(shape[1], shape[0], limit)))
+    f.seek(0)
+    return _from_hwc(np.load(f, allow_pickle=False), 32)
 
 
 def orient(stored: np.ndarray, orientation: int) -> np.ndarray:
@@ -476,8 +494,9 @@ def fitting_depth(depth: int, suffix: str) -> int:
 
 def temp_prefix(name: str) -> str:
     """'.NAME.' for a temporary file or folder beside NAME (mkstemp adds 8 characters and
-    '.part'), NAME cut so that the whole stays within the 255 bytes a file name may have."""
-    return "." + name.encode()[:230].decode(errors="ignore") + "."
+    '.part'), NAME cut so that the whole stays within the 255 bytes a file name may have (its
+    bytes as the file system has them: a name that is not UTF-8 keeps its bytes)."""
+    return "." + os.fsdecode(os.fsencode(name)[:230]) + "."
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -501,7 +520,7 @@ def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -
             except FileNotFoundError:
                 pass  # renamed already: the target is whole
         if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-            raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+            raise InputError(f"{shown(target)}: cannot write ({exc.strerror or exc})") from None
         raise
 
 
@@ -514,11 +533,11 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
     """
     target = Path(target)
     if os.path.isdir(target) and not os.path.islink(target) and not is_store(target):  # (False for a bad name)
-        raise InputError(f"{target}: is a folder, not a zarr store; not replaced")
+        raise InputError(f"{shown(target)}: is a folder, not a zarr store; not replaced")
     try:
         folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".part"))
     except OSError as exc:
-        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise InputError(f"{shown(target)}: cannot write ({exc.strerror or exc})") from None
     try:
         made = folder / target.name
         write(str(made))
@@ -534,7 +553,7 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
     except OSError as exc:  # a full disk, a name too long: the target named, never the temporary
         if isinstance(exc, BrokenPipeError):
             raise
-        raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise InputError(f"{shown(target)}: cannot write ({exc.strerror or exc})") from None
     finally:
         remove_tree(folder)
 
@@ -594,13 +613,13 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
     threads = threads or os.cpu_count() or 1
     suffix = suffix or check_output_format(str(target), None)
     if suffix != ".npy" and depth not in FORMATS[suffix][1]:  # .npy holds the floats whatever the depth
-        raise UsageError(f"{target}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
+        raise UsageError(f"{shown(target)}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     kind = FORMATS[suffix][0]
     if kind in _FEW_CHANNELS and pixels.shape[2] > 4:
-        raise InputError(f"{target}: {suffix} holds at most 4 channels, this image has {pixels.shape[2]}; "
+        raise InputError(f"{shown(target)}: {suffix} holds at most 4 channels, this image has {pixels.shape[2]}; "
                          "write .tif or .npy")
     stored = pixels if suffix == ".npy" else to_storage(pixels, depth, scale, alpha)
     if kind == "ZARR":
@@ -610,7 +629,7 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
         try:
             replace_beside(target, lambda tmp: write_ome_zarr(tmp, stored.shape, stored.dtype, whole))
         except OSError as exc:
-            raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+            raise InputError(f"{shown(target)}: cannot write ({exc.strerror or exc})") from None
     elif str(target) == "-":
         buffer = io.BytesIO()  # encode fully first: a failed encode writes nothing
         encode(stored, suffix, alpha, buffer, threads)

@@ -9,19 +9,28 @@ weight, gives N kernels that each sum their responses over the C input channels 
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import KernelError
+from .errors import InputError, KernelError, shown
+from .files import file_size, npy_header, open_regular
 
 NORMALIZE = ("none", "sum", "softmax")
 F32_MAX = float(np.finfo(np.float32).max)
-MAX_BUILTIN_SIZE = 4097  # taps per side of a built-in kernel: larger ones are surely a typo
+# taps per side of any kernel (built-in, file, inline, library): larger ones are surely a mistake,
+# and are refused before they are parsed; a 4097x4097 kernel is already 134 MB of weights
+MAX_KERNEL_SIDE = 4097
+MAX_BUILTIN_SIZE = MAX_KERNEL_SIDE
+# a text or libvips kernel file is read whole: larger kernels go in a .npy
+MAX_KERNEL_FILE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +55,7 @@ class Kernel:
             raise KernelError(f"kernel {self.name}: must be a non-empty 2-D matrix, got shape {w.shape}")
         if self.magnitude and self.summed:
             raise KernelError(f"kernel {self.name}: a gradient magnitude is not summed over channels")
+        check_side(f"kernel {self.name}", w.shape[-2], w.shape[-1])
         if not np.isfinite(w).all() or not math.isfinite(self.bias):
             raise KernelError(f"kernel {self.name}: contains NaN or infinity")
         # Responses to pixels in [0, 1] are bounded by sum |w|: beyond float32's range they overflow.
@@ -108,6 +118,12 @@ LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=float)
 EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=float)
 OUTLINE = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=float)
 IDENTITY = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=float)
+
+
+def check_side(what: str, height: int, width: int) -> None:
+    """The one limit on a kernel's size, checked from its header or spec before its values are read."""
+    if max(height, width) > MAX_KERNEL_SIDE:
+        raise KernelError(f"{what}: {width}x{height} is over the {MAX_KERNEL_SIDE} taps a side that kernels may have")
 
 
 def box(size: int = 3) -> np.ndarray:
@@ -209,60 +225,88 @@ def distinct_names(kernels: list[Kernel]) -> list[Kernel]:
 
 _INLINE = re.compile(r"^\s*(\d+)(?:x(\d+))?\s*:(.*)$", re.S)
 _NUMBER_SPLIT = re.compile(r"[,\s]+")
+_TOKEN = re.compile(r"[^,\s]+")
 
 
-def _number(token: str, where: str) -> float:
+def _number(token: str, where: str | Callable[[], str]) -> float:
+    """A number or a fraction (1/9); ``where`` (or what it returns: built only for an error) names it."""
     try:
         value = float(Fraction(token)) if "/" in token else float(token)
     except (ValueError, ZeroDivisionError):
-        raise KernelError(f"{where}: {token!r} is not a number") from None
+        raise KernelError(f"{where() if callable(where) else where}: {_short(token)!r} is not a number") from None
     if not np.isfinite(value):
-        raise KernelError(f"{where}: {token!r} is not a finite number")
+        raise KernelError(f"{where() if callable(where) else where}: {_short(token)!r} is not a finite number")
     return value
 
 
+def _short(text: str, keep: int = 40) -> str:
+    return text if len(text) <= keep + 20 else f"{text[:keep]}... ({len(text)} characters)"
+
+
+def _side(digits: str, label: str) -> int:
+    """A size from a spec (int() refuses 4300 digits: a size that long is refused before)."""
+    if len(digits) > 9:
+        raise KernelError(f"kernel {label}: a side of {len(digits)} digits is over the {MAX_KERNEL_SIDE} taps "
+                          "a side that kernels may have")
+    return int(digits)
+
+
 def parse_inline(spec: str) -> Kernel:
-    """ImageMagick's '3x3: 0,-1,0,-1,5,-1,0,-1,0' (or '3: ...' for a square)."""
+    """ImageMagick's '3x3: 0,-1,0,-1,5,-1,0,-1,0' (or '3: ...' for a square); in time linear in its length."""
     match = _INLINE.match(spec)
-    width = int(match.group(1))
-    height = int(match.group(2) or width)
+    label = repr(_short(spec))
+    width = _side(match.group(1), label)
+    height = _side(match.group(2) or match.group(1), label)
+    check_side(f"kernel {label}", height, width)  # before a value is read
     tokens = [t for t in _NUMBER_SPLIT.split(match.group(3).strip()) if t]
     if len(tokens) != width * height:
-        raise KernelError(f"kernel {spec!r}: {width}x{height} needs {width * height} values, got {len(tokens)}")
-    values = [_number(t, f"kernel {spec!r}, value {i + 1}") for i, t in enumerate(tokens)]
+        raise KernelError(f"kernel {label}: {width}x{height} needs {width * height} values, got {len(tokens)}")
+    values = [_number(t, lambda: f"kernel {label}, value {i + 1}") for i, t in enumerate(tokens)]
     return Kernel(f"{width}x{height}", np.array(values).reshape(height, width))
 
 
 def _tokens(line: str) -> list[tuple[str, int]]:
-    """(token, 1-based column) for each number on a line."""
-    return [(m.group(), m.start() + 1) for m in re.finditer(r"[^,\s]+", line)]
+    """(token, 1-based column) for each number on a line; one more than a kernel may have at most."""
+    return [(m.group(), m.start() + 1) for m in islice(_TOKEN.finditer(line), MAX_KERNEL_SIDE + 1)]
 
 
 def _read_text(path: Path) -> list[str]:
     try:
-        data = path.read_bytes()
+        with open_regular(path) as f:
+            size = file_size(f)
+            if size > MAX_KERNEL_FILE_BYTES:
+                raise KernelError(f"{shown(path)}: {size} bytes is more than a text kernel file may hold "
+                                  f"({MAX_KERNEL_FILE_BYTES // 2**20} MiB): give large kernels as .npy")
+            data = f.read(MAX_KERNEL_FILE_BYTES + 1)
+    except InputError as exc:
+        raise KernelError(str(exc)) from None
     except OSError as exc:
-        raise KernelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise KernelError(f"{shown(path)}: cannot read ({exc.strerror or exc})") from None
     if b"\0" in data:
-        raise KernelError(f"{path}: not a text kernel file (binary data)")
+        raise KernelError(f"{shown(path)}: not a text kernel file (binary data)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise KernelError(f"{path}: not a text kernel file (not UTF-8)") from None
+        raise KernelError(f"{shown(path)}: not a text kernel file (not UTF-8)") from None
     return text.splitlines()  # handles CRLF
 
 
 def _matrix_rows(path: Path, numbered: list[tuple[int, str]]) -> np.ndarray:
     """Rows of numbers -> matrix; errors name the line and column."""
+    if len(numbered) > MAX_KERNEL_SIDE:
+        raise KernelError(f"{shown(path)}: {len(numbered)} rows is over the {MAX_KERNEL_SIDE} taps a side that kernels may have")
     rows, width = [], None
     for lineno, line in numbered:
-        row = [_number(tok, f"{path}:{lineno}:{col}") for tok, col in _tokens(line)]
+        tokens = _tokens(line)
+        if len(tokens) > MAX_KERNEL_SIDE:
+            raise KernelError(f"{shown(path)}:{lineno}: more than the {MAX_KERNEL_SIDE} taps a side that kernels may have")
+        row = [_number(tok, f"{shown(path)}:{lineno}:{col}") for tok, col in tokens]
         if width is not None and len(row) != width:
-            raise KernelError(f"{path}:{lineno}: row has {len(row)} values, the rows above have {width}")
+            raise KernelError(f"{shown(path)}:{lineno}: row has {len(row)} values, the rows above have {width}")
         width = len(row)
         rows.append(row)
     if not rows:
-        raise KernelError(f"{path}: no kernel matrix in the file")
+        raise KernelError(f"{shown(path)}: no kernel matrix in the file")
     return np.array(rows)
 
 
@@ -279,21 +323,21 @@ def parse_text(path: Path) -> Kernel:
         key, colon, value = line.strip().partition(":")
         if colon and re.fullmatch(r"[A-Za-z_][\w-]*", key.strip()):
             if body:
-                raise KernelError(f"{path}:{lineno}:1: header line after the matrix")
+                raise KernelError(f"{shown(path)}:{lineno}:1: header line after the matrix")
             if key.strip().lower() not in ("name", "scale", "normalize"):
-                raise KernelError(f"{path}:{lineno}:1: unknown header {key.strip()!r} (name, scale, normalize)")
+                raise KernelError(f"{shown(path)}:{lineno}:1: unknown header {key.strip()!r} (name, scale, normalize)")
             headers[key.strip().lower()] = value.strip()
             continue
         if ended_block:
-            raise KernelError(f"{path}:{lineno}:1: a second matrix block; one kernel per file")
+            raise KernelError(f"{shown(path)}:{lineno}:1: a second matrix block; one kernel per file")
         body.append((lineno, line))
     weights = _matrix_rows(path, body)
     if "scale" in headers:
-        weights = weights * _number(headers["scale"], f"{path}: scale")
+        weights = weights * _number(headers["scale"], f"{shown(path)}: scale")
     kernel = Kernel(headers.get("name", path.stem), weights)
     normalize = headers.get("normalize", "none")
     if normalize not in NORMALIZE:
-        raise KernelError(f"{path}: normalize: {normalize!r} is not one of {', '.join(NORMALIZE)}")
+        raise KernelError(f"{shown(path)}: normalize: {normalize!r} is not one of {', '.join(NORMALIZE)}")
     return kernel.normalized(normalize)
 
 
@@ -302,28 +346,32 @@ def parse_vips(path: Path) -> Kernel:
     numbered = [(n, l.split("#", 1)[0].rstrip()) for n, l in enumerate(_read_text(path), start=1)]
     numbered = [(n, l) for n, l in numbered if l.strip()]
     if not numbered:
-        raise KernelError(f"{path}: empty matrix file")
+        raise KernelError(f"{shown(path)}: empty matrix file")
     lineno, header = numbered[0]
-    fields = [_number(tok, f"{path}:{lineno}:{col}") for tok, col in _tokens(header)]
+    fields = [_number(tok, f"{shown(path)}:{lineno}:{col}") for tok, col in _tokens(header)]
     if not 2 <= len(fields) <= 4 or fields[0] != int(fields[0]) or fields[1] != int(fields[1]):
-        raise KernelError(f"{path}:{lineno}: libvips header should be 'width height [scale [offset]]'")
+        raise KernelError(f"{shown(path)}:{lineno}: libvips header should be 'width height [scale [offset]]'")
     width, height = int(fields[0]), int(fields[1])
+    check_side(f"{shown(path)}:{lineno}", height, width)  # before the rows are read
     scale = fields[2] if len(fields) > 2 else 1.0
     if len(fields) > 3 and fields[3] != 0:
-        raise KernelError(f"{path}:{lineno}: a matrix offset is not supported; use --scale offset")
+        raise KernelError(f"{shown(path)}:{lineno}: a matrix offset is not supported; use --scale offset")
     if scale == 0:
-        raise KernelError(f"{path}:{lineno}: scale must not be 0")
+        raise KernelError(f"{shown(path)}:{lineno}: scale must not be 0")
     weights = _matrix_rows(path, numbered[1:])
     if weights.shape != (height, width):
-        raise KernelError(f"{path}: header says {width}x{height}, the matrix is {weights.shape[1]}x{weights.shape[0]}")
+        raise KernelError(f"{shown(path)}: header says {width}x{height}, the matrix is {weights.shape[1]}x{weights.shape[0]}")
     return Kernel(path.stem, weights / scale)
 
 
 def is_kernel_file(spec: str) -> bool:
-    """Whether a -k spec names a file (a spec can be longer than a path may be)."""
+    """Whether a -k spec names a file (a spec can be longer than a path may be).
+
+    A FIFO or a device counts (reading it is refused in one line); a folder does not.
+    """
     try:
-        return not _INLINE.match(spec) and Path(spec).is_file()
-    except OSError:  # e.g. ENAMETOOLONG
+        return not _INLINE.match(spec) and not stat.S_ISDIR(os.stat(spec).st_mode)
+    except (OSError, ValueError):  # e.g. ENAMETOOLONG, or a NUL in the spec
         return False
 
 
@@ -351,7 +399,7 @@ def load_kernels(spec: str) -> list[Kernel]:
     path = Path(spec)
     if path.suffix.lower() in ARRAY_SUFFIXES or is_kernel_file(spec):
         if not is_kernel_file(spec):
-            raise KernelError(f"{path}: no such kernel file")
+            raise KernelError(f"{shown(path)}: no such kernel file")
         try:
             if path.suffix.lower() in ARRAY_SUFFIXES:
                 return _load_array_file(path, tensor)
@@ -359,10 +407,10 @@ def load_kernels(spec: str) -> list[Kernel]:
                 return [parse_vips(path)]
             return [parse_text(path)]
         except KernelError as exc:  # e.g. a matrix too large for float32: the message names the file
-            raise exc if str(exc).startswith(str(path)) else KernelError(f"{path}: {exc}") from None
+            raise exc if str(exc).startswith(shown(path)) else KernelError(f"{shown(path)}: {exc}") from None
     name, _, params = spec.partition(":")
     if name not in BUILTINS and ("/" in spec or "." in name):
-        raise KernelError(f"{spec}: no such kernel file")
+        raise KernelError(f"{shown(spec)}: no such kernel file")
     return [builtin(name, **_parse_params(name, params))]
 
 
@@ -380,10 +428,26 @@ def _load_array_file(path: Path, tensor: str | None) -> list[Kernel]:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    """Its header is checked first (real numbers, at most 4097 taps a side, as many bytes as it
+    says): a header that claims a huge shape is refused, not allocated."""
     try:
-        return np.load(path, allow_pickle=False)
+        with open_regular(path) as f:
+            npy_header(f, lambda shape, dtype: _check_npy_kernel(path, shape, dtype))
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    except KernelError:
+        raise
+    except InputError as exc:
+        raise KernelError(str(exc)) from None
     except (ValueError, OSError, EOFError) as exc:
-        raise KernelError(f"{path}: not a readable .npy array ({exc})") from None
+        raise KernelError(f"{shown(path)}: not a readable .npy array ({exc})") from None
+
+
+def _check_npy_kernel(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise KernelError(f"{shown(path)}: a kernel must hold real numbers, got {dtype}")
+    if len(shape) in (2, 3, 4):
+        check_side(shown(path), *shape[-2:])
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -465,5 +529,5 @@ def load_kernel(spec: str) -> Kernel:
     """One kernel from a built-in name, a file or an inline matrix."""
     kernels = load_kernels(spec)
     if len(kernels) != 1:
-        raise KernelError(f"{spec}: holds a bank of {len(kernels)} kernels; use load_kernels")
+        raise KernelError(f"{shown(spec)}: holds a bank of {len(kernels)} kernels; use load_kernels")
     return kernels[0]

@@ -8,6 +8,7 @@ outputs made from it; it is plain data, so it runs the same in a worker or on a 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import numpy as np
 from . import tiled, tiled_fft
 from .distributed import check_stop
 from .engine import auto_engine, get_engine
-from .errors import InputError, Interrupted, Stopped, UsageError
+from .errors import InputError, Interrupted, Stopped, UsageError, shown
 from .io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
                  fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from .omezarr import is_store
@@ -72,6 +73,7 @@ class Job:
     data: bytes | None = None  # standard input's bytes
     tiled: bool = False  # too large for memory: streamed window by window (tiled.py)
     montage: Output | None = None  # --montage: one picture of all the outputs' maps (montage.py)
+    refused: str | None = None  # why this input fails, known from its header at planning (one line, named)
 
     @property
     def all_outputs(self) -> tuple[Output, ...]:
@@ -233,7 +235,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     jobs, seen = [], {}
     for source in sources:
         outputs = []
-        shape = image_shape(source) if source != "-" else None
+        shape, refused = _size(source, settings)
         pictures = [(path_op, None) for path_op in ops]
         if montage is not None:
             pictures.append((MontageOf(), _name(montage, "--montage", source, MontageOf(), False)))
@@ -248,11 +250,11 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
                 check_output_format(file, depth if file == path else None)
                 key = _key(file.replace("{channel}", "r"))
                 if key in inputs:
-                    raise UsageError(f"{file} is both an input and an output of this run (from {source}); "
+                    raise UsageError(f"{shown(file)} is both an input and an output of this run (from {shown(source)}); "
                                      "give a folder or a quoted glob, which leave this run's outputs out")
                 _check_output_place(file, key, inputs, overwrite)
                 if key in seen:
-                    raise UsageError(f"{seen[key]} and {source} would both write {file}: change --name")
+                    raise UsageError(f"{shown(seen[key])} and {shown(source)} would both write {shown(file)}: change --name")
                 seen[key] = source
             if shape is not None and not fixed:
                 _check_sizes(output, shape, source)
@@ -260,10 +262,30 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
             outputs.append(replace(output, skip=skip))
         big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
         picture = outputs.pop() if montage is not None else None
-        jobs.append(Job(source, tuple(outputs), settings, tiled=big, montage=picture))
+        jobs.append(Job(source, tuple(outputs), settings, tiled=big, montage=picture, refused=refused))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
     return jobs
+
+
+def _size(source: str, settings: Settings) -> tuple[tuple[int, int, int] | None, str | None]:
+    """An input's (H, W, C) from its header, or why it fails: that input alone, in the run as in --dry-run.
+
+    Refused here: a file that is missing or not a regular file, a .npy that holds no image, an
+    image over the pixel limit (io.load and the tiled path refuse it the same way).
+    """
+    if source == "-":
+        return None, None
+    try:
+        shape = image_shape(source)
+        if shape is not None:
+            try:
+                check_pixels(shape[1], shape[0], settings.max_pixels or pillow_limit())
+            except InputError as exc:
+                raise InputError(f"{shown(source)}: {exc}") from None
+    except InputError as exc:
+        return None, str(exc)
+    return shape, None
 
 
 def _check_output_place(file: str, key: str, inputs: dict[str, str], overwrite: bool) -> None:
@@ -271,9 +293,9 @@ def _check_output_place(file: str, key: str, inputs: dict[str, str], overwrite: 
     --overwrite never replaces a folder that is not a store."""
     for parent in Path(key).parents:
         if str(parent) in inputs:
-            raise UsageError(f"{file}: would be written inside the input {inputs[str(parent)]}; choose another place")
+            raise UsageError(f"{shown(file)}: would be written inside the input {shown(inputs[str(parent)])}; choose another place")
     if overwrite and os.path.isdir(file) and not os.path.islink(file) and not is_store(file):
-        raise UsageError(f"{file}: is a folder, not a zarr store: --overwrite replaces images only")
+        raise UsageError(f"{shown(file)}: is a folder, not a zarr store: --overwrite replaces images only")
 
 
 def _check_sizes(output: Output, shape: tuple[int, int, int], source: str) -> None:
@@ -295,15 +317,15 @@ def prepare_folders(jobs: list[Job]) -> None:
     """Make the folders the outputs go to, or refuse (exit 2) before any image is read."""
     folders = {Path(f).parent for job in jobs for o in job.all_outputs if not o.skip for f in o.files}
     for folder in sorted(folders, key=str):
-        shown = str(folder) or "."
+        place = shown(str(folder) or ".")
         if folder.exists() and not folder.is_dir():
-            raise UsageError(f"{shown}: is a file, not a folder for the outputs")
+            raise UsageError(f"{place}: is a file, not a folder for the outputs")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"{shown}: cannot make the output folder ({exc.strerror or exc})") from None
+            raise UsageError(f"{place}: cannot make the output folder ({exc.strerror or exc})") from None
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise UsageError(f"{shown}: cannot write into this folder (permission denied)")
+            raise UsageError(f"{place}: cannot write into this folder (permission denied)")
 
 
 def remove_partial_files(jobs: list[Job]) -> None:
@@ -341,8 +363,8 @@ def _check_overwrites(jobs: list[Job]) -> None:
         for output in job.all_outputs:
             for file in output.files:
                 if not output.skip and _exists(file, job.settings):
-                    shown = file.replace("{channel}", "*")
-                    raise UsageError(f"{shown}: exists; use --overwrite to replace it or --skip-existing")
+                    place = shown(file.replace("{channel}", "*"))
+                    raise UsageError(f"{place}: exists; use --overwrite to replace it or --skip-existing")
 
 
 # --- running one job -----------------------------------------------------------------------
@@ -399,9 +421,11 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     todo = [o for o in job.outputs if not o.skip]
     if not todo and not montage:
         return records
+    if job.refused:
+        raise InputError(job.refused)
     for file in (f for o in todo + [montage] * bool(montage) for f in o.files):
         if job.source != "-" and _same_file(file, job.source):  # a link made since planning
-            raise InputError(f"{job.source}: the output {file} is the input itself; not overwritten")
+            raise InputError(f"{shown(job.source)}: the output {shown(file)} is the input itself; not overwritten")
     if job.tiled:
         if montage:
             raise InputError(f"{job.source}: too large for memory (see --memory), and --montage needs the maps "
@@ -412,7 +436,7 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         try:
             check_pixels(width, height, settings.max_pixels or pillow_limit())
         except InputError as exc:
-            raise InputError(f"{job.source}: {exc}") from None
+            raise InputError(f"{shown(job.source)}: {exc}") from None
         for output in todo:  # not shielded from signals: a streamed output can take minutes
             records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width)))
         return records
@@ -506,6 +530,21 @@ def _tiled_output(job: Job, output: Output, engine) -> dict:
     return record
 
 
+def json_line(record: dict) -> str:
+    """A record as one line of JSON, as --json and --dry-run --json print it: names as they are
+    (ensure_ascii=False), but every control character escaped, C1 ones too (\\u009b would be a
+    terminal's CSI), and a name that is not UTF-8 as \\udcXX escapes (os.fsencode gives its bytes back)."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record)
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_C1 = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
 def _record(job: Job, output: Output, *, skipped: bool = False, result=None, engine=None, seconds=0.0) -> dict:
     record = {"input": job.source, "output": output.path, "op": output.op.name, "skipped": skipped}
     record.update({name: path for name, path in output.extras})
@@ -535,7 +574,8 @@ class Report:
         if self.skipped:
             parts.append(f"{self.skipped} skipped (exist)")
         if self.failed:
-            parts.append(f"{len(self.failed)} input{'s' if len(self.failed) > 1 else ''} failed: {', '.join(self.failed)}")
+            names = ", ".join(map(shown, self.failed))
+            parts.append(f"{len(self.failed)} input{'s' if len(self.failed) > 1 else ''} failed: {names}")
         return ", ".join(parts)
 
 
@@ -573,13 +613,13 @@ def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[di
     except InputError as exc:
         return job, None, str(exc)
     except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
-        return job, None, f"{job.source}: {exc}"
+        return job, None, f"{shown(job.source)}: {exc}"
     except (BrokenPipeError, Stopped):
         raise  # standard output's reader went away (exit 141), or the run was interrupted: not this job
     except MemoryError:
-        return job, None, f"{job.source}: not enough memory for this image"
+        return job, None, f"{shown(job.source)}: not enough memory for this image"
     except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch; this is a bug
-        return job, None, f"{job.source}: internal error: {type(exc).__name__}: {exc}"
+        return job, None, f"{shown(job.source)}: internal error: {type(exc).__name__}: {exc}"
 
 
 def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,

@@ -22,9 +22,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .boundary import extend_index
-from .errors import InputError
-from .io import (ORIENTATIONS, check_frames, depth_of, open_header, orient, replace_beside, tiff_frames,
-                 tiff_orientation)
+from .errors import InputError, shown
+from .files import npy_header, open_regular
+from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
+                 tiff_frames, tiff_orientation)
 from .omezarr import open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
@@ -104,7 +105,7 @@ class Source:
                 np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[r_at : r_at + r_len, c_at : c_at + c_len],
                           casting="unsafe")
         if self.depth == 32 and not np.isfinite(out).all():  # as io.load refuses them in memory
-            raise InputError(f"{self.name}: has NaN or infinite samples; imfilt filters finite values only")
+            raise InputError(f"{shown(self.name)}: has NaN or infinite samples; imfilt filters finite values only")
         return out
 
     def close(self) -> None:
@@ -118,10 +119,10 @@ def open_source(path: str) -> Source:
     try:
         if p.is_dir():
             return _open_zarr(path)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             magic = f.read(8)
-        if magic[:6] == b"\x93NUMPY":
-            return _open_npy(path)
+            if magic[:6] == b"\x93NUMPY":
+                return _open_npy(path, f)
         if magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
             return _open_tiff(path)
         if magic == b"\x89PNG\r\n\x1a\n" or magic[:3] == b"\xff\xd8\xff":
@@ -129,20 +130,30 @@ def open_source(path: str) -> Source:
 
             return Source(path, *open_decoded(path))
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{shown(path)}: no such file") from None
     except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
+        raise InputError(f"{shown(path)}: permission denied") from None
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: truncated or corrupt image ({exc})") from None
-    raise InputError(f"{path}: too large for memory, and only TIFF, PNG, JPEG, .npy and zarr images are read in "
+        raise InputError(f"{shown(path)}: truncated or corrupt image ({exc})") from None
+    raise InputError(f"{shown(path)}: too large for memory, and only TIFF, PNG, JPEG, .npy and zarr images are read in "
                      "tiles; convert it (e.g. vips tiffsave IN OUT.tif --tile --bigtiff) or raise --memory")
 
 
-def _open_npy(path: str) -> Source:
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    if array.ndim not in (2, 3) or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise InputError(f"{path}: a .npy image must be a real (H, W) or (H, W, C) array, got {array.dtype} {array.shape}")
+def _open_npy(path: str, f) -> Source:
+    """Memory-mapped from the open file, after its header is checked as io.load checks it."""
+    f.seek(0)
+    shape, dtype, fortran = _npy_image_header(path, f)
+    array = np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape, order="F" if fortran else "C")
     return Source(path, array, 32)  # .npy values are taken as they are, as io.load does
+
+
+def _npy_image_header(path: str, f) -> tuple[tuple[int, ...], np.dtype, bool]:
+    try:
+        return npy_header(f, check_npy_image)
+    except InputError as exc:
+        raise InputError(f"{shown(path)}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"{shown(path)}: truncated or corrupt image ({exc})") from None
 
 
 def _open_tiff(path: str) -> Source:
@@ -152,19 +163,19 @@ def _open_tiff(path: str) -> Source:
     try:
         tiff = tifffile.TiffFile(path)
     except tifffile.TiffFileError as exc:
-        raise InputError(f"{path}: truncated or corrupt TIFF ({exc})") from None
+        raise InputError(f"{shown(path)}: truncated or corrupt TIFF ({exc})") from None
     page = tiff.pages.first
     try:
         check_frames(tiff_frames(tiff))  # as io.load refuses them in memory
     except InputError as exc:
         tiff.close()
-        raise InputError(f"{path}: {exc}") from None
+        raise InputError(f"{shown(path)}: {exc}") from None
     problem = (page.planarconfig != 1 and page.samplesperpixel > 1 and "planar (separate) channels"
                or page.photometric not in (1, 2) and f"photometric {page.photometric.name}"
                or page.bitspersample not in (8, 16, 32) and f"{page.bitspersample}-bit samples")
     if problem:
         tiff.close()
-        raise InputError(f"{path}: a TIFF with {problem} is not read in tiles; convert it to a tiled RGB TIFF")
+        raise InputError(f"{shown(path)}: a TIFF with {problem} is not read in tiles; convert it to a tiled RGB TIFF")
     store = tiff.series[0].aszarr()
     return Source(path, zarr.open(store, mode="r"), depth_of(page.dtype), tiff, tiff_orientation(page))
 
@@ -175,30 +186,50 @@ def _open_zarr(path: str) -> Source:
 
 
 def image_shape(path: str) -> tuple[int, int, int] | None:
-    """(H, W, C) from the header alone (None if unknown): whether a job needs tiles at all."""
-    try:
-        if Path(path).is_dir():
-            return tuple(_open_zarr(path).shape)
-        with open(path, "rb") as f:
-            magic = f.read(8)
-        if magic[:6] == b"\x93NUMPY":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        elif magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-            import tifffile
+    """(H, W, C) from the header alone: whether a job needs tiles at all.
 
-            with tifffile.TiffFile(path) as tiff:
-                page = tiff.pages.first
-                shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
-                if ORIENTATIONS[tiff_orientation(page)][0]:  # as shown: turned a quarter
-                    shape = (shape[1], shape[0], shape[2])
-        else:
-            with open_header(path) as image:  # over Pillow's own pixel limit too: --max-pixels decides
-                bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
-                shape = (image.height, image.width, bands)
-        shape = tuple(int(n) for n in shape)  # a damaged header can hold tuples or negative numbers
-    except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
+    None when the format is not known or the header cannot be read (reading the image says
+    why); an InputError naming the file when it can never be read as an image: missing, not a
+    regular file, a .npy whose header is not an image's (as io.load and open_source refuse it).
+    The file is opened once.
+    """
+    if Path(path).is_dir():
+        try:
+            return _checked(tuple(_open_zarr(path).shape))
+        except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
+            return None
+    with open_regular(path) as f:
+        magic = f.read(8)
+        if magic[:6] == b"\x93NUMPY":
+            f.seek(0)
+            return _checked(_npy_image_header(path, f)[0])
+        f.seek(0)
+        try:
+            if magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+                import tifffile
+
+                with tifffile.TiffFile(f) as tiff:
+                    page = tiff.pages.first
+                    shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
+                    if ORIENTATIONS[tiff_orientation(page)][0]:  # as shown: turned a quarter
+                        shape = (shape[1], shape[0], shape[2])
+            else:
+                with open_header(f) as image:  # over Pillow's own pixel limit too: --max-pixels decides
+                    bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
+                    shape = (image.height, image.width, bands)
+            return _checked(shape)
+        except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
+            return None
+
+
+def _checked(shape) -> tuple[int, int, int] | None:
+    """An image's (H, W, C), or None for what a damaged header holds (tuples, negative numbers, a rank
+    that is not an image's)."""
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
         return None
-    if min(shape) < 0:
+    if len(shape) not in (2, 3) or min(shape) < 0:
         return None
     return shape if len(shape) == 3 else shape + (1,)
 

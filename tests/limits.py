@@ -26,7 +26,7 @@ finally:
 """
 
 
-def run_limited(limit_mb: int, *args) -> tuple[subprocess.CompletedProcess, float]:
+def run_limited(limit_mb: int, *args, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     """imfilt ARGS in a process limited to ``limit_mb`` MB of address space: (the run, its peak RSS in MiB).
 
     One OpenBLAS thread: its per-thread buffers are address space too (and under a tight limit
@@ -34,7 +34,7 @@ def run_limited(limit_mb: int, *args) -> tuple[subprocess.CompletedProcess, floa
     """
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", _LIMITED, str(limit_mb), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=env, timeout=timeout)
     stderr, _, peak = done.stderr.rpartition("peak ")
     done.stderr = stderr
     return done, float(peak)

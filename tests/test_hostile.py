@@ -1,0 +1,194 @@
+"""Input built to exhaust imfilt (hardening, round 3): one bad input fails alone, in the run and in
+--dry-run; kernels are sized before they are parsed; FIFOs and devices are refused, never read.
+
+The special files are real (mkfifo, /dev/zero) and run in a real process under an address-space
+limit and a time limit: a regression fails the test instead of hanging it or filling memory.
+"""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from imfilt.cli import app
+from imfilt.errors import KernelError
+from imfilt.kernels import Kernel, load_kernels
+from limits import run_limited
+
+runner = CliRunner()
+
+
+def imfilt(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def npy_header_only(path, shape, descr="<f4", extra=b"\0" * 64):
+    """A .npy whose header claims ``shape`` but which holds only ``extra`` bytes of data."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(extra)
+    return path
+
+
+def sparse_npy(path, shape):
+    """A .npy of float32 zeros that holds what its header says, in a sparse file (no disk used)."""
+    npy_header_only(path, shape, extra=b"")
+    with open(path, "r+b") as f:
+        f.truncate(f.seek(0, os.SEEK_END) + int(np.prod(shape)) * 4)
+    return path
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray((np.random.default_rng(0).random((12, 16, 3)) * 255).astype(np.uint8)).save("good.png")
+    return tmp_path
+
+
+# --- one bad input fails alone --------------------------------------------------------------
+
+UNSIZABLE = {  # input -> (how it is made, a piece of the one line naming it)
+    "zerod.npy": (lambda p: np.save(p, np.float32(1)), "must be a real (H, W) or (H, W, C) array, got float32 ()"),
+    "oned.npy": (lambda p: np.save(p, np.zeros(5, np.float32)), "got float32 (5,)"),
+    "complex.npy": (lambda p: np.save(p, np.zeros((4, 4), np.complex64)), "must be a real"),
+    "empty.npy": (lambda p: np.save(p, np.zeros((0, 5), np.float32)), "must hold pixels"),
+    "lying.npy": (lambda p: npy_header_only(p, (100000, 100000, 3)), "its header says 120000000128 bytes, the file has 192"),
+    "huge.npy": (lambda p: sparse_npy(p, (10000, 10000)), "10000x10000 = 100000000 pixels is over the safety limit"),
+    "short.npy": (lambda p: npy_header_only(p, (300, 300, 3)), "its header says 1080128 bytes, the file has 192"),
+    "fourd.npy": (lambda p: npy_header_only(p, (2, 2, 2, 2)), "got float32 (2, 2, 2, 2)"),
+}
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+@pytest.mark.parametrize("name", sorted(UNSIZABLE))
+def test_an_input_the_planner_cannot_size_fails_alone(work, name, dry):
+    """One line naming it, exit 1 at the end, the good input processed (a 0-d .npy was
+    'internal error: ValueError: min() arg is an empty sequence' and nothing was processed)."""
+    make, why = UNSIZABLE[name]
+    make(work / name)
+    result = imfilt("apply", name, "good.png", "-k", "box", "--out-dir", "o", *(["--dry-run"] if dry else []))
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert "internal error" not in result.stderr + result.stdout
+    if dry:
+        lines = [line for line in result.stdout.splitlines() if line.startswith(name)]
+        assert len(lines) == 1 and lines[0].startswith(f"{name}: would fail: ") and why in lines[0], result.stdout
+        assert "good.png (16x12, 3 channels) -> o/good.box.png" in result.stdout and not (work / "o").exists()
+    else:
+        lines = result.stderr.strip().splitlines()
+        assert lines[0].startswith(f"{name}: ") and why in lines[0], result.stderr
+        assert lines[1] == f"imfilt: 1 written, 1 input failed: {name}" and len(lines) == 2
+        assert (work / "o" / "good.box.png").exists()
+
+
+def test_the_run_and_the_dry_run_give_one_reason(work):
+    for name, (make, _) in UNSIZABLE.items():
+        make(work / name)
+    names = sorted(UNSIZABLE)
+    run = imfilt("spectrum", *names, "good.png", "--out-dir", "o")
+    dry = imfilt("spectrum", *names, "good.png", "--out-dir", "o2", "--dry-run")
+    reasons = sorted(line for line in run.stderr.splitlines() if not line.startswith("imfilt:"))
+    would = sorted(line.replace(": would fail: ", ": ") for line in dry.stdout.splitlines() if ": would fail: " in line)
+    assert run.exit_code == dry.exit_code == 1 and reasons == would and len(reasons) == len(names)
+
+
+# --- kernels: sized before they are parsed, 4097 taps a side for every kind -----------------
+
+
+def test_a_kernel_npy_whose_header_claims_a_huge_shape_is_exit_2_naming_it(work):
+    """It was 'internal error: MemoryError', exit 1: np.load allocated 74.5 GiB first."""
+    npy_header_only(work / "huge.npy", (100000, 100000), descr="<f8")
+    result = imfilt("apply", "good.png", "-k", "huge.npy", "-o", "o.png")
+    assert result.exit_code == 2 and result.stderr == ("imfilt: huge.npy: 100000x100000 is over the 4097 taps a "
+                                                       "side that kernels may have\n")
+
+
+@pytest.mark.parametrize("name, write", [
+    ("wide.txt", lambda p: p.write_text(" ".join(["1"] * 4098) + "\n")),
+    ("tall.txt", lambda p: p.write_text("1\n" * 4098)),
+    ("wide.mat", lambda p: p.write_text("4098 1\n" + " ".join(["1"] * 4098) + "\n")),
+    ("wide.npy", lambda p: np.save(p, np.ones((1, 4098)))),
+    ("bank.npy", lambda p: np.save(p, np.ones((2, 4098, 1)))),
+    ("short.npy", lambda p: npy_header_only(p, (300, 300), extra=b"")),
+])
+def test_every_kernel_file_is_checked_by_size_before_it_is_parsed(work, name, write):
+    """A 1x9000 .npy kernel ran (the 4097-tap limit held for built-ins only)."""
+    write(work / name)
+    result = imfilt("apply", "good.png", "-k", name, "-o", "o.png")
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"imfilt: {name}"), result.stderr
+    assert "4097 taps a side" in lines[0] or "its header says" in lines[0]
+    assert not (work / "o.png").exists()
+
+
+def test_a_text_kernel_file_larger_than_any_kernel_is_refused_unread(work):
+    with open(work / "sparse.txt", "wb") as f:  # 65 MiB of holes: refused by its size, never read
+        f.truncate(65 * 2**20)
+    result = imfilt("apply", "good.png", "-k", "sparse.txt", "-o", "o.png")
+    assert result.exit_code == 2 and "sparse.txt: 68157440 bytes is more than a text kernel file may hold" in result.stderr
+
+
+def test_the_limit_holds_for_inline_and_library_kernels():
+    with pytest.raises(KernelError, match="4098x1 is over the 4097 taps"):  # W x H, as ImageMagick
+        Kernel("wide", np.ones((1, 4098)))
+    with pytest.raises(KernelError, match="4098x1 is over the 4097 taps"):
+        load_kernels("4098x1:" + ",".join(["1"] * 4098))
+    with pytest.raises(KernelError, match="a side of 5000 digits"):
+        load_kernels("9" * 5000 + "x1: 1")  # int() itself refuses 4300 digits
+    assert load_kernels("1x4097:" + ",".join(["1"] * 4097))[0].shape == (4097, 1)
+
+
+def test_inline_matrices_parse_in_linear_time(work):
+    """A 1x60000 inline matrix took 13.9 s to parse: each value's error context copied the whole spec."""
+    start = time.monotonic()
+    result = imfilt("apply", "good.png", "-k", "1x60000:" + ",".join(["1"] * 60000), "-o", "o.png")
+    assert result.exit_code == 2 and "1x60000 is over the 4097 taps" in result.stderr
+    assert len(result.stderr) < 200  # the spec is shown cut, not its 120007 characters
+    start = time.monotonic()
+    kernel = load_kernels("64x64:" + ",".join(str(i) for i in range(4096)))[0]
+    assert kernel.weights[63, 0] == 64 * 63 and time.monotonic() - start < 2
+
+
+# --- FIFOs and devices: refused in one line, never read --------------------------------------
+
+
+@pytest.fixture
+def specials(work):
+    """A FIFO that no one writes to, and /dev/zero behind an image's name."""
+    os.mkfifo(work / "fifo.png")
+    os.symlink("/dev/zero", work / "zero.png")
+    return work
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+def test_fifos_and_devices_as_inputs_are_refused_and_the_rest_run(specials, dry):
+    """/dev/zero as x.png was read until the OOM killer ended it at 19 GB; a FIFO with one writer hung."""
+    done, _ = run_limited(800, "apply", "zero.png", "fifo.png", "good.png", "-k", "box", "--out-dir", "o",
+                             *(["--dry-run"] if dry else []), timeout=60)
+    assert done.returncode == 1, done.stderr
+    text = done.stdout if dry else done.stderr
+    assert "zero.png: " + ("would fail: " if dry else "") + "not a regular file (a device)" in text, text
+    assert "fifo.png: " + ("would fail: " if dry else "") + "not a regular file (a FIFO)" in text, text
+    if not dry:
+        assert done.stderr.strip().splitlines()[-1] == "imfilt: 1 written, 2 inputs failed: zero.png, fifo.png"
+        assert (specials / "o" / "good.box.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["apply", "good.png", "-k", "fifo.png", "-o", "o.png"], "imfilt: fifo.png: not a regular file (a FIFO)"),
+    (["apply", "good.png", "-k", "zero.png", "-o", "o.png"], "imfilt: zero.png: not a regular file (a device)"),
+    (["apply", "good.png", "-k", "/dev/zero", "-o", "o.png"], "imfilt: /dev/zero: not a regular file (a device)"),
+    (["apply", "good.png", "-k", "k.npy", "-o", "o.png"], "imfilt: k.npy: not a regular file (a FIFO)"),
+    (["match", "good.png", "-t", "fifo.png", "-o", "o.png"], "imfilt: template fifo.png: not a regular file (a FIFO)"),
+    (["match", "good.png", "-t", "zero.png", "-o", "o.png"], "imfilt: template zero.png: not a regular file (a device)"),
+])
+def test_fifos_and_devices_as_kernels_and_templates_are_exit_2(specials, args, message):
+    """They said 'no such kernel file', or were read without end."""
+    os.mkfifo(specials / "k.npy")
+    done, _ = run_limited(800, *args, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    assert not (specials / "o.png").exists()
+
