@@ -23,13 +23,18 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .engine import ENGINES, get_engine
-from .errors import Interrupted, UsageError
+from .errors import Interrupted, UsageError, one_line, shown
 from .io import DEPTHS, check_stdout_format
 from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
-                       output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
+                       json_line, output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
 from .tiled import DEFAULT_MEMORY, parse_size
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def say(text: str) -> None:
+    """A line on stderr for people: always one line, whatever a file name or a library put in it."""
+    err.print(one_line(text), markup=False)
 
 
 class OneLineErrors(TyperGroup):
@@ -46,7 +51,8 @@ class OneLineErrors(TyperGroup):
             else:
                 ctx = getattr(exc, "ctx", None)
                 command = ctx.command_path if ctx else "imfilt"
-                print(f"{command}: {exc.format_message().replace('Value error, ', '')} (see '{command} --help')", file=sys.stderr)
+                print(one_line(f"{command}: {exc.format_message().replace('Value error, ', '')} (see '{command} --help')"),
+                      file=sys.stderr)
             code = exc.exit_code
         if not standalone_mode:
             return code
@@ -165,7 +171,7 @@ def batch_command(fn: Callable) -> Callable:
         except UsageError as exc:
             if batch.debug:
                 raise
-            err.print(f"imfilt: {exc}", markup=False)
+            say(f"imfilt: {exc}")
             raise typer.Exit(2) from None
         except (typer.Exit, typer.BadParameter, BrokenPipeError):
             raise
@@ -173,13 +179,13 @@ def batch_command(fn: Callable) -> Callable:
             if batch.debug or exc.filename is None:
                 raise
             name = str(exc.filename)
-            shown = name if len(name) <= 80 else name[:60] + f"... ({len(name)} characters)"
-            err.print(f"imfilt: {shown}: {exc.strerror or exc}", markup=False)
+            label = shown(name if len(name) <= 80 else name[:60] + f"... ({len(name)} characters)")
+            say(f"imfilt: {label}: {exc.strerror or exc}")
             raise typer.Exit(2) from None
         except Exception as exc:  # a bug: one line, the traceback with --debug
             if batch.debug:
                 raise
-            err.print(f"imfilt: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", markup=False)
+            say(f"imfilt: internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
             raise typer.Exit(1) from None
 
     command.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\n" + INPUTS_HELP
@@ -198,7 +204,7 @@ def _items(batch: Batch) -> list[str]:
                 with open(batch.from_file, "rb") as f:
                     items += read_list(f, batch.null)
         except OSError as exc:
-            raise UsageError(f"{batch.from_file}: cannot read the list of inputs ({exc.strerror})") from None
+            raise UsageError(f"{shown(batch.from_file)}: cannot read the list of inputs ({exc.strerror})") from None
     if not items:
         raise UsageError("no inputs: give image files, folders, - for standard input, or --from FILE")
     if items.count("-") > 1 or ("-" in items and batch.from_file == "-"):
@@ -268,7 +274,7 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
 def _temp_dir(path: str | None) -> str | None:
     """--temp-dir: an existing folder, made absolute (workers may run elsewhere)."""
     if path is not None and not Path(path).is_dir():
-        raise UsageError(f"--temp-dir {path}: no such folder")
+        raise UsageError(f"--temp-dir {shown(path)}: no such folder")
     return path and os.path.abspath(path)
 
 
@@ -303,7 +309,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     report = Report()
     for item, why in expanded.empty:  # nothing to do is said, and is not success
         report.failed.append(item)
-        err.print(f"{item}: {why}", markup=False)
+        say(f"{shown(item)}: {why}")
     try:
         with _signals_interrupt():
             if not (batch.fail_fast and report.failed):
@@ -314,10 +320,10 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         remove_partial_files(jobs)
         how = "interrupted" if exc.signum == signal.SIGINT else f"stopped by {signal.Signals(exc.signum).name}"
-        err.print(f"imfilt: {how}; {report.summary()}", markup=False)
+        say(f"imfilt: {how}; {report.summary()}")
         raise typer.Exit(128 + exc.signum) from None
     if len(jobs) + len(expanded.empty) > 1 and (report.failed or not batch.quiet):
-        err.print(f"imfilt: {report.summary()}", markup=False)
+        say(f"imfilt: {report.summary()}")
     raise typer.Exit(report.exit_code)
 
 
@@ -358,7 +364,7 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
         for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast):
             if error:
                 report.failed.append(job.source)
-                err.print(error, markup=False)
+                say(error)
             for record in records or ():
                 report.skipped += record["skipped"]
                 report.done += not record["skipped"]
@@ -366,11 +372,11 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
                 if note and not batch.json and not batch.quiet:
                     err.print(f"{record['input']}: {note}", markup=False)
                 if batch.json:
-                    print(json.dumps(record, ensure_ascii=False), flush=True)
+                    print(json_line(record), flush=True)
             advance()
             finished += 1
     if report.failed and batch.fail_fast and finished < len(jobs):
-        err.print("imfilt: stopped at the first failure (--fail-fast)", markup=False)
+        say("imfilt: stopped at the first failure (--fail-fast)")
 
 
 class _progress:

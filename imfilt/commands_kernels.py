@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .batch import app, choice_enum, err
+from .batch import app, choice_enum, say
 from .commands import Normalize
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, shown
 from .io import atomic_write
 from .kernel_view import KERNEL_FORMATS, builtin_rows, facts, format_number, kernel_file, matrix_text, oriented, picture
 from .kernels import load_kernels
@@ -22,7 +22,7 @@ app.add_typer(kernels_app, name="kernels")
 def _fail(exc: Exception, debug: bool):
     if debug:
         raise exc
-    err.print(f"imfilt: {exc}", markup=False)
+    say(f"imfilt: {exc}")
     raise typer.Exit(2)
 
 
@@ -90,17 +90,17 @@ def show(
         target = _output_kind(output, format, overwrite)
     except UsageError as exc:
         _fail(exc, debug)
-    shown = [oriented(k, flipped) for k in kernels]
+    views = [oriented(k, flipped) for k in kernels]
     if json_:
-        for k, view in zip(kernels, shown):
+        for k, view in zip(kernels, views):
             matrices = [m.tolist() for m in view.parts]
             print(json.dumps({**facts(k, flipped), "matrix": matrices if k.magnitude else matrices[0]}))
     elif output != "-" and not quiet:
-        for k, view in zip(kernels, shown):
+        for k, view in zip(kernels, views):
             _print_kernel(k, view, flipped, normalize.value if normalize else None)
     if output is not None:
         try:
-            data = _png(picture(shown)) if target == "png" else kernel_file(shown, target)
+            data = _png(picture(views)) if target == "png" else kernel_file(views, target)
         except UsageError as exc:
             _fail(exc, debug)
         try:
@@ -111,7 +111,7 @@ def show(
         except InputError as exc:  # a folder that is not there, a full disk: one line
             if debug:
                 raise
-            err.print(f"imfilt: {exc}", markup=False)
+            say(f"imfilt: {exc}")
             raise typer.Exit(1) from None
 
 
@@ -123,11 +123,11 @@ def _output_kind(output: Optional[str], format, overwrite: bool) -> Optional[str
     suffix = "" if output == "-" else Path(output).suffix.lower().lstrip(".")
     kind = format.value if format is not None else suffix
     if kind not in KERNEL_FORMATS + ("png",):
-        raise UsageError(f"{output}: write a picture (.png) or a kernel file (.txt, .mat, .npy, .npz), or give --format")
+        raise UsageError(f"{shown(output)}: write a picture (.png) or a kernel file (.txt, .mat, .npy, .npz), or give --format")
     if output == "-" and kind == "png" or (output == "-" and kind in ("npy", "npz") and sys.stdout.isatty()):
         raise UsageError("refusing to write binary data to a terminal: use -o FILE or redirect standard output")
     if output != "-" and Path(output).exists() and not overwrite:
-        raise UsageError(f"{output}: exists; use --overwrite to replace it")
+        raise UsageError(f"{shown(output)}: exists; use --overwrite to replace it")
     return kind
 
 
@@ -145,7 +145,7 @@ def _print_kernel(kernel, view, flipped: bool, normalize: Optional[str]) -> None
     if kernel.summed:
         what = f"x {kernel.channels} input channels, summed, plus bias {format_number(kernel.bias)}"
     turned = " (flipped: as a convolution multiplies)" if flipped else ""
-    print(f"{kernel.name}: {f['shape'][1]}x{f['shape'][0]} (WxH) {what}".rstrip() + turned)
+    print(f"{shown(kernel.name)}: {f['shape'][1]}x{f['shape'][0]} (WxH) {what}".rstrip() + turned)
     for i, matrix in enumerate(view.matrices):
         if kernel.magnitude or kernel.summed:
             print(f"{'g' if kernel.magnitude else 'channel '}{i}:")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, shown
 from .io import check_frames, open_header
 
 
@@ -85,15 +85,15 @@ def open_decoded(path: str) -> tuple[DecodedRows, int]:
             try:
                 check_frames(getattr(header, "n_frames", 1))
             except InputError as exc:
-                raise InputError(f"{path}: {exc}") from None
+                raise InputError(f"{shown(path)}: {exc}") from None
     try:
         import pyvips
     except (ImportError, OSError) as exc:  # pyvips is a dependency, but its libvips may fail to load
-        raise InputError(f"{path}: PNG and JPEG images larger than memory need pyvips ({exc})") from None
+        raise InputError(f"{shown(path)}: PNG and JPEG images larger than memory need pyvips ({exc})") from None
     try:
         rows = DecodedRows(path)
     except pyvips.Error as exc:
-        raise InputError(f"{path}: truncated or corrupt image ({' '.join(str(exc).split())})") from None
+        raise InputError(f"{shown(path)}: truncated or corrupt image ({' '.join(str(exc).split())})") from None
     fields = set(rows.image.get_fields())
 
     def field(name: str):
@@ -105,6 +105,6 @@ def open_decoded(path: str) -> tuple[DecodedRows, int]:
                or field("orientation") not in (0, 1) and "an EXIF-rotated image is not read in bands (its rows are "
                "the file's columns)")
     if problem:
-        raise InputError(f"{path}: too large for memory, and {problem}; convert it "
+        raise InputError(f"{shown(path)}: too large for memory, and {problem}; convert it "
                          "(e.g. vips copy IN OUT.tif[tile,bigtiff]) or raise --memory")
     return rows, 16 if rows.dtype == np.uint16 else 8

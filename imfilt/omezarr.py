@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, shown
 
 STORE_FILES = ("zarr.json", ".zarray", ".zgroup")  # zarr v3's metadata, and v2's
 CHUNK = 256  # chunk side of a whole image written as zarr (the tiled path passes its tile)
@@ -45,7 +45,7 @@ class StoredImage:
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - codecs raise many kinds on a damaged chunk
-            raise InputError(f"{self.name}: truncated or corrupt zarr chunk ({exc})") from None
+            raise InputError(f"{shown(self.name)}: truncated or corrupt zarr chunk ({exc})") from None
         block = np.transpose(block, self._order)
         return block if block.ndim == 3 else block[..., None]
 
@@ -57,26 +57,26 @@ def open_image(path: str) -> StoredImage:
     try:
         node = zarr.open(path, mode="r")
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{shown(path)}: no such file") from None
     except Exception as exc:  # noqa: BLE001 - zarr raises several kinds on damaged metadata
-        raise InputError(f"{path}: not a zarr store, or a corrupt one ({exc})") from None
+        raise InputError(f"{shown(path)}: not a zarr store, or a corrupt one ({exc})") from None
     if isinstance(node, zarr.Group):
         array, axes = _first_dataset(path, node)
     elif node.ndim in (2, 3):  # a plain array: (H, W, C), unless it names its dimensions (as an OME dataset does)
         names = tuple(str(n).lower() for n in (getattr(node.metadata, "dimension_names", None) or ()))
         array, axes = node, names if sorted(names) in (["x", "y"], ["c", "x", "y"]) else ("y", "x", "c")[: node.ndim]
     else:
-        raise InputError(f"{path}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, "
+        raise InputError(f"{shown(path)}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, "
                          f"got an array of shape {node.shape}")
     dtype = np.dtype(array.dtype)
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise InputError(f"{path}: a zarr image must hold real numbers, not {dtype}")
+        raise InputError(f"{shown(path)}: a zarr image must hold real numbers, not {dtype}")
     if 0 in array.shape:
-        raise InputError(f"{path}: a zarr image must hold pixels, got shape {array.shape}")
+        raise InputError(f"{shown(path)}: a zarr image must hold pixels, got shape {array.shape}")
     for axis, what in (("t", "time points"), ("z", "z planes")):
         if axis in axes and array.shape[axes.index(axis)] > 1:
             count = array.shape[axes.index(axis)]
-            raise InputError(f"{path}: has {count} {what}; imfilt filters 2-D images: take one plane out first")
+            raise InputError(f"{shown(path)}: has {count} {what}; imfilt filters 2-D images: take one plane out first")
     return StoredImage(path, array, axes)
 
 
@@ -85,17 +85,17 @@ def _first_dataset(path: str, group) -> tuple[object, tuple[str, ...]]:
     attributes = group.attrs.asdict()
     multiscales = attributes.get("ome", {}).get("multiscales") or attributes.get("multiscales")
     if not multiscales:
-        raise InputError(f"{path}: a zarr group without OME-Zarr multiscales is not an image: give the image's "
+        raise InputError(f"{shown(path)}: a zarr group without OME-Zarr multiscales is not an image: give the image's "
                          "group or array")
     try:
         first = multiscales[0]
         axes = tuple(str(a["name"] if isinstance(a, dict) else a).lower() for a in first["axes"])
         array = group[first["datasets"][0]["path"]]
     except Exception as exc:  # noqa: BLE001 - malformed metadata: missing keys, wrong types, no such array
-        raise InputError(f"{path}: malformed OME-Zarr multiscales ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{shown(path)}: malformed OME-Zarr multiscales ({type(exc).__name__}: {exc})") from None
     unknown = sorted(set(axes) - set(_AXIS_TYPES))
     if unknown or len(set(axes)) != len(axes) or not {"y", "x"} <= set(axes) or len(axes) != array.ndim:
-        raise InputError(f"{path}: OME-Zarr axes {','.join(axes)} for an array of shape {array.shape}: "
+        raise InputError(f"{shown(path)}: OME-Zarr axes {','.join(axes)} for an array of shape {array.shape}: "
                          "imfilt reads y and x, with c, t and z")
     return array, axes
 

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, shown
 from .io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
 from .frequency import Lowpass, Spectrum
 from .ops import Apply, Result
@@ -63,7 +63,7 @@ def check_tiled_output(source: str, output, split_channels: bool) -> None:
         suffix = Path(path).suffix.lower()
         if path == "-" or suffix not in STREAMED_OUTPUTS or split_channels:
             what = "--split-channels" if split_channels else "standard output" if path == "-" else f"{suffix} output"
-            raise InputError(f"{source}: too large for memory (see --memory), and images are streamed only into "
+            raise InputError(f"{shown(source)}: too large for memory (see --memory), and images are streamed only into "
                              f"{', '.join(STREAMED_OUTPUTS)} files: not {what}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .engine import get_engine
-from .errors import InputError
+from .errors import InputError, shown
 from .frequency import Lowpass, Spectrum
 from .io import Loaded, remove_tree, temp_prefix
 from .ops import Result, luminance, split_alpha
@@ -54,7 +54,7 @@ def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_
     beside = Path(output.path).parent
     folder, needed, free = scratch_space(source.shape, op, output.path, temp_dir, cluster)
     if needed > free:
-        raise InputError(f"{source.name}: {scratch_problem(folder, needed, free, cluster)}")
+        raise InputError(f"{shown(source.name)}: {scratch_problem(folder, needed, free, cluster)}")
     hidden = Path(folder) == beside  # as the output's own temporary file is
     scratch_dir = tempfile.mkdtemp(dir=folder, prefix=temp_prefix(Path(output.path).name) + "fft-" if hidden else "imfilt-fft-")
     try:

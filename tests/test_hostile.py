@@ -5,7 +5,11 @@ The special files are real (mkfifo, /dev/zero) and run in a real process under a
 limit and a time limit: a regression fails the test instead of hanging it or filling memory.
 """
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -192,3 +196,73 @@ def test_fifos_and_devices_as_kernels_and_templates_are_exit_2(specials, args, m
     assert done.returncode == 2 and done.stderr.strip().startswith(message) and done.stderr.count("\n") == 1, done.stderr
     assert not (specials / "o.png").exists()
 
+
+# --- names that cannot forge a line ----------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+FORGED = "bad\nimfilt: FORGED.png: all good.png"
+ESCAPE = "esc\x1b[31mred\x07.png"
+NOT_UTF8 = os.fsdecode(b"x\xff\tname.png")
+
+
+def run_imfilt(*args, cwd):
+    return subprocess.run([BIN / "imfilt", *args], capture_output=True, cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def odd_names(work):
+    """Three junk files whose names hold a newline, a terminal escape, a tab and a byte that is not UTF-8."""
+    for name in (FORGED, ESCAPE, NOT_UTF8):
+        (work / name).write_bytes(b"junk")
+    return work
+
+
+def test_names_are_shown_escaped_in_errors_and_the_summary(odd_names):
+    """A name with a newline printed a second line starting 'imfilt: FORGED.png'; escapes reached the terminal."""
+    done = run_imfilt("apply", FORGED, ESCAPE, NOT_UTF8, "good.png", "-k", "box", "--out-dir", "o", cwd=odd_names)
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 1 and len(lines) == 4, lines
+    assert lines[0] == r"'bad\nimfilt: FORGED.png: all good.png': not an image, or a format imfilt cannot read"
+    assert lines[1].startswith(r"'esc\x1b[31mred\x07.png': ")
+    assert lines[2].startswith(r"'x\udcff\tname.png': ")
+    assert lines[3] == (r"imfilt: 1 written, 3 inputs failed: 'bad\nimfilt: FORGED.png: all good.png', "
+                        r"'esc\x1b[31mred\x07.png', 'x\udcff\tname.png'")
+    assert b"\x1b" not in done.stderr and b"\x07" not in done.stderr and b"\t" not in done.stderr
+
+
+def test_names_are_shown_escaped_in_the_dry_run(odd_names):
+    for name in (FORGED, NOT_UTF8):
+        shutil.copy(odd_names / "good.png", odd_names / f"ok-{name}")
+    done = run_imfilt("apply", f"ok-{FORGED}", f"ok-{NOT_UTF8}", ESCAPE, "-k", "box", "--out-dir", "o", "--dry-run",
+                      cwd=odd_names)
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 1 and len(lines) == 4 and done.stderr == b"", (lines, done.stderr)
+    assert lines[0].startswith(r"'ok-bad\nimfilt: FORGED.png: all good.png' (16x12, 3 channels) -> "
+                               r"'o/ok-bad\nimfilt: FORGED.png: all good.box.png'  [box]")
+    assert lines[1].startswith(r"'ok-x\udcff\tname.png' (16x12, 3 channels) -> 'o/ok-x\udcff\tname.box.png'")
+    assert lines[2] == r"'esc\x1b[31mred\x07.png': would fail: not an image, or a format imfilt cannot read"
+    assert b"\x1b" not in done.stdout and b"\t" not in done.stdout
+
+
+def test_json_records_keep_the_names_bytes_and_escape_control_characters(odd_names):
+    """A name that is not UTF-8 made --json fail (UnicodeEncodeError), and writing it ('internal error')."""
+    shutil.copy(odd_names / "good.png", odd_names / NOT_UTF8)
+    shutil.copy(odd_names / "good.png", odd_names / ESCAPE)
+    for dry in (["--dry-run"], []):
+        done = run_imfilt("apply", NOT_UTF8, ESCAPE, "-k", "box", "--out-dir", "o", "--json", *dry, cwd=odd_names)
+        assert done.returncode == 0 and done.stderr == (b"" if dry else b"imfilt: 2 written\n"), done.stderr
+        records = [json.loads(line) for line in done.stdout.decode("ascii").splitlines()[:2]]
+        assert [os.fsencode(r["input"]) for r in records] == [os.fsencode(NOT_UTF8), os.fsencode(ESCAPE)]
+        assert b"\x1b" not in done.stdout
+    assert sorted(os.listdir(odd_names / "o")) == sorted([os.fsdecode(b"x\xff\tname.box.png"), "esc\x1b[31mred\x07.box.png"])
+
+
+@pytest.mark.parametrize("args, start", [
+    (["apply", "good.png", "-k", "k\n.txt", "-o", "o.png"], r"imfilt: 'k\n.txt': no such kernel file"),
+    (["apply", "good.png", "-k", "box", "-o", "o\x1b.gif"], r"imfilt: 'o\x1b.gif': unknown output format"),
+    (["apply", "good.png", "-k", "box", "--out-dir", "d\n", "--name", "{stem}"], r"imfilt: 'd\n/good': unknown output"),
+    (["match", "good.png", "-t", "t\n.png"], r"imfilt: template 't\n.png': no such file"),
+])
+def test_names_in_usage_errors_are_shown_escaped(work, args, start):
+    done = run_imfilt(*args, cwd=work)
+    assert done.returncode == 2 and done.stderr.decode().startswith(start) and done.stderr.count(b"\n") == 1, done.stderr
