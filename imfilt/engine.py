@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import EngineUnavailable
+from .errors import EngineUnavailable, check_image
 
 ENGINES = ("auto", "cpu", "gpu")
 FFT_BACKENDS = ("scipy", "pyfftw")
@@ -54,6 +54,7 @@ class Engine:
         interleaved: the filters work in either layout, so no layout copy is made. An image that
         is already on the GPU stays there (no round trip through the host).
         """
+        image = check_image(image)
         xp = self.xp
         if xp is not np and isinstance(image, xp.ndarray):
             planes = xp.moveaxis(image[..., None] if image.ndim == 2 else image, -1, 0)

@@ -6,13 +6,19 @@ terminal's escape sequences.
 
 import os
 
+import numpy as np
+
 
 class ImfiltError(Exception):
     """Base class: the message is one line a user can act on."""
 
 
-class UsageError(ImfiltError):
-    """A bad option value or kernel: nothing is processed (exit 2)."""
+class UsageError(ImfiltError, ValueError):
+    """A bad option value, kernel or argument: nothing is processed (exit 2).
+
+    A ValueError, as scipy's and scikit-image's errors for bad arguments are, so code that
+    catches those catches imfilt's.
+    """
 
 
 class KernelError(UsageError):
@@ -37,6 +43,22 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def check_image(image, what: str = "image"):
+    """An image as the library takes it: real numbers, (H, W) or (H, W, C), with pixels.
+
+    The one check at the top of every function of the API that takes an image, so that every
+    method and engine refuses the same arrays with the same UsageError (a ValueError).
+    """
+    array = image if hasattr(image, "ndim") and hasattr(image, "dtype") else np.asarray(image)  # a GPU array stays
+    if array.ndim not in (2, 3):
+        raise UsageError(f"{what} must be an (H, W) or (H, W, C) array, got shape {array.shape}")
+    if np.dtype(array.dtype).kind not in "buif":
+        raise UsageError(f"{what} must hold real numbers, got {array.dtype}")
+    if array.size == 0:
+        raise UsageError(f"{what} is empty: shape {array.shape}")
+    return array
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine, get_engine
-from .errors import UsageError, check_choice
+from .errors import UsageError, check_choice, check_image
 from .ops import Image, Result, luminance, split_alpha
 
 PROFILES = ("ideal", "gaussian", "butterworth")
@@ -132,7 +132,7 @@ def mask_planes(engine: Engine, planes, half_mask):
 def lowpass(image: np.ndarray, radius: float, *, profile: str = "ideal", order: float = 2.0,
             highpass: bool = False, band: float | None = None, engine: Engine | str = "cpu") -> np.ndarray:
     """Frequency-domain filter of each channel by a centred circular mask of ``radius``."""
-    shape = np.shape(image)[:2]
+    shape = check_image(image).shape[:2]
     mask = frequency_mask(shape, radius, profile=profile, order=order, highpass=highpass, band=band)
     return apply_mask(image, mask, engine=engine)
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes a few ms
 
-from .errors import InputError, UsageError, check_choice, shown
+from .errors import InputError, UsageError, check_choice, check_image, shown
 from .files import npy_header, open_regular
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
@@ -614,7 +614,7 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
     suffix = suffix or check_output_format(str(target), None)
     if suffix != ".npy" and depth not in FORMATS[suffix][1]:  # .npy holds the floats whatever the depth
         raise UsageError(f"{shown(target)}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
-    pixels = np.asarray(pixels, dtype=np.float32)
+    pixels = np.asarray(check_image(pixels, "pixels"), dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     kind = FORMATS[suffix][0]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine, get_engine
-from .errors import UsageError, check_choice
+from .errors import UsageError, check_choice, check_image
 from .ops import Image, Result, luminance, split_alpha
 
 MATCH_SIZES = ("valid", "same")
@@ -71,8 +71,9 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
     check_choice("size", size, MATCH_SIZES)
     engine = get_engine(engine) if isinstance(engine, str) else engine
     xp = engine.xp
-    image3 = np.asarray(image)[..., None] if np.ndim(image) == 2 else np.asarray(image)
-    template3 = np.asarray(template)[..., None] if np.ndim(template) == 2 else np.asarray(template)
+    image, template = check_image(image), check_image(template, "template")
+    image3 = image[..., None] if image.ndim == 2 else image
+    template3 = template[..., None] if template.ndim == 2 else template
     _check_shapes(image3.shape, template3.shape)
     (height, width, channels), (th, tw) = image3.shape, template3.shape[:2]
     t = np.moveaxis(template3, -1, 0).astype(np.float64)

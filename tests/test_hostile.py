@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import imfilt as lib
 from imfilt.cli import app
 from imfilt.errors import KernelError
 from imfilt.kernels import Kernel, load_kernels
@@ -266,3 +267,55 @@ def test_json_records_keep_the_names_bytes_and_escape_control_characters(odd_nam
 def test_names_in_usage_errors_are_shown_escaped(work, args, start):
     done = run_imfilt(*args, cwd=work)
     assert done.returncode == 2 and done.stderr.decode().startswith(start) and done.stderr.count(b"\n") == 1, done.stderr
+
+
+# --- the library's API: one clear ValueError for arrays that are not images -------------------
+
+NOT_IMAGES = {
+    "0-d": (np.float32(1), "must be an (H, W) or (H, W, C) array, got shape ()"),
+    "1-D": (np.zeros(5, np.float32), "got shape (5,)"),
+    "4-D": (np.zeros((2, 3, 4, 1), np.float32), "got shape (2, 3, 4, 1)"),
+    "no rows": (np.zeros((0, 4), np.float32), "is empty: shape (0, 4)"),
+    "no channels": (np.zeros((3, 3, 0), np.float32), "is empty: shape (3, 3, 0)"),
+    "complex": (np.zeros((3, 3), np.complex64), "must hold real numbers, got complex64"),
+    "text": (np.array([["a", "b"]]), "must hold real numbers, got <U1"),
+}
+API = {
+    **{f"convolve {m}": (lambda x, m=m: lib.convolve(x, np.ones((1, 3)), method=m)) for m in ("direct", "separable", "fft", "auto")},
+    "convolve valid": lambda x: lib.convolve(x, np.ones((1, 1)), size="valid"),
+    "spectrum": lambda x: lib.spectrum(x),
+    "lowpass": lambda x: lib.lowpass(x, 2),
+    "apply_mask": lambda x: lib.apply_mask(x, np.ones((3, 3))),
+    "match_template": lambda x: lib.match_template(x, np.ones((1, 1))),
+    "write_image": lambda x: lib.write_image("never-written.npy", x),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_IMAGES))
+@pytest.mark.parametrize("call", sorted(API))
+def test_every_api_function_refuses_a_non_image_with_one_value_error(tmp_path, monkeypatch, call, case):
+    """They ended in unpacking errors, OpenCV or numpy errors, or a ComplexWarning, different per method."""
+    monkeypatch.chdir(tmp_path)
+    array, message = NOT_IMAGES[case]
+    with pytest.raises(lib.UsageError) as raised:
+        API[call](array)
+    assert isinstance(raised.value, ValueError) and message in str(raised.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_template_is_checked_as_the_image_is():
+    with pytest.raises(ValueError, match="template is empty: shape"):
+        lib.match_template(np.ones((4, 4)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="template must be an"):
+        lib.match_template(np.ones((4, 4)), np.ones(3))
+
+
+def test_argument_errors_are_value_errors():
+    """scipy and scikit-image users catch ValueError for a bad argument."""
+    for call in (lambda: lib.convolve(np.ones((3, 3)), np.ones((3, 3)), mode="sideways"),
+                 lambda: lib.load_kernel("gaussian:sigma=-1"), lambda: lib.lowpass(np.ones((3, 3)), -1),
+                 lambda: lib.Kernel("k", np.ones(3))):
+        with pytest.raises(ValueError):
+            call()
+    assert issubclass(lib.UsageError, ValueError) and issubclass(lib.KernelError, ValueError)
+    assert not issubclass(lib.InputError, ValueError)  # a bad file is not a bad argument
