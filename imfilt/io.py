@@ -8,6 +8,7 @@ Every write is atomic.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes 
 
 from .errors import InputError, UsageError, check_choice, check_image, shown
 from .files import npy_header, open_regular
+from .inflate import bound_tifffile, bounded_png, png_data_fits
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
 
@@ -250,13 +252,15 @@ def tiff_frames(tiff) -> int:
 
 
 def _load_png16(data: bytes, limit: int) -> Loaded:
+    """Through pypng, its pixel data inflated only as far as the header says (inflate.py)."""
     import png
 
-    reader = png.Reader(bytes=data)
+    check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), limit)
+    reader = png.Reader(file=bounded_png(data))
     width, height, rows, info = reader.asDirect()
-    check_pixels(width, height, limit)
     planes = info["planes"]
-    stored = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+    stored = np.vstack([np.asarray(row, dtype=np.uint16) for row in itertools.islice(rows, height)])
+    stored = stored.reshape(height, width, planes)
     return _from_hwc(np.ascontiguousarray(orient(stored, _png_orientation(data))), 16)
 
 
@@ -308,6 +312,8 @@ def _decode_png8(data: bytes, limit: int) -> Loaded | None:
         return None
     if not _plain_png(data):
         return None
+    if not png_data_fits(data):  # more image data than the header says: libpng would warn on stderr
+        return None
     check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), limit)
     import cv2
 
@@ -358,6 +364,7 @@ def _load_tiff(data: bytes, limit: int) -> Loaded:
     Both turn the image by its Orientation tag."""
     import tifffile
 
+    bound_tifffile()
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first

@@ -24,6 +24,7 @@ import numpy as np
 from .boundary import extend_index
 from .errors import InputError, shown
 from .files import npy_header, open_regular
+from .inflate import bound_tifffile
 from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
                  tiff_frames, tiff_orientation)
 from .omezarr import open_image, write_ome_zarr
@@ -160,6 +161,7 @@ def _open_tiff(path: str) -> Source:
     import tifffile
     import zarr
 
+    bound_tifffile()
     try:
         tiff = tifffile.TiffFile(path)
     except tifffile.TiffFileError as exc:

@@ -22,6 +22,7 @@ import imfilt as lib
 from imfilt.cli import app
 from imfilt.errors import KernelError
 from imfilt.kernels import Kernel, load_kernels
+import bombs
 from limits import run_limited
 
 runner = CliRunner()
@@ -319,3 +320,59 @@ def test_argument_errors_are_value_errors():
             call()
     assert issubclass(lib.UsageError, ValueError) and issubclass(lib.KernelError, ValueError)
     assert not issubclass(lib.InputError, ValueError)  # a bad file is not a bad argument
+
+
+# --- decompression bombs: inflated no further than the header says ---------------------------
+
+
+@pytest.mark.parametrize("memory", ["2G", "1K"], ids=["whole", "streamed"])
+@pytest.mark.parametrize("kind", ["png16", "png8", "tiff-tile"])
+def test_a_bomb_is_read_as_its_header_says_within_a_hard_memory_limit(tmp_path, kind, memory):
+    """100x100 PNGs and a 256x256 16-bit TIFF tile whose pixels inflate to 512 MiB: they took
+    2.2 GB and more (5.4 GB for the 16-bit PNG, 'libpng warning: IDAT: Too much image data' on
+    stderr for the 8-bit one). Read as the header says: exit 0, silent, zeros, under 600 MB of
+    address space (python, numpy, scipy, OpenCV and libvips take ~450 MB of it)."""
+    path = tmp_path / ("bomb.tif" if kind == "tiff-tile" else "bomb.png")
+    if kind == "tiff-tile":
+        bombs.tiff_tile_bomb(path, 2**29)
+    else:
+        bombs.png_bomb(path, 2**29, depth=int(kind[3:]))
+    out = tmp_path / "out.tif"
+    start = time.monotonic()
+    done, _ = run_limited(600, "apply", path, "-k", "box", "-o", out, "--memory", memory, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert time.monotonic() - start < 60
+    import tifffile
+
+    result = tifffile.imread(out)
+    assert result.shape[:2] == ((256, 256) if kind == "tiff-tile" else (100, 100)) and not result.any()
+
+
+def test_a_png_with_less_data_than_its_header_says_is_still_corrupt(tmp_path):
+    """The bound cuts what is too much, never makes up what is missing."""
+    data = Path(bombs.png_bomb(tmp_path / "short.png", 100 * 601 - 600)).read_bytes()  # one row short
+    (tmp_path / "short.png").write_bytes(data)
+    result = imfilt("apply", tmp_path / "short.png", "-k", "box", "-o", tmp_path / "o.png")
+    assert result.exit_code == 1 and "truncated or corrupt image" in result.stderr
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("planes, transparent", [(1, None), (2, None), (3, None), (3, (1, 2, 3)), (4, None)])
+def test_the_bound_changes_nothing_in_a_well_formed_16bit_png(interlace, planes, transparent):
+    """pypng on the original bytes is the reference (interlaced, grey+alpha, a tRNS key, many IDAT chunks)."""
+    import io
+
+    import png
+
+    from imfilt.inflate import bounded_png
+
+    rng = np.random.default_rng(planes)
+    pixels = rng.integers(0, 65536, (37, 23 * planes), dtype=np.uint16)
+    buffer = io.BytesIO()
+    png.Writer(23, 37, greyscale=planes < 3, alpha=planes in (2, 4), bitdepth=16, interlace=interlace,
+               transparent=transparent, chunk_limit=300).write(buffer, pixels.tolist())
+    data = buffer.getvalue()
+    reference = png.Reader(bytes=data).asDirect()
+    bounded = png.Reader(file=bounded_png(data)).asDirect()
+    assert bounded[3]["planes"] == reference[3]["planes"]
+    assert [list(row) for row in bounded[2]] == [list(row) for row in reference[2]]
