@@ -579,15 +579,47 @@ class Report:
         return ", ".join(parts)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     """Ending signals are the parent's to handle: a worker finishes the output it is writing.
 
     `timeout` and a terminal send theirs to the whole process group; the parent then cancels
-    the jobs not started and waits for the running ones, so no output is cut short.
+    the jobs not started and waits for the running ones, so no output is cut short. A worker
+    ends with its parent, even when that is killed with SIGKILL (which it cannot wait for).
     """
+    _die_with(parent)
     for sig in ENDING_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, ENDING_SIGNALS)  # blocked from the start (below)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: the kernel kills this process when its parent ends (prctl PR_SET_PDEATHSIG), so a
+    worker never outlives a run killed with kill -9; a parent gone already ends it now. Elsewhere
+    nothing (the workers then end when they next talk to the pool)."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 and os.getppid() != parent:
+        os._exit(1)  # the parent died before the signal was asked for
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_resource_tracker() -> None:
+    """multiprocessing's resource tracker (a process the pool starts) ends when the last process
+    that talks to it has: after the workers, wait for it too, so nothing of the run outlives it."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # noqa: SLF001 - no public way
+    if stop is not None:
+        try:
+            stop()
+        except Exception:  # noqa: BLE001 - it may have ended already
+            pass
 
 
 def quiet_decoders() -> None:
@@ -687,15 +719,23 @@ def _finished(future) -> tuple | None:
 
 def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:
     import multiprocessing
-    import signal
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # One BLAS/FFT thread per worker (jobs carry threads=1 too), so N workers do not fight
     # over the cores; spawned workers read these limits as they start.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_worker_init) as pool:
+    try:
+        yield from _pool_results(jobs, workers, fail_fast, context)
+    finally:  # the workers have ended (the pool waits for them), even after a signal
+        _stop_resource_tracker()
+
+
+def _pool_results(jobs: list[Job], workers: int, fail_fast: bool, context) -> Iterator[tuple]:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
         # Workers start (in submit) with the ending signals blocked, until their initializer
         # ignores them: one sent to the group while a worker was still importing killed it.
         futures = []

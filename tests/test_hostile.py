@@ -8,6 +8,7 @@ limit and a time limit: a regression fails the test instead of hanging it or fil
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -376,3 +377,57 @@ def test_the_bound_changes_nothing_in_a_well_formed_16bit_png(interlace, planes,
     bounded = png.Reader(file=bounded_png(data)).asDirect()
     assert bounded[3]["planes"] == reference[3]["planes"]
     assert [list(row) for row in bounded[2]] == [list(row) for row in reference[2]]
+
+
+# --- no orphans ------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """The processes a process started (from any of its threads), by /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    def running(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    return [pid for pid in pids if running(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task/").exists() or sys.platform != "linux", reason="Linux: /proc and prctl")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+def test_nothing_of_a_run_outlives_it(tmp_path, sig):
+    """kill -9 of a -j 2 run left its two workers and multiprocessing's resource tracker alive (parent 1)
+    for minutes; after SIGTERM the tracker outlived the run. Now the workers die with the parent, and
+    a run that handles its signal waits for all of them before it exits."""
+    (tmp_path / "in").mkdir()
+    for i in range(30):
+        Image.fromarray((np.random.default_rng(i).random((200, 240, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"p{i:02}.png")
+    process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
+                                "--out-dir", tmp_path / "out", "-j", "2"], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 2:
+        time.sleep(0.02)
+    children = _children(process.pid)
+    try:
+        assert len(children) >= 2, children  # two workers (and the resource tracker)
+        process.send_signal(sig)
+        process.communicate(timeout=60)
+        if sig == signal.SIGTERM:
+            assert process.returncode == 128 + sig and _alive(children) == []
+        else:
+            deadline = time.time() + 10
+            while _alive(children) and time.time() < deadline:
+                time.sleep(0.05)
+            assert _alive(children) == []
+    finally:
+        for pid in _alive(children):
+            os.kill(pid, signal.SIGKILL)
