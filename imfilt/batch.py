@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .engine import ENGINES, get_engine
-from .errors import Interrupted, UsageError, one_line, shown
+from .errors import Interrupted, LostCluster, UsageError, one_line, shown
 from .io import DEPTHS, check_stdout_format
 from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
                        json_line, output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
@@ -314,6 +314,10 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         with _signals_interrupt():
             if not (batch.fail_fast and report.failed):
                 _report_jobs(batch, jobs, workers, report)
+    except LostCluster as exc:
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the client's loop, cut short
+        say(f"imfilt: {exc}; {report.summary()}")
+        raise typer.Exit(1) from None
     except Interrupted as exc:
         # zarr's I/O loop (streamed images) may hold tasks the interruption cut short: asyncio
         # would log them at exit, after the one line

@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from .errors import Stopped, UsageError
+from .errors import LostCluster, Stopped, UsageError
 
 # What dask.distributed accepts as a scheduler address: [tcp|tls|ucx|inproc|ws|wss://]host:port
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:]+\]|[^\s/:\[\]]+):(\d{1,5})$")
@@ -75,11 +75,13 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
         from distributed import Client, as_completed
     except ImportError:
         raise UsageError("--scheduler needs dask.distributed: pip install 'imfilt[distributed]'") from None
+    _quiet_distributed()
     try:
         client = Client(address, timeout="5s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     from distributed import Event
+    from distributed.client import FutureCancelledError
 
     with client:
         name = f"imfilt-stop-{uuid.uuid4().hex}"
@@ -95,7 +97,31 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
                 except Exception:  # noqa: BLE001 - stopped, failed or late: each is reported by the caller
                     pass
 
-        yield futures, as_completed(futures, loop=client.loop), stop  # our client, not a global one
+        try:
+            yield futures, as_completed(futures, loop=client.loop), stop  # our client, not a global one
+        except BrokenPipeError:
+            raise  # standard output's reader went away: not the cluster
+        except (OSError, TimeoutError, FutureCancelledError):  # a job's own errors come back as results
+            # the connection closed (CommClosedError is an OSError), or the scheduler cancelled the futures
+            raise LostCluster(f"lost the connection to the Dask scheduler at {address}") from None
+
+
+def _quiet_distributed() -> None:
+    """distributed's own log lines stay off stderr (a lost connection logs a traceback as an ERROR):
+    what goes wrong is the run's one line. Its loggers (each with a handler of its own, from
+    dask's config) keep their levels, but their lines go up to a top logger that drops them."""
+    import logging
+
+    tops = ("distributed", "tornado", "bokeh")
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in tops]:
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+        log.propagate = True
+    for name in tops:
+        log = logging.getLogger(name)
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
 
 
 def on_dask_worker() -> bool:

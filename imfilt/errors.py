@@ -33,6 +33,10 @@ class EngineUnavailable(UsageError):
     """The requested engine cannot run on this machine."""
 
 
+class LostCluster(ImfiltError):
+    """The Dask scheduler went away in the middle of a run: the run ends there (exit 1)."""
+
+
 class Stopped(ImfiltError):
     """On a Dask worker: the client that sent this job was interrupted, so the job ends unwritten."""
 

@@ -5,8 +5,10 @@ The special files are real (mkfifo, /dev/zero) and run in a real process under a
 limit and a time limit: a regression fails the test instead of hanging it or filling memory.
 """
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -431,3 +433,45 @@ def test_nothing_of_a_run_outlives_it(tmp_path, sig):
     finally:
         for pid in _alive(children):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- a lost Dask scheduler ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
+def test_losing_the_scheduler_mid_run_is_one_line_and_exit_1(tmp_path):
+    """It printed distributed's ERROR log with two tracebacks and then imfilt's own traceback (or
+    'internal error: FutureCancelledError')."""
+    from distributed import Client
+
+    (tmp_path / "in").mkdir()
+    for i in range(30):
+        Image.fromarray((np.random.default_rng(i).random((200, 240, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"p{i:02}.png")
+    address_file, local = tmp_path / "scheduler.json", ["--dashboard-address", "127.0.0.1:0"]
+    scheduler = subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                                  address_file, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
+    worker = subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", address_file, "--host", "127.0.0.1",
+                               "--nworkers", "1", "--nthreads", "1", *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.time() + 60
+        while not address_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # written whole
+        address = json.loads(address_file.read_text())["address"]
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+        run = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
+                                "--out-dir", tmp_path / "out", "--scheduler", address], stderr=subprocess.PIPE)
+        while len(list((tmp_path / "out").glob("*.png"))) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        scheduler.kill()
+        start = time.monotonic()
+        _, stderr = run.communicate(timeout=120)
+        lines = stderr.decode().splitlines()
+        assert run.returncode == 1 and len(lines) == 1, stderr.decode()
+        assert re.fullmatch(rf"imfilt: lost the connection to the Dask scheduler at {address}; \d+ written", lines[0])
+        assert time.monotonic() - start < 60
+    finally:
+        for process in (worker, scheduler):
+            process.kill()
+            process.wait(30)
