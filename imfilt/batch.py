@@ -297,12 +297,12 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     ``montage`` names one picture per input of all its outputs' maps.
     """
     jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras, reads, montage)
+    prepare_folders(jobs, make=not batch.dry_run)  # the dry run checks the places, and makes none
     if batch.dry_run:
         from .dry_run import describe, print_plan
 
         records, summary = describe(jobs, expanded, workers, batch.scheduler, "auto" if batch.engine.value == "auto" else get_engine(batch.engine.value).name)
         raise typer.Exit(print_plan(records, summary, batch.json))
-    prepare_folders(jobs)
     if any(job.source == "-" for job in jobs):
         data = sys.stdin.buffer.read()
         jobs = [replace(job, data=data) if job.source == "-" else job for job in jobs]

@@ -7,6 +7,7 @@ outputs made from it; it is plain data, so it runs the same in a worker or on a 
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -313,19 +314,35 @@ def _check_sizes(output: Output, shape: tuple[int, int, int], source: str) -> No
         check_output_size(path, *shape[:2], source)
 
 
-def prepare_folders(jobs: list[Job]) -> None:
-    """Make the folders the outputs go to, or refuse (exit 2) before any image is read."""
+def prepare_folders(jobs: list[Job], make: bool = True) -> None:
+    """Make the folders the outputs go to, or refuse (exit 2) before any image is read.
+
+    ``make=False`` (--dry-run): the same checks from what is there, making nothing (mkdir's own
+    answer is foreseen from the nearest folder that exists: a file there, or no permission).
+    """
     folders = {Path(f).parent for job in jobs for o in job.all_outputs if not o.skip for f in o.files}
     for folder in sorted(folders, key=str):
         place = shown(str(folder) or ".")
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{place}: is a file, not a folder for the outputs")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            if make:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.exists():
+                _could_make(folder)
         except OSError as exc:
             raise UsageError(f"{place}: cannot make the output folder ({exc.strerror or exc})") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"{place}: cannot write into this folder (permission denied)")
+
+
+def _could_make(folder: Path) -> None:
+    """The OSError that making ``folder`` and its parents would raise, seen from the nearest one there."""
+    there = next(parent for parent in folder.parents if parent.exists())
+    if not there.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 def remove_partial_files(jobs: list[Job]) -> None:

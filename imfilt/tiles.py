@@ -192,7 +192,8 @@ def image_shape(path: str) -> tuple[int, int, int] | None:
 
     None when the format is not known or the header cannot be read (reading the image says
     why); an InputError naming the file when it can never be read as an image: missing, not a
-    regular file, a .npy whose header is not an image's (as io.load and open_source refuse it).
+    regular file, a .npy whose header is not an image's, several frames (as io.load and
+    open_source refuse them).
     The file is opened once.
     """
     if Path(path).is_dir():
@@ -212,6 +213,7 @@ def image_shape(path: str) -> tuple[int, int, int] | None:
 
                 with tifffile.TiffFile(f) as tiff:
                     page = tiff.pages.first
+                    frames = tiff_frames(tiff)
                     shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
                     if ORIENTATIONS[tiff_orientation(page)][0]:  # as shown: turned a quarter
                         shape = (shape[1], shape[0], shape[2])
@@ -219,9 +221,14 @@ def image_shape(path: str) -> tuple[int, int, int] | None:
                 with open_header(f) as image:  # over Pillow's own pixel limit too: --max-pixels decides
                     bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
                     shape = (image.height, image.width, bands)
-            return _checked(shape)
+                    frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)  # as io.load counts them
         except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
             return None
+    try:
+        check_frames(frames)  # as io.load and open_source refuse them
+    except InputError as exc:
+        raise InputError(f"{shown(path)}: {exc}") from None
+    return _checked(shape)
 
 
 def _checked(shape) -> tuple[int, int, int] | None:
