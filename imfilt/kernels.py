@@ -59,7 +59,9 @@ class Kernel:
         if not np.isfinite(w).all() or not math.isfinite(self.bias):
             raise KernelError(f"kernel {self.name}: contains NaN or infinity")
         # Responses to pixels in [0, 1] are bounded by sum |w|: beyond float32's range they overflow.
-        if np.abs(w).reshape(-1, *w.shape[-2:]).sum(axis=(-2, -1)).max() > F32_MAX:
+        with np.errstate(over="ignore"):  # a sum past float64's range is inf, and refused: no warning
+            largest = np.abs(w).reshape(-1, *w.shape[-2:]).sum(axis=(-2, -1)).max()
+        if largest > F32_MAX:
             raise KernelError(f"kernel {self.name}: its values are too large for float32 work "
                               f"(sum of |w| over {F32_MAX:.3g})")
         w.flags.writeable = False

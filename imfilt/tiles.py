@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .boundary import extend_index
-from .errors import InputError, shown
+from .errors import ImfiltError, InputError, shown
 from .files import npy_header, open_regular
 from .inflate import bound_tifffile
 from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
@@ -88,7 +88,12 @@ class Source:
             rows = slice(height - rows.stop, height - rows.start)
         if flip_cols:
             cols = slice(width - cols.stop, width - cols.start)
-        block = np.asarray(self.array[(cols, rows) if transpose else (rows, cols)])
+        try:
+            block = np.asarray(self.array[(cols, rows) if transpose else (rows, cols)])
+        except (ImfiltError, MemoryError):
+            raise  # already one line (a zarr chunk), or a stop; memory is the runner's to say
+        except Exception as exc:  # noqa: BLE001 - decoders raise many kinds on a damaged tile or strip
+            raise InputError(f"{shown(self.name)}: truncated or corrupt image ({exc})") from None
         return orient(block if block.ndim == 3 else block[..., None], self.orientation)
 
     def window(self, rows: np.ndarray, cols: np.ndarray, cval: float = 0.0) -> np.ndarray:
@@ -103,8 +108,9 @@ class Source:
         for r_at, r_from, r_len in _runs(rows):
             for c_at, c_from, c_len in _runs(cols):
                 block = self.read(slice(r_from, r_from + r_len), slice(c_from, c_from + c_len))
-                np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[r_at : r_at + r_len, c_at : c_at + c_len],
-                          casting="unsafe")
+                with np.errstate(invalid="ignore", over="ignore"):  # non-finite samples are refused below
+                    np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[r_at : r_at + r_len, c_at : c_at + c_len],
+                              casting="unsafe")
         if self.depth == 32 and not np.isfinite(out).all():  # as io.load refuses them in memory
             raise InputError(f"{shown(self.name)}: has NaN or infinite samples; imfilt filters finite values only")
         return out

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -513,3 +514,29 @@ def test_the_dry_run_and_the_run_give_the_same_exit_code_and_message(errors_work
     run = imfilt(*args, input=b"")
     assert (dry.exit_code, _reasons(dry, True)) == (run.exit_code, _reasons(run, False)), (dry.stdout, dry.stderr)
     assert run.exit_code == code and any(message in line for line in _reasons(run, False))
+
+
+@pytest.mark.parametrize("spec", ["3x3: 1e308,1e308,1e308,0,0,0,0,0,0", "1x2: 1e308,-1e308"])
+def test_kernel_values_near_float64_s_limit_are_one_line_without_numpy_s_warning(work, spec):
+    """numpy's 'RuntimeWarning: overflow encountered in reduce' reached stderr before the message."""
+    done = run_imfilt("apply", "good.png", "-k", spec, "-o", "o.png", cwd=work)
+    assert done.returncode == 2 and done.stderr.count(b"\n") == 1 and b"too large for float32" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("memory", ["2G", "1K"], ids=["whole", "streamed"])
+def test_a_corrupt_tile_is_one_line_whole_or_streamed(tmp_path, memory):
+    """On the streamed path it was 'internal error: TiffFileError: corrupted tile ...'."""
+    import tifffile
+
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, (np.random.default_rng(0).random((32, 48, 3)) * 65535).astype(np.uint16), tile=(16, 16),
+                     compression="zlib", photometric="rgb")
+    with tifffile.TiffFile(path) as tiff:
+        offset, count = tiff.pages.first.dataoffsets[1], tiff.pages.first.databytecounts[1]
+    with open(path, "r+b") as f:  # the second tile: a zlib stream that ends too soon
+        f.seek(offset)
+        f.write(zlib.compress(b"\0" * 100)[: count // 2].ljust(count, b"\0"))
+    result = imfilt("apply", path, "-k", "box", "-o", tmp_path / "o.tif", "--memory", memory)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "internal error" not in lines[0], result.stderr
+    assert lines[0].startswith(f"{path}: ") and "corrupt" in lines[0] and not (tmp_path / "o.tif").exists()
