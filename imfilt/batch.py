@@ -24,10 +24,17 @@ from typer.core import TyperGroup
 from . import __version__
 from .engine import ENGINES, get_engine
 from .errors import Interrupted, LostCluster, UsageError, one_line, shown
-from .io import DEPTHS, check_stdout_format
+from .files import read_at_most
+from .io import DEPTHS, check_stdout_format, pillow_limit
 from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
                        json_line, output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
 from .tiled import DEFAULT_MEMORY, parse_size
+
+
+def stdin_bytes(max_pixels: int) -> int:
+    """The most an image on standard input may take: its pixels as RGBA float64 (the fattest a .npy
+    holds), and a MiB of header; what is more is no image imfilt would read."""
+    return max_pixels * 4 * 8 + 2**20
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -304,8 +311,11 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         records, summary = describe(jobs, expanded, workers, batch.scheduler, "auto" if batch.engine.value == "auto" else get_engine(batch.engine.value).name)
         raise typer.Exit(print_plan(records, summary, batch.json))
     if any(job.source == "-" for job in jobs):
-        data = sys.stdin.buffer.read()
-        jobs = [replace(job, data=data) if job.source == "-" else job for job in jobs]
+        limit = min(parse_size(batch.memory), stdin_bytes(batch.max_pixels or pillow_limit()))
+        data = read_at_most(sys.stdin.buffer, limit)
+        refused = None if data is not None else (f"<stdin>: more than {limit} bytes, more than --memory or the pixel limit "
+                                                 "allows an image to take; give a file")
+        jobs = [replace(job, data=data, refused=refused) if job.source == "-" else job for job in jobs]
     report = Report()
     for item, why in expanded.empty:  # nothing to do is said, and is not success
         report.failed.append(item)

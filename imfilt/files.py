@@ -50,6 +50,19 @@ def _check_regular(mode: int, name: str) -> None:
         raise InputError(f"{name}: not a regular file ({kind}); imfilt reads files, or - for standard input")
 
 
+def read_at_most(stream: BinaryIO, limit: int) -> bytes | None:
+    """All of a stream (standard input) if it ends within ``limit`` bytes, else None: a pipe that
+    never ends (yes | imfilt apply - ...) is read no further. Read in pieces, so signals are heard."""
+    pieces, size = [], 0
+    while size <= limit:
+        piece = stream.read(min(2**20, limit + 1 - size))
+        if not piece:
+            return b"".join(pieces)
+        pieces.append(piece)
+        size += len(piece)
+    return None
+
+
 def file_size(f: BinaryIO) -> int:
     """The size of an open file (or BytesIO), from where its end is."""
     position = f.tell()

@@ -540,3 +540,18 @@ def test_a_corrupt_tile_is_one_line_whole_or_streamed(tmp_path, memory):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "internal error" not in lines[0], result.stderr
     assert lines[0].startswith(f"{path}: ") and "corrupt" in lines[0] and not (tmp_path / "o.tif").exists()
+
+
+def test_an_endless_standard_input_is_read_no_further_than_an_image_may_take(work):
+    """`yes | imfilt apply - ...` read until memory ran out; now up to --memory (or what the pixel
+    limit lets an image take), then one line, exit 1."""
+    start = time.monotonic()
+    limited = f"ulimit -v {1000 * 1024}; {BIN / 'imfilt'} apply - -k box -o o.png --memory 10M"  # a regression: MemoryError
+    done = subprocess.run(f"yes | ({limited})", shell=True, cwd=work,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 1 and done.stderr == (b"<stdin>: more than 10485760 bytes, more than --memory or the "
+                                                    b"pixel limit allows an image to take; give a file\n"), done.stderr
+    assert not (work / "o.png").exists() and time.monotonic() - start < 60
+    with open(work / "good.png", "rb") as image:  # an image is read whole, as before
+        assert subprocess.run([BIN / "imfilt", "apply", "-", "-k", "box", "-o", "o.png", "--memory", "10M"], stdin=image,
+                              cwd=work).returncode == 0
