@@ -310,6 +310,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
 
         records, summary = describe(jobs, expanded, workers, batch.scheduler, "auto" if batch.engine.value == "auto" else get_engine(batch.engine.value).name)
         raise typer.Exit(print_plan(records, summary, batch.json))
+    remove_partial_files(jobs)  # what a killed run left beside these outputs (never another run's)
     if any(job.source == "-" for job in jobs):
         limit = min(parse_size(batch.memory), stdin_bytes(batch.max_pixels or pillow_limit()))
         data = read_at_most(sys.stdin.buffer, limit)

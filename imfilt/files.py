@@ -15,6 +15,11 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: temporaries are not locked, and a later run removes none
+    fcntl = None
+
 from .errors import InputError, shown
 
 
@@ -61,6 +66,29 @@ def read_at_most(stream: BinaryIO, limit: int) -> bytes | None:
         pieces.append(piece)
         size += len(piece)
     return None
+
+
+def hold(fd: int) -> None:
+    """Lock a temporary file or folder this process is writing (flock, exclusive, released when the
+    descriptor closes, or the process dies): how another run knows it is still being written."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def take_abandoned(path) -> int | None:
+    """An open descriptor of a temporary whose writer is gone (its lock could be taken), to be
+    removed and then closed; None while a live process still holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:
+        os.close(fd)
+        return None
 
 
 def file_size(f: BinaryIO) -> int:

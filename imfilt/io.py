@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes a few ms
 
 from .errors import InputError, UsageError, check_choice, check_image, shown
-from .files import npy_header, open_regular
+from .files import hold, npy_header, open_regular
 from .inflate import bound_tifffile, bounded_png, png_data_fits
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
@@ -517,9 +517,11 @@ def atomic_write(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".part")
         with os.fdopen(fd, "wb") as f:
+            hold(fd)  # until it is renamed: a run that starts meanwhile leaves it alone
             write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, target)
+            f.flush()
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, target)
     except BaseException as exc:
         if tmp is not None:
             try:
@@ -543,9 +545,11 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
         raise InputError(f"{shown(target)}: is a folder, not a zarr store; not replaced")
     try:
         folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=temp_prefix(target.name), suffix=".part"))
+        lock = os.open(folder, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise InputError(f"{shown(target)}: cannot write ({exc.strerror or exc})") from None
     try:
+        hold(lock)  # until it is gone: a run that starts meanwhile leaves it alone
         made = folder / target.name
         write(str(made))
         if os.path.lexists(target) and (made.is_dir() or target.is_dir()):  # rename() cannot do these
@@ -563,6 +567,7 @@ def replace_beside(target: str | os.PathLike, write: Callable[[str], None]) -> N
         raise InputError(f"{shown(target)}: cannot write ({exc.strerror or exc})") from None
     finally:
         remove_tree(folder)
+        os.close(lock)
 
 
 def remove_tree(folder) -> None:

@@ -24,6 +24,7 @@ from . import tiled, tiled_fft
 from .distributed import check_stop
 from .engine import auto_engine, get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError, shown
+from .files import take_abandoned
 from .io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
                  fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from .omezarr import is_store
@@ -346,16 +347,31 @@ def _could_make(folder: Path) -> None:
 
 
 def remove_partial_files(jobs: list[Job]) -> None:
-    """After a signal: temporary files that it cut off between their creation and clean-up."""
-    for job in jobs:
-        for file in (f for o in job.all_outputs for f in o.files):
-            path = Path(file)
-            pattern = glob.escape(temp_prefix(path.name)).replace(glob.escape("{channel}"), "*") + "*.part"
-            for part in path.parent.glob(pattern):
+    """The temporaries of this run's outputs ('.NAME.XXXXXXXX.part' beside each) whose writer is
+    gone: before a run, those a killed run left; after a signal, those it cut off between their
+    creation and clean-up. One that a live process still writes (another imfilt run, which
+    holds its lock) is left alone; nothing else is touched."""
+    prefixes: dict[Path, list[re.Pattern]] = {}  # each folder is listed once, however many outputs it gets
+    for file in {f for job in jobs for o in job.all_outputs for f in o.files}:
+        path = Path(file)
+        prefix = re.escape(temp_prefix(path.name)).replace(re.escape("{channel}"), ".*")
+        prefixes.setdefault(path.parent, []).append(re.compile(prefix + r".*\.part"))
+    for folder, patterns in prefixes.items():
+        try:
+            names = [entry.name for entry in os.scandir(folder) if entry.name.endswith(".part")]
+        except OSError:
+            continue
+        for part in (folder / name for name in names if any(p.fullmatch(name) for p in patterns)):
+            fd = take_abandoned(part)
+            if fd is None:
+                continue
+            try:
                 if part.is_dir() and not part.is_symlink():  # a tiled or zarr output's folder
                     remove_tree(part)
                 else:
                     part.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
 
 def _channel_names(count: int) -> list[str]:

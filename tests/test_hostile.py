@@ -555,3 +555,69 @@ def test_an_endless_standard_input_is_read_no_further_than_an_image_may_take(wor
     with open(work / "good.png", "rb") as image:  # an image is read whole, as before
         assert subprocess.run([BIN / "imfilt", "apply", "-", "-k", "box", "-o", "o.png", "--memory", "10M"], stdin=image,
                               cwd=work).returncode == 0
+
+
+# --- temporaries a killed run left -------------------------------------------------------------
+
+
+def test_a_run_removes_the_temporaries_a_killed_run_left_and_only_those(work):
+    """'.NAME.XXXXXXXX.part' files and folders beside this run's outputs, whose writer is gone."""
+    (work / "o").mkdir()
+    left = [work / "o" / ".good.box.png.k2j4h1x0.part", work / "o" / ".good.box.tif.a1b2c3d4.part"]
+    left[0].write_bytes(b"half a png")
+    left[1].mkdir()
+    (left[1] / "good.box.tif").write_bytes(b"half a tiff")
+    others = [work / "o" / ".other.png.k2j4h1x0.part", work / "o" / ".good.box.png.notours", work / "o" / "x.part"]
+    for path in others:
+        path.write_bytes(b"not this run's")
+    result = imfilt("apply", "good.png", "-k", "box", "--out-dir", "o")
+    assert result.exit_code == 0, result.stderr
+    assert not left[0].exists() and (work / "o" / "good.box.png").exists()
+    result = imfilt("apply", "good.png", "-k", "box", "-o", "o/good.box.tif", "--memory", "1K")
+    assert result.exit_code == 0 and not left[1].exists(), result.stderr
+    assert all(path.exists() for path in others)
+
+
+_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_temporary_that_another_run_still_writes_is_left_alone(work):
+    """Another process holds the lock (as a running imfilt does on each temporary it writes)."""
+    (work / "o").mkdir()
+    part = work / "o" / ".good.box.png.abcdefgh.part"
+    part.write_bytes(b"being written")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, part], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        assert imfilt("apply", "good.png", "-k", "box", "--out-dir", "o").exit_code == 0
+        assert part.exists()
+    finally:
+        holder.communicate(b"", timeout=30)
+    assert imfilt("apply", "good.png", "-k", "box", "--out-dir", "o", "--overwrite").exit_code == 0
+    assert not part.exists()
+
+
+def test_two_runs_at_once_on_one_output(work):
+    """A run that starts while another streams the same output (through a locked temporary
+    folder) leaves that folder alone: both end whole."""
+    import tifffile
+
+    tifffile.imwrite(work / "big.tif", (np.random.default_rng(0).random((600, 800, 3)) * 255).astype(np.uint8),
+                     tile=(64, 64), photometric="rgb")
+    slow = subprocess.Popen([BIN / "imfilt", "apply", "big.tif", "-k", "gaussian:sigma=3", "--method", "direct", "-o",
+                             "out.tif", "--memory", "300K"], cwd=work, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list(work.glob(".out.tif.*.part")) and time.time() < deadline:
+        time.sleep(0.01)
+    assert list(work.glob(".out.tif.*.part")), "the slow run wrote no temporary"
+    quick = run_imfilt("apply", "good.png", "-k", "box", "-o", "out.tif", "--overwrite", cwd=work)
+    _, stderr = slow.communicate(timeout=300)
+    assert quick.returncode == 0 and slow.returncode == 0, (quick.stderr, stderr)
+    assert tifffile.imread(work / "out.tif").shape == (600, 800, 3)  # the slow run renamed its output last
+    assert not list(work.glob(".*.part"))
