@@ -282,9 +282,11 @@ def _png_orientation(data: bytes) -> int:
 
 
 # Chunks OpenCV's libpng decodes without a word on stderr; any other (tRNS, eXIf, iCCP, PLTE, ...)
-# and the file goes to Pillow, which keeps transparency keys and EXIF orientation.
-_PLAIN_PNG_CHUNKS = {b"IHDR", b"IDAT", b"IEND", b"pHYs", b"tEXt", b"zTXt", b"iTXt", b"tIME", b"gAMA", b"cHRM",
-                     b"sRGB", b"sBIT", b"bKGD"}
+# and the file goes to Pillow, which keeps transparency keys and EXIF orientation. Compressed
+# text (zTXt, iTXt) goes there too: libpng says 'zTXt: truncated' on stderr for one that inflates
+# past its limit, where Pillow refuses it in one line (its MAX_TEXT_CHUNK, as for iCCP).
+_PLAIN_PNG_CHUNKS = {b"IHDR", b"IDAT", b"IEND", b"pHYs", b"tEXt", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"sBIT",
+                     b"bKGD"}
 
 
 def _plain_png(data: bytes) -> bool:

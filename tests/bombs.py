@@ -51,3 +51,19 @@ def tiff_tile_bomb(path, inflated: int, *, tiles: int = 1, side: int = 256) -> s
         tags["TileOffsets"].overwrite([end] * tiles)
         tags["TileByteCounts"].overwrite([len(bomb)] * tiles)
     return str(path)
+
+
+def png_text_bomb(path, inflated: int, kind: bytes = b"zTXt") -> str:
+    """A 10x10 8-bit RGB PNG with a compressed text (zTXt, iTXt) or ICC (iCCP) chunk that inflates
+    to ``inflated`` bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    head = {b"zTXt": b"Comment\0\0", b"iTXt": b"Comment\0\1\0\0\0", b"iCCP": b"icc\0\0"}[kind]
+    with open(path, "wb") as f:
+        f.write(data[:33] + _chunk(kind, head + deflated_zeros(inflated)) + data[33:])
+    return str(path)

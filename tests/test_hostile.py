@@ -352,6 +352,17 @@ def test_a_bomb_is_read_as_its_header_says_within_a_hard_memory_limit(tmp_path, 
     assert result.shape[:2] == ((256, 256) if kind == "tiff-tile" else (100, 100)) and not result.any()
 
 
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt", b"iCCP"])
+def test_a_text_or_icc_bomb_is_refused_in_one_line(tmp_path, kind):
+    """A compressed text chunk that inflates to 256 MiB: OpenCV's libpng printed 'libpng warning:
+    zTXt: truncated' and read on. Pillow refuses it past its MAX_TEXT_CHUNK (as it does an ICC
+    profile): one line, exit 1, memory bounded."""
+    path = bombs.png_text_bomb(tmp_path / "text.png", 2**28, kind)
+    done, _ = run_limited(600, "apply", path, "-k", "box", "-o", tmp_path / "o.png", timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"{path}: truncated or corrupt image (Decompressed data too large")
+
+
 def test_a_png_with_less_data_than_its_header_says_is_still_corrupt(tmp_path):
     """The bound cuts what is too much, never makes up what is missing."""
     data = Path(bombs.png_bomb(tmp_path / "short.png", 100 * 601 - 600)).read_bytes()  # one row short
