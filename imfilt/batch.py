@@ -25,16 +25,10 @@ from . import __version__
 from .engine import ENGINES, get_engine
 from .errors import Interrupted, LostCluster, UsageError, one_line, shown
 from .files import read_at_most
-from .io import DEPTHS, check_stdout_format, pillow_limit
+from .io import DEPTHS, check_stdout_format, most_bytes, pillow_limit
 from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
                        json_line, output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
 from .tiled import DEFAULT_MEMORY, parse_size
-
-
-def stdin_bytes(max_pixels: int) -> int:
-    """The most an image on standard input may take: its pixels as RGBA float64 (the fattest a .npy
-    holds), and a MiB of header; what is more is no image imfilt would read."""
-    return max_pixels * 4 * 8 + 2**20
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -312,7 +306,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
         raise typer.Exit(print_plan(records, summary, batch.json))
     remove_partial_files(jobs)  # what a killed run left beside these outputs (never another run's)
     if any(job.source == "-" for job in jobs):
-        limit = min(parse_size(batch.memory), stdin_bytes(batch.max_pixels or pillow_limit()))
+        limit = min(parse_size(batch.memory), most_bytes(batch.max_pixels or pillow_limit()))
         data = read_at_most(sys.stdin.buffer, limit)
         refused = None if data is not None else (f"<stdin>: more than {limit} bytes, more than --memory or the pixel limit "
                                                  "allows an image to take; give a file")

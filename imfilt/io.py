@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes a few ms
 
 from .errors import InputError, UsageError, check_choice, check_image, shown
-from .files import hold, npy_header, open_regular
+from .files import file_size, hold, npy_header, open_regular
 from .inflate import bound_tifffile, bounded_png, png_data_fits
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
@@ -121,8 +121,19 @@ def read_image(source: str | os.PathLike | bytes, *, max_pixels: int | None = No
     return load(source, max_pixels=max_pixels).pixels
 
 
-def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, name: str | None = None) -> Loaded:
-    """Read an image; every failure is an InputError naming the file and the reason."""
+def most_bytes(pixels: int, channels: int = 4) -> int:
+    """The most a file of an image of ``pixels`` may hold: its samples as float64 (the fattest a .npy
+    holds) and 16 MiB of metadata (EXIF, ICC, XMP, previews). A larger file is not read whole."""
+    return pixels * channels * 8 + 16 * 2**20
+
+
+def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, name: str | None = None,
+         shape: tuple[int, int, int] | None = None) -> Loaded:
+    """Read an image; every failure is an InputError naming the file and the reason.
+
+    A file larger than an image may take is refused before it is read: by ``shape`` (its header's,
+    as the planner read it) or else by the pixel limit.
+    """
     name = shown(name or ("<stdin>" if isinstance(source, bytes) else str(source)))
     limit = max_pixels or pillow_limit()
     if not isinstance(source, bytes) and is_store(source):
@@ -135,6 +146,10 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
                 if f.read(6) == b"\x93NUMPY":
                     f.seek(0)
                     return _check_finite(_decoding(name, lambda: _load_npy(f, limit)), name)
+                pixels, channels = (shape[0] * shape[1], shape[2]) if shape else (limit, 4)
+                if file_size(f) > most_bytes(pixels, channels):
+                    raise InputError(f"{name}: {file_size(f)} bytes is more than an image of {pixels} pixels may take "
+                                     f"({most_bytes(pixels, channels)}); not read")
                 f.seek(0)
                 data = f.read()
         except OSError as exc:

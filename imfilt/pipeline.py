@@ -76,6 +76,7 @@ class Job:
     tiled: bool = False  # too large for memory: streamed window by window (tiled.py)
     montage: Output | None = None  # --montage: one picture of all the outputs' maps (montage.py)
     refused: str | None = None  # why this input fails, known from its header at planning (one line, named)
+    shape: tuple[int, int, int] | None = None  # (H, W, C) as its header says, when planning could read it
 
     @property
     def all_outputs(self) -> tuple[Output, ...]:
@@ -264,7 +265,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
             outputs.append(replace(output, skip=skip))
         big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
         picture = outputs.pop() if montage is not None else None
-        jobs.append(Job(source, tuple(outputs), settings, tiled=big, montage=picture, refused=refused))
+        jobs.append(Job(source, tuple(outputs), settings, tiled=big, montage=picture, refused=refused, shape=shape))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
     return jobs
@@ -474,7 +475,7 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
             records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width)))
         return records
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
-                          name="<stdin>" if job.source == "-" else job.source)
+                          name="<stdin>" if job.source == "-" else job.source, shape=job.shape)
     colours = loaded.pixels.shape[2] - loaded.alpha
     for output in job.outputs:  # e.g. a 4-D bank for another number of channels: before any output is written
         getattr(output.op, "check", lambda channels: None)(colours)

@@ -632,3 +632,13 @@ def test_two_runs_at_once_on_one_output(work):
     assert quick.returncode == 0 and slow.returncode == 0, (quick.stderr, stderr)
     assert tifffile.imread(work / "out.tif").shape == (600, 800, 3)  # the slow run renamed its output last
     assert not list(work.glob(".*.part"))
+
+
+def test_a_file_far_larger_than_its_header_s_image_is_not_read_whole(work):
+    """A 16x12 PNG followed by 1 GiB (of holes): it was read whole before decoding ('not enough
+    memory' under a limit); now its size is checked against its header's image first."""
+    with open(work / "good.png", "ab") as f:
+        f.truncate(f.seek(0, os.SEEK_END) + 2**30)
+    done, _ = run_limited(600, "apply", "good.png", "-k", "box", "-o", "o.png", timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("good.png: ") and "is more than an image of 192 pixels may take" in done.stderr
