@@ -379,7 +379,7 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
                 report.done += not record["skipped"]
                 note = record.pop("note", None)  # a line for people (e.g. the orientations found)
                 if note and not batch.json and not batch.quiet:
-                    err.print(f"{record['input']}: {note}", markup=False)
+                    say(f"{shown(record['input'])}: {note}")
                 if batch.json:
                     print(json_line(record), flush=True)
             advance()

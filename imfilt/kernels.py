@@ -419,7 +419,7 @@ def load_kernels(spec: str) -> list[Kernel]:
 def _load_array_file(path: Path, tensor: str | None) -> list[Kernel]:
     suffix = path.suffix.lower()
     if tensor is not None and suffix != ".safetensors":
-        raise KernelError(f"{path}: only a .safetensors file takes a tensor name (':{tensor}')")
+        raise KernelError(f"{shown(path)}: only a .safetensors file takes a tensor name (':{tensor}')")
     if suffix == ".npy":
         return _bank(path, _load_npy(path), None, path.stem)
     if suffix == ".npz":
@@ -460,15 +460,15 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
             if "weight" not in names:
-                raise KernelError(f"{path}: no array 'weight' in the .npz; it has {_listed(names)}")
+                raise KernelError(f"{shown(path)}: no array 'weight' in the .npz; it has {_listed(names)}")
             return archive["weight"], archive["bias"] if "bias" in names else None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays: pickles are never loaded
-        raise KernelError(f"{path}: not a readable .npz of arrays ({exc})") from None
+        raise KernelError(f"{shown(path)}: not a readable .npz of arrays ({exc})") from None
 
 
 def _listed(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:_LISTED])
-    return (shown + f" ... ({len(names)} in all)" if len(names) > _LISTED else shown) or "no arrays"
+    listed = ", ".join(repr(n) for n in names[:_LISTED])
+    return (listed + f" ... ({len(names)} in all)" if len(names) > _LISTED else listed) or "no arrays"
 
 
 def _load_safetensors(path: Path, tensor: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -481,42 +481,42 @@ def _load_safetensors(path: Path, tensor: str | None) -> tuple[np.ndarray, np.nd
             if tensor is None:
                 weights = [n for n in names if n.rsplit(".", 1)[-1] == "weight"] or names
                 if len(weights) != 1:
-                    raise KernelError(f"{path}: name the tensor, e.g. -k {path}:{weights[0] if weights else 'NAME'}; "
+                    raise KernelError(f"{shown(path)}: name the tensor, e.g. -k {path}:{weights[0] if weights else 'NAME'}; "
                                       f"it has {_listed(names)}")
                 tensor = weights[0]
             if tensor not in names:
-                raise KernelError(f"{path}: no tensor {tensor!r}; it has {_listed(names)}")
+                raise KernelError(f"{shown(path)}: no tensor {tensor!r}; it has {_listed(names)}")
             bias_name = tensor[: -len("weight")] + "bias" if tensor.endswith("weight") else None
             weight = _tensor(f, path, tensor)
             bias = _tensor(f, path, bias_name) if bias_name in names else None
     except SafetensorError as exc:
-        raise KernelError(f"{path}: not a readable .safetensors file ({exc})") from None
+        raise KernelError(f"{shown(path)}: not a readable .safetensors file ({exc})") from None
     except OSError as exc:
-        raise KernelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise KernelError(f"{shown(path)}: cannot read ({exc.strerror or exc})") from None
     label = tensor.removesuffix("weight").rstrip("._-")
     return weight, bias, f"{path.stem}.{label}" if label else path.stem
 
 
 def _tensor(f, path: Path, name: str) -> np.ndarray:
     if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16
-        raise KernelError(f"{path}: tensor {name!r} is bfloat16, which numpy cannot hold; save it as float32")
+        raise KernelError(f"{shown(path)}: tensor {name!r} is bfloat16, which numpy cannot hold; save it as float32")
     return f.get_tensor(name)
 
 
 def _bank(path: Path, array: np.ndarray, bias: np.ndarray | None, base: str) -> list[Kernel]:
     """An array -> kernels: (kh, kw) one; (N, kh, kw) N, each per channel; (N, C, kh, kw) N summed."""
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-        raise KernelError(f"{path}: a kernel must hold real numbers, got {array.dtype}")
+        raise KernelError(f"{shown(path)}: a kernel must hold real numbers, got {array.dtype}")
     if array.ndim not in (2, 3, 4):
-        raise KernelError(f"{path}: a kernel must be 2-D (kh, kw), a bank (N, kh, kw) or a convolutional layer's "
+        raise KernelError(f"{shown(path)}: a kernel must be 2-D (kh, kw), a bank (N, kh, kw) or a convolutional layer's "
                           f"(N, C, kh, kw), got shape {array.shape}")
     if 0 in array.shape:
-        raise KernelError(f"{path}: an empty kernel{' bank' if array.ndim > 2 else ''}, shape {array.shape}")
+        raise KernelError(f"{shown(path)}: an empty kernel{' bank' if array.ndim > 2 else ''}, shape {array.shape}")
     if bias is not None:
         if array.ndim != 4:
-            raise KernelError(f"{path}: a bias goes with a 4-D weight (N, C, kh, kw), not shape {array.shape}")
+            raise KernelError(f"{shown(path)}: a bias goes with a 4-D weight (N, C, kh, kw), not shape {array.shape}")
         if np.shape(bias) != array.shape[:1] or not np.issubdtype(bias.dtype, np.number) or np.iscomplexobj(bias):
-            raise KernelError(f"{path}: the bias must hold {array.shape[0]} real numbers (one per kernel), "
+            raise KernelError(f"{shown(path)}: the bias must hold {array.shape[0]} real numbers (one per kernel), "
                               f"got shape {np.shape(bias)} of {bias.dtype}")
     if array.ndim == 2:
         return [Kernel(base, array)]
