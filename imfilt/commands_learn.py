@@ -17,7 +17,7 @@ from .batch import Batch, Engine, app, batch_command, choice_enum, err, run
 from .commands import Boundary, Normalize, Scale
 from .deconvolve import METHODS, Deconvolve
 from .engine import auto_engine, get_engine
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, shown
 from .io import atomic_write, load
 from .kernel_view import facts, kernel_file
 from .kernels import Kernel, distinct_names, is_kernel_file, load_kernels
@@ -52,11 +52,11 @@ def _kernel_format(output: str, overwrite: bool, json_: bool, sources: tuple[str
         return "txt"
     kind = Path(output).suffix.lower().lstrip(".")
     if kind not in LEARNED_FORMATS:
-        raise UsageError(f"{output}: a learned kernel is written as a kernel file: .txt, .mat or .npy")
+        raise UsageError(f"{shown(output)}: a learned kernel is written as a kernel file: .txt, .mat or .npy")
     if any(os.path.exists(s) and os.path.exists(output) and os.path.samefile(s, output) for s in sources):
-        raise UsageError(f"{output} is one of the images: not overwritten")
+        raise UsageError(f"{shown(output)} is one of the images: not overwritten")
     if os.path.exists(output) and not overwrite:
-        raise UsageError(f"{output}: exists; use --overwrite to replace it")
+        raise UsageError(f"{shown(output)}: exists; use --overwrite to replace it")
     return kind
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .convolve import MODES, pad_planes
 from .engine import Engine, get_engine
-from .errors import InputError, UsageError, check_choice
+from .errors import InputError, UsageError, check_choice, check_image
 
 MAX_TAPS = 4096  # a 64x64 kernel: the normal equations are (taps x taps)
 _CHUNK = 1 << 15  # left-out samples turned into patches at a time (15x15: 59 MB)
@@ -85,7 +85,7 @@ def learn_kernel(image: np.ndarray, target: np.ndarray, shape: tuple[int, int], 
     if not (ridge >= 0 and np.isfinite(ridge)):
         raise UsageError(f"--ridge must be a number >= 0, got {ridge}")
     engine = get_engine(engine) if isinstance(engine, str) else engine
-    image, target = np.atleast_3d(image), np.atleast_3d(target)
+    image, target = np.atleast_3d(check_image(image)), np.atleast_3d(check_image(target, "target"))
     kh, kw = shape
     size = check_pair(image.shape, target.shape, shape)
     if float(image.max()) - float(image.min()) == 0:

@@ -293,6 +293,9 @@ API = {
     "apply_mask": lambda x: lib.apply_mask(x, np.ones((3, 3))),
     "match_template": lambda x: lib.match_template(x, np.ones((1, 1))),
     "write_image": lambda x: lib.write_image("never-written.npy", x),
+    "learn_kernel": lambda x: lib.learn_kernel(x, x, (1, 1)),
+    "wiener": lambda x: lib.wiener(x, np.ones((1, 3)) / 3),
+    "richardson_lucy": lambda x: lib.richardson_lucy(x, np.ones((1, 3)) / 3, iterations=1),
 }
 
 
