@@ -1,6 +1,6 @@
 """imfilt benchmarks: medians and ratios from one run (tests never assert timings).
 
-    python benchmarks/bench.py            # the README's Speed tables: inprocess, cli, batch
+    python benchmarks/bench.py            # docs/performance.md's tables: inprocess, cli, batch
     python benchmarks/bench.py [inprocess|convolve|crossover|png|cli|frequency|batch ...]
 
 inprocess  the everyday filters vs OpenCV float32 on the same 4096x4096x3 array, alternating A/B
@@ -460,6 +460,6 @@ SECTIONS = {"inprocess": bench_inprocess, "convolve": bench_convolve, "crossover
 
 if __name__ == "__main__":
     print(f"# imfilt benchmarks — {os.cpu_count()} cores, numpy {np.__version__}")
-    # One command prints the tables of the README's Speed section; the others on request.
+    # One command prints three tables of docs/performance.md; the others on request.
     for name in sys.argv[1:] or ["inprocess", "cli", "batch"]:
         SECTIONS[name]()

@@ -292,7 +292,7 @@ def worker_count(requested: int | None, inputs: int, cores: int) -> int:
 
 def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = False,
         extras: dict[str, str] | None = None, reads: tuple[str, ...] = (), montage: str | None = None) -> None:
-    """Plan, run and report a batch; raises typer.Exit with the exit code of docs/DESIGN.md.
+    """Plan, run and report a batch; raises typer.Exit with the exit code of docs/usage.md.
 
     ``reads`` are the other files the run reads (kernel files, a template): never outputs.
     ``montage`` names one picture per input of all its outputs' maps.

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import ndfilters
 
-# --method auto's crossovers for OpenCV, from `benchmarks/bench.py crossover` (README, "Speed"),
+# --method auto's crossovers for OpenCV, from `benchmarks/bench.py crossover` (docs/performance.md),
 # 2048x2048 RGB on 2 shared cores: filter2D (its own blocked DFT from 50 taps) beat imfilt's
 # whole-image FFT at every size up to 255x255 (0.85 s against 1.68 s there); sepFilter2D beat
 # filter2D from 5x5 (4096x4096: 104 against 120 ms; at 3x3 65 against 69 ms the other way); at

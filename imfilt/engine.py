@@ -112,7 +112,7 @@ def _scipy_fft_namespace(threads: int, backend_name: str) -> SimpleNamespace:
         import pyfftw
         import pyfftw.interfaces.scipy_fft as backend
 
-        # FFTW_ESTIMATE plans were slower than scipy.fft on this kind of machine (docs/DESIGN.md):
+        # FFTW_ESTIMATE plans were slower than scipy.fft on this kind of machine (docs/product.md):
         # plan with MEASURE, and keep the plans as wisdom for the next run
         pyfftw.config.PLANNER_EFFORT = "FFTW_MEASURE"
         pyfftw.interfaces.cache.enable()

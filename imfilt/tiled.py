@@ -29,7 +29,7 @@ from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, wind
 
 DEFAULT_MEMORY = "2G"
 # Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo
-# (201 MB of float32) peaked at 0.65-1.1 GB (README, "Limits"), so ~6 copies at the most.
+# (201 MB of float32) peaked at 0.65-1.1 GB (docs/large-images.md), so ~6 copies at the most.
 WHOLE_IMAGE_COPIES = 6
 # ... and of one window (input, premultiplied copy, one response per kernel part, FFT padding).
 WINDOW_COPIES = 12

@@ -1,4 +1,4 @@
-"""Every README claim about the CLI, pinned against a reference the test computes itself.
+"""Every claim of the README and docs/usage.md about the CLI, pinned against a reference the test computes itself.
 
 The references are independent of imfilt: scipy.ndimage and numpy.fft in float64, closed forms
 written here, and Pillow, pypng or tifffile reading what imfilt wrote. Numeric outputs go to .npy

@@ -205,7 +205,7 @@ def test_sobel_x_is_positive_on_a_rising_edge(engine):
                  (63, 63, True): "separable", (101, 101, True): "separable", (103, 103, True): "direct", (1, 15, True): "direct"}),
 ])
 def test_auto_picks_by_rank_and_size(filters, picks):
-    """Each spatial backend's measured crossovers (README, Speed)."""
+    """Each spatial backend's measured crossovers (docs/performance.md)."""
     for (kh, kw, separable), method in picks.items():
         assert choose_method((kh, kw), separable, filters.CROSSOVERS) == method, (kh, kw, separable)
     assert rank_one_factors(builtin("gaussian", sigma=2).weights) is not None
@@ -286,7 +286,7 @@ ON_EVERY_ENGINE = dict(deadline=None, suppress_health_check=[HealthCheck.functio
 @given(cases(), st.floats(-1, 1))
 def test_every_method_equals_the_float64_reference(engine, case, cval):
     """direct = separable = FFT = scipy in float64, for any boundary, size and orientation, through
-    both spatial backends (OpenCV, and the ndimage one the GPU uses), within the README's bound."""
+    both spatial backends (OpenCV, and the ndimage one the GPU uses), within docs/performance.md's bound."""
     image, kernel, rank_one, mode, size, correlate = case
     expected = reference(image, kernel, mode, cval=cval, correlate=correlate, size=size)
     tolerance = 1e-4 * max(1.0, np.abs(kernel).sum())

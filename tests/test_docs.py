@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 
 
@@ -35,3 +35,37 @@ def test_the_cli_reference_has_every_command():
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     for name in typer.main.get_command(app).commands:
         assert f"## `imfilt {name}`" in page
+
+
+def test_the_readme_is_a_front_door():
+    """At most 12,000 characters: the pitch, set-up, tour, one line per command, links into docs/."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) <= 12_000, f"README.md has {len(text)} characters"
+    for page in ("docs/cli.md", "docs/usage.md", "docs/large-images.md", "docs/performance.md", "docs/design.md",
+                 "docs/gpu.md"):
+        assert f"]({page})" in text, f"README.md does not link {page}"
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors a forge gives the headings of a Markdown page (GitHub's rule: lower case,
+    punctuation but - and _ dropped, spaces to -), fenced code left out."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def test_anchors_follow_the_forges_rule():
+    assert anchors(ROOT / "docs" / "usage.md") >= {"--dry-run", "imfilt-apply", "exit-codes"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_reach_a_file_and_a_heading(page):
+    """Every relative link and picture of a page names a file or folder that exists, and a heading there."""
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        assert path.exists(), f"{page.relative_to(ROOT)} links {target}, which does not exist"
+        if anchor:
+            assert anchor in anchors(path), f"{page.relative_to(ROOT)} links {target}: no such heading"

@@ -1,4 +1,4 @@
-"""Every error path: exactly one line on stderr, the exit code of the README, nothing written,
+"""Every error path: exactly one line on stderr, the exit code of docs/usage.md, nothing written,
 inputs unchanged, no temporary file; signals; and a fuzz test over mutated images and kernels."""
 
 import io
@@ -162,7 +162,7 @@ def test_a_rerun_on_a_folder_does_not_feed_on_its_outputs(tmp_path):
     folder.mkdir()
     for i in range(2):
         Image.fromarray(rgb(i)).save(folder / f"p{i}.png")
-    for _ in range(3):  # the README's resume recipe, run again and again
+    for _ in range(3):  # docs/usage.md's resume recipe, run again and again
         assert imfilt("apply", folder, "-k", "sobel", "--skip-existing").exit_code == 0
     assert sorted(os.listdir(folder)) == ["p0.png", "p0.sobel.png", "p1.png", "p1.sobel.png"]
     only_outputs = tmp_path / "outs"
