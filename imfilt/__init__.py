@@ -3,7 +3,7 @@
 The library works on numpy arrays of shape (H, W, C), float32 in [0, 1] units.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .convolve import convolve
 from .deconvolve import richardson_lucy, wiener

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 
 
@@ -42,7 +42,7 @@ def test_the_readme_is_a_front_door():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text) <= 12_000, f"README.md has {len(text)} characters"
     for page in ("docs/cli.md", "docs/usage.md", "docs/large-images.md", "docs/performance.md", "docs/design.md",
-                 "docs/gpu.md"):
+                 "docs/gpu.md", "CONTRIBUTING.md", "CHANGELOG.md"):
         assert f"]({page})" in text, f"README.md does not link {page}"
 
 
@@ -69,3 +69,19 @@ def test_relative_links_reach_a_file_and_a_heading(page):
         assert path.exists(), f"{page.relative_to(ROOT)} links {target}, which does not exist"
         if anchor:
             assert anchor in anchors(path), f"{page.relative_to(ROOT)} links {target}: no such heading"
+
+
+def test_the_version_is_one_version():
+    """pyproject.toml, imfilt.__version__, `imfilt --version` and the changelog's newest release agree."""
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    import imfilt
+    from imfilt.cli import app
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert imfilt.__version__ == version
+    assert CliRunner().invoke(app, ["--version"]).stdout.strip().endswith(version)
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    assert released and released[0] == version
