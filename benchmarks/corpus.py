@@ -70,6 +70,16 @@ def make_inputs(folder: Path) -> None:
         png.Writer(width, height, greyscale=False, bitdepth=16).write(f, rgb16.reshape(height, -1).tolist())
     tifffile.imwrite(folder / "chelsea.tif", rgb, tile=(64, 64), compression="zlib", photometric="rgb")
     np.save(folder / "chelsea.npy", rgb.astype(np.float32) / 255)
+    # a photo of a megapixel and more, which one apply output streams in bands of rows even though it fits
+    big = np.tile(np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB")), (3, 3, 1))[:1100, :1300]
+    Image.fromarray(big).save(folder / "big.png")
+    Image.fromarray(np.dstack([big, np.tile(alpha, (4, 3))[:1100, :1300]])).save(folder / "big-rgba.png")
+    Image.fromarray(big).save(folder / "big.jpg", quality=90)
+    tifffile.imwrite(folder / "big.tif", big, tile=(64, 64), compression="zlib", photometric="rgb")
+    np.save(folder / "big.npy", big.astype(np.float32) / 255)
+    with open(folder / "big16.png", "wb") as f:
+        wide = big.astype(np.uint16) * 257
+        png.Writer(big.shape[1], big.shape[0], greyscale=False, bitdepth=16).write(f, wide.reshape(len(big), -1).tolist())
     bank = np.stack([np.arange(25, dtype=np.float32).reshape(5, 5) / 300,  # asymmetric: pins orientation
                      np.eye(5, dtype=np.float32)[::-1] / 5,
                      np.pad(np.outer([1, 2, 1], [-1, 0, 1]).astype(np.float32), 1)])
@@ -156,6 +166,27 @@ def cases() -> list[tuple[str, list[str], dict]]:
     case("tiled-apply-zarr-input", ["apply", "in/chelsea.zarr", "-o", "@chelsea.zarr", "-k", "box"] + tiny)
     case("tiled-apply-jpeg-input", ["apply", "in/rocket.jpg", "-o", "@rocket.png", "-k", "box"] + tiny)
     case("tiled-apply-rgb16", ["apply", "in/rgb16.png", "-o", "@rgb16.png", "-k", "gaussian:sigma=2"] + tiny)
+    # one output of a megapixel image: streamed in bands though it fits (pipeline._bands_pay)
+    b = "in/big.png"
+    for name, kernel in [("box", "box"), ("sobel", "sobel"), ("gaussian", "gaussian:sigma=2"), ("box31", "box:size=31"),
+                         ("asym", ASYM), ("even", EVEN)]:
+        case(f"banded-{name}", ["apply", b, "-o", "@big.png", "-k", kernel])
+    for mode in MODES:
+        case(f"banded-{mode}", ["apply", b, "-o", "@big.png", "--boundary", mode, "-k", ASYM, "--cval", "0.25"])
+    for size in ["valid", "full"]:
+        case(f"banded-{size}", ["apply", b, "-o", "@big.png", "--size", size, "-k", ASYM])
+    for method in ["separable", "fft"]:
+        case(f"banded-{method}", ["apply", b, "-o", "@big.png", "--method", method, "-k", RANK1])
+    case("banded-correlate", ["apply", b, "-o", "@big.png", "--correlate", "-k", ASYM])
+    case("banded-gray", ["apply", b, "-o", "@big.png", "--gray", "-k", "sobel"])
+    case("banded-stretch", ["apply", b, "-o", "@big.png", "--scale", "stretch", "-k", "laplacian"])
+    for alpha in ["premultiply", "keep", "drop"]:
+        case(f"banded-alpha-{alpha}", ["apply", "in/big-rgba.png", "-o", "@big.png", "--alpha", alpha, "-k", "sobel"])
+    for ext in ["tif", "npy", "zarr"]:
+        case(f"banded-out-{ext}", ["apply", b, "-o", f"@big.{ext}", "-k", "gaussian:sigma=2"])
+    case("banded-depth-16", ["apply", b, "-o", "@big.png", "--depth", "16", "-k", "gaussian:sigma=2"])
+    for name in ["big.jpg", "big.tif", "big.npy", "big16.png"]:
+        case(f"banded-in-{name}", ["apply", f"in/{name}", "-o", "@out.png", "-k", "sharpen", "--json"])
     # spectrum
     for name, extra in [("default", []), ("hann", ["--window", "hann"]), ("phase", ["--phase"]), ("gray", ["--gray"]),
                         ("phase-hann-gray", ["--phase", "--window", "hann", "--gray"])]:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import tiled, tiled_fft
-from .distributed import check_stop
+from .distributed import check_stop, on_dask_worker
 from .engine import auto_engine, get_engine
 from .errors import InputError, Interrupted, Stopped, UsageError, shown
 from .files import take_abandoned
@@ -74,6 +74,7 @@ class Job:
     settings: Settings
     data: bytes | None = None  # standard input's bytes
     tiled: bool = False  # too large for memory: streamed window by window (tiled.py)
+    banded: bool = False  # fits, but one output streams in bands all the same (fewer bytes touched)
     montage: Output | None = None  # --montage: one picture of all the outputs' maps (montage.py)
     refused: str | None = None  # why this input fails, known from its header at planning (one line, named)
     shape: tuple[int, int, int] | None = None  # (H, W, C) as its header says, when planning could read it
@@ -265,10 +266,34 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
             outputs.append(replace(output, skip=skip))
         big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
         picture = outputs.pop() if montage is not None else None
-        jobs.append(Job(source, tuple(outputs), settings, tiled=big, montage=picture, refused=refused, shape=shape))
+        banded = not big and picture is None and _bands_pay(source, shape, outputs, streams, settings)
+        jobs.append(Job(source, tuple(outputs), settings, tiled=big, banded=banded, montage=picture, refused=refused,
+                        shape=shape))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
         _check_overwrites(jobs)
     return jobs
+
+
+def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, settings: Settings) -> bool:
+    """Whether an image that fits in memory goes through the streamed runner all the same.
+
+    A whole-image job touches several fresh float32 copies of the image, and on these machines
+    new memory is time (~630 MB/s to fault in): bands of rows, reused, decoded, filtered and
+    encoded at once, are faster from about a megapixel (docs/performance.md). One apply output
+    into a file that streams; the rest stays whole (several outputs would each decode again).
+    """
+    if source == "-" or not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
+        return False
+    todo = [o for o in outputs if not o.skip]
+    return (len(todo) == 1 and isinstance(todo[0].op, Apply) and not todo[0].extras and not settings.split_channels
+            and Path(todo[0].path).suffix.lower() in BANDED_OUTPUTS)
+
+
+# the streamed files whose bytes are those of the whole-image writers (a streamed TIFF is tiled)
+BANDED_OUTPUTS = (".png", ".npy", ".zarr")
+
+
+BANDED_PIXELS = 1 << 20
 
 
 def _size(source: str, settings: Settings) -> tuple[tuple[int, int, int] | None, str | None]:
@@ -474,6 +499,13 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
         for output in todo:  # not shielded from signals: a streamed output can take minutes
             records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width)))
         return records
+    if job.banded and not on_dask_worker():
+        try:
+            records.append(_tiled_output(job, todo[0], _engine_for(settings, todo[0].op, job.shape[0] * job.shape[1]),
+                                         whole=True))
+            return records
+        except InputError:
+            pass  # what does not stream (an interlaced PNG, a planar TIFF) or fails: the whole-image path decides
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source, shape=job.shape)
     colours = loaded.pixels.shape[2] - loaded.alpha
@@ -554,13 +586,16 @@ class _Sheet:
         return record
 
 
-def _tiled_output(job: Job, output: Output, engine) -> dict:
+def _tiled_output(job: Job, output: Output, engine, whole: bool = False) -> dict:
+    """One output streamed window by window; ``whole``: an image that fits, recorded as a whole one is."""
     start = time.perf_counter()
     run_output = tiled.run_output if isinstance(output.op, Apply) else tiled_fft.run_output
-    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
-                       memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
+    # an image that fits goes in bands of a fixed budget: larger ones only take more memory
+    memory = min(job.settings.memory, tiled.BANDED_MEMORY) if whole else job.settings.memory
+    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory, engine=engine, temp_dir=job.settings.temp_dir)
     record = _record(job, output)
-    record.update(facts, engine=engine.name, seconds=round(time.perf_counter() - start, 4))
+    record.update({k: v for k, v in facts.items() if not whole or k not in ("tiled", "window")}, engine=engine.name,
+                  seconds=round(time.perf_counter() - start, 4))
     return record
 
 

@@ -14,12 +14,14 @@ and --gray would see the cval before filtering rather than after.)
 from __future__ import annotations
 
 import re
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from .ahead import Ahead
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .errors import InputError, UsageError, shown
 from .io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
@@ -46,6 +48,9 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
+# The budget of an image that fits but is streamed in bands all the same (pipeline.py): bands of
+# ~80 rows of a 4096-wide RGB image; larger ones were no faster (docs/performance.md)
+BANDED_MEMORY = 64 * 2**20
 STREAMED_OPS = (Apply, Spectrum, Lowpass)  # the operations a tiled job runs (match needs the whole image)
 
 
@@ -116,12 +121,18 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
     window_op = replace(op, method=op.resolved_method)
     if op.mode == "wrap" and op.size != "valid":
         window_op = replace(window_op, mode="nearest") if op.size == "same" else replace(window_op, size="valid")
-    for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe, stop=check_stop):
-        row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
-        col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
-        pixels = source.window(row_index, col_index, cval=op.cval)
-        result = window_op.run(Loaded(pixels, source.depth, source.alpha), engine)
-        yield rows, cols, replace(result, pixels=result.pixels[keep_rows, keep_cols])
+
+    def reads():
+        for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe, stop=check_stop):
+            row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
+            col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
+            yield rows, cols, keep_rows, keep_cols, source.pieces(row_index, col_index)
+
+    with Ahead(reads()) as read:  # the next window is read (decoded) on a thread while this one is filtered
+        for rows, cols, keep_rows, keep_cols, pieces in read:
+            pixels = source.as_float(pieces, cval=op.cval)
+            result = window_op.run(Loaded(pixels, source.depth, source.alpha), engine)
+            yield rows, cols, replace(result, pixels=result.pixels[keep_rows, keep_cols])
 
 
 # --- a whole tiled output ------------------------------------------------------------------
@@ -217,31 +228,33 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
     """
     suffix = Path(path).suffix.lower()
     depth = depth or fitting_depth(source_depth, suffix)
-    windows = make_windows()
-    rows, cols, first = next(windows)  # what the result is (channels, alpha, auto scale) before writing
-    scale = first.auto_scale if scale == "auto" else scale
-    if scale in ("stretch", "peak") and bounds is None and depth != 32 and suffix != ".npy":
-        bounds = _colour_bounds(make_windows(), first.alpha)
+    with closing(make_windows()) as windows:  # closed whatever happens: its reading thread ends here
+        rows, cols, first = next(windows)  # what the result is (channels, alpha, auto scale) before writing
+        scale = first.auto_scale if scale == "auto" else scale
+        if scale in ("stretch", "peak") and bounds is None and depth != 32 and suffix != ".npy":
+            with closing(make_windows()) as again:
+                bounds = _colour_bounds(again, first.alpha)
 
-    def stored(result: Result) -> np.ndarray:
-        if suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
-            return result.pixels
-        if depth == 32 or scale not in ("stretch", "peak"):
-            return to_storage(result.pixels, depth, scale, result.alpha)
-        pixels = result.pixels.copy()
-        colour = pixels[..., :-1] if result.alpha else pixels
-        # io's map for the whole image, from the minimum and maximum that the first pass found
-        colour[...] = SCALERS[scale](np.array(bounds, dtype=np.float32))(colour)
-        return to_storage(pixels, depth, "clip", result.alpha)
+        def stored(result: Result) -> np.ndarray:
+            if suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
+                return result.pixels
+            if depth == 32 or scale not in ("stretch", "peak"):
+                return to_storage(result.pixels, depth, scale, result.alpha)
+            pixels = result.pixels.copy()
+            colour = pixels[..., :-1] if result.alpha else pixels
+            # io's map for the whole image, from the minimum and maximum that the first pass found
+            colour[...] = SCALERS[scale](np.array(bounds, dtype=np.float32))(colour)
+            return to_storage(pixels, depth, "clip", result.alpha)
 
-    def blocks():
-        yield rows, cols, stored(first)
-        for r, c, result in windows:
-            yield r, c, stored(result)
+        def blocks():
+            yield rows, cols, stored(first)
+            for r, c, result in windows:
+                yield r, c, stored(result)
 
-    channels = first.pixels.shape[2]
-    dtype = np.float32 if suffix == ".npy" or depth == 32 else np.uint8 if depth == 8 else np.uint16
-    write_tiles(path, (shape[0], shape[1], channels), dtype, blocks(), tile=(tile, tile), alpha=first.alpha)
+        channels = first.pixels.shape[2]
+        dtype = np.float32 if suffix == ".npy" or depth == 32 else np.uint8 if depth == 8 else np.uint16
+        with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded here
+            write_tiles(path, (shape[0], shape[1], channels), dtype, ready, tile=(tile, tile), alpha=first.alpha)
     return {**first.facts, "shape": [shape[0], shape[1], channels], "tiled": True}
 
 

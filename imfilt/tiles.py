@@ -52,6 +52,10 @@ def _runs(index: np.ndarray) -> list[tuple[int, int, int]]:
 
 # --- sources -------------------------------------------------------------------------------
 
+# a window as read: its (height, width), whether some indices lie outside (-1), and where each
+# block of stored values goes
+Pieces = tuple[tuple[int, int], bool, list[tuple[slice, slice, np.ndarray]]]
+
 
 @dataclass
 class Source:
@@ -102,15 +106,25 @@ class Source:
         In [0, 1] units and interleaved, as ``io.load`` gives them, so filters see the same
         numbers and layout; a run of consecutive indices is one read.
         """
-        out = np.empty((len(rows), len(cols), self.shape[2]), dtype=np.float32)
-        if (rows < 0).any() or (cols < 0).any():
+        return self.as_float(self.pieces(rows, cols), cval)
+
+    def pieces(self, rows: np.ndarray, cols: np.ndarray) -> Pieces:
+        """The stored values of a window, read (decoded) but not yet converted: a streamed job
+        reads the next window on one thread while it converts and filters this one on another."""
+        blocks = [(slice(r_at, r_at + r_len), slice(c_at, c_at + c_len),
+                   self.read(slice(r_from, r_from + r_len), slice(c_from, c_from + c_len)))
+                  for r_at, r_from, r_len in _runs(rows) for c_at, c_from, c_len in _runs(cols)]
+        return (len(rows), len(cols)), bool((rows < 0).any() or (cols < 0).any()), blocks
+
+    def as_float(self, pieces: Pieces, cval: float = 0.0) -> np.ndarray:
+        """A window's pieces as float32 pixels in [0, 1] units; cval where the indices were -1."""
+        (height, width), outside, blocks = pieces
+        out = np.empty((height, width, self.shape[2]), dtype=np.float32)
+        if outside:
             out[...] = np.float32(cval)
-        for r_at, r_from, r_len in _runs(rows):
-            for c_at, c_from, c_len in _runs(cols):
-                block = self.read(slice(r_from, r_from + r_len), slice(c_from, c_from + c_len))
-                with np.errstate(invalid="ignore", over="ignore"):  # non-finite samples are refused below
-                    np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[r_at : r_at + r_len, c_at : c_at + c_len],
-                              casting="unsafe")
+        for at_rows, at_cols, block in blocks:
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite samples are refused below
+                np.divide(block, np.float32(_MAXVAL[self.depth]), out=out[at_rows, at_cols], casting="unsafe")
         if self.depth == 32 and not np.isfinite(out).all():  # as io.load refuses them in memory
             raise InputError(f"{shown(self.name)}: has NaN or infinite samples; imfilt filters finite values only")
         return out
@@ -276,8 +290,11 @@ def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
     """Row by row with plain writes: a memory map's dirty pages would count as our memory."""
     dtype = np.dtype(dtype)
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                 "fortran_order": False, "shape": tuple(shape)})
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        try:  # the header np.save writes (io.encode's), so streamed and whole .npy files are the same bytes
+            np.lib.format.write_array_header_1_0(f, header)
+        except ValueError:  # a header over 64 KiB: version 2.0
+            np.lib.format.write_array_header_2_0(f, header)
         start, row_bytes = f.tell(), shape[1] * shape[2] * dtype.itemsize
         f.truncate(start + shape[0] * row_bytes)
         for rows, cols, block in blocks:

@@ -1,0 +1,192 @@
+"""One apply output of an image that fits goes through the streamed runner in bands (pipeline._bands_pay):
+the same bytes as the whole-image path, which still decides every input that does not stream."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imfilt import pipeline
+from imfilt.ahead import Ahead
+from test_streamed_png import _png16, _photo, _refused, _run, _tiff
+
+ASYM = "5x3: 1,2,0,-1,3, 0,4,1,0,-2, -1,0,2,5,1"
+
+
+def _files(path):
+    """A file's bytes, or a zarr store's files and their bytes."""
+    if path.is_dir():
+        return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    return path.read_bytes()
+
+
+@pytest.fixture
+def both(tmp_path, monkeypatch):
+    """Run ``apply SOURCE -o OUT OPTIONS`` in bands (from 1 pixel) and whole (bands never pay):
+    both CLI results, and both outputs' bytes (None where nothing was written)."""
+
+    streamed = []  # each call of the streamed runner: the banded run must go through it, the whole one not
+    run_output = pipeline.tiled.run_output
+    monkeypatch.setattr(pipeline.tiled, "run_output", lambda *a, **k: streamed.append(a[0]) or run_output(*a, **k))
+
+    def run(source, suffix, *options):
+        results, outputs = [], []
+        for name, threshold in (("bands", 1), ("whole", 1 << 62)):
+            monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+            streamed.clear()
+            (tmp_path / name).mkdir(exist_ok=True)
+            out = tmp_path / name / f"out{suffix}"  # the same name: a zarr store's metadata holds it
+            results.append(_run("apply", source, "-o", out, *options))
+            outputs.append(_files(out) if out.exists() else None)
+            assert len(streamed) == (name == "bands")
+        return results, outputs
+
+    return run
+
+
+def _input(tmp_path, kind):
+    photo = np.tile(_photo(), (3, 2, 1))  # 210 x 202: several bands at the test's budget
+    path = tmp_path / f"in.{kind}"
+    if kind == "png":
+        Image.fromarray(photo).save(path)
+    elif kind == "rgba.png":
+        Image.fromarray(np.dstack([photo, np.roll(photo[..., 1], 40, axis=1)])).save(path)
+    elif kind == "grey.png":
+        Image.fromarray(photo[..., 0]).save(path)
+    elif kind == "16.png":
+        _png16(path, photo.astype(np.uint16) * 257 + np.arange(photo.shape[1])[None, :, None].astype(np.uint16))
+    elif kind == "jpg":
+        Image.fromarray(photo).save(path, quality=90)
+    elif kind == "tif":
+        _tiff(path, photo)
+    elif kind == "npy":
+        np.save(path, photo.astype(np.float32) / 255)
+    return path
+
+
+OPTIONS = [
+    ["-k", "box"], ["-k", "sobel"], ["-k", "gaussian:sigma=2"], ["-k", "box:size=31"], ["-k", ASYM, "--correlate"],
+    ["-k", ASYM, "--boundary", "wrap"], ["-k", ASYM, "--boundary", "constant", "--cval", "0.3"],
+    ["-k", ASYM, "--boundary", "mirror", "--size", "full"], ["-k", ASYM, "--size", "valid"],
+    ["-k", "gaussian:sigma=3", "--method", "fft"], ["-k", "laplacian", "--scale", "stretch"], ["-k", "sobel", "--gray"],
+    ["-k", "gaussian:sigma=2", "--depth", "16"],
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=" ".join)
+def test_banded_png_equals_the_whole_image_path(tmp_path, both, options):
+    (bands, whole), (mine, theirs) = both(_input(tmp_path, "png"), ".png", *options)
+    assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("kind", ["rgba.png", "grey.png", "16.png", "jpg", "tif", "npy"])
+@pytest.mark.parametrize("suffix", [".png", ".npy", ".zarr"])
+def test_banded_inputs_and_outputs_equal_the_whole_image_path(tmp_path, both, kind, suffix):
+    (bands, whole), (mine, theirs) = both(_input(tmp_path, kind), suffix, "-k", "gaussian:sigma=2", "--alpha", "keep")
+    assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("name", ["progressive.jpg", "interlaced.png", "cmyk.jpg", "rotated.jpg", "a.webp", "a.bmp"])
+def test_inputs_that_do_not_stream_run_whole(tmp_path, both, name):
+    """What the streamed runner refuses (as it refuses them above --memory) runs on the whole-image path."""
+    (bands, whole), (mine, theirs) = both(_refused(tmp_path / name), ".png", "-k", "box")
+    assert bands.exit_code == whole.exit_code == 0 and bands.stderr == whole.stderr == ""
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("name", ["truncated.png", "truncated.jpg"])
+def test_a_damaged_input_fails_as_on_the_whole_image_path(tmp_path, both, name):
+    """The whole-image path has the last word: the same exit code and the same one line, nothing written."""
+    (bands, whole), outputs = both(_refused(tmp_path / name), ".png", "-k", "box")
+    assert bands.exit_code == whole.exit_code == 1
+    assert bands.stderr == whole.stderr and len(bands.stderr.strip().splitlines()) == 1
+    assert outputs == [None, None] and not any((tmp_path / "bands").iterdir()) and not any((tmp_path / "whole").iterdir())
+
+
+def test_the_json_record_is_the_whole_image_one(tmp_path, both):
+    (bands, whole), _ = both(_input(tmp_path, "png"), ".png", "-k", "sobel", "--json")
+    records = [json.loads(r.stdout) for r in (bands, whole)]
+    for record in records:
+        record.pop("seconds")
+        record.pop("output")
+    assert records[0] == records[1]
+
+
+def test_only_one_apply_output_into_a_file_that_streams_goes_in_bands(tmp_path, monkeypatch):
+    """Several outputs (each would decode again), standard output, TIFF (streamed TIFFs are tiled) stay whole."""
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    source = _input(tmp_path, "png")
+    settings = pipeline.Settings()
+
+    def bands(*names):
+        outputs = [pipeline.Output(name, pipeline.Apply(_kernel("box"))) for name in names]
+        return pipeline._bands_pay(str(source), (210, 202, 3), outputs, True, settings)
+
+    assert bands("o.png") and bands("o.npy") and bands("o.zarr")
+    assert not bands("a.png", "b.png") and not bands("o.tif") and not bands("-") and not bands("o.jpg")
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 210 * 202 + 1)
+    assert not bands("o.png")  # below the size where bands pay
+
+
+def _kernel(name):
+    from imfilt.kernels import load_kernel
+
+    return load_kernel(name)
+
+
+# --- Ahead: the thread under each step -------------------------------------------------------
+
+
+def test_ahead_gives_every_item_in_order_and_ends_its_thread():
+    with Ahead(iter(range(100)), depth=3) as items:
+        assert list(items) == list(range(100))
+    assert not items.worker.is_alive()
+
+
+def test_ahead_raises_the_producers_error_at_its_item():
+    def items():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"), Ahead(items()) as ahead:
+        for item in ahead:
+            got.append(item)
+    assert got == [1, 2] and not ahead.worker.is_alive()
+
+
+def test_ahead_left_early_stops_its_thread_and_closes_the_source():
+    closed, made = threading.Event(), []
+
+    def items():
+        try:
+            for i in range(10**9):
+                made.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    with Ahead(items(), depth=2) as ahead:
+        assert next(ahead) == 0
+    assert closed.is_set() and not ahead.worker.is_alive()
+    assert len(made) <= 4  # never more than depth ahead of the reader (+ one in hand)
+
+
+def test_ahead_makes_the_next_item_while_the_reader_holds_this_one():
+    """The producer runs beside the reader (no timing: the reader waits for the producer's sign)."""
+    making = [threading.Event() for _ in range(4)]
+
+    def items():
+        for i in range(4):
+            making[i].set()
+            yield i
+
+    with Ahead(items()) as ahead:
+        for i in ahead:
+            if i < 3:
+                assert making[i + 1].wait(timeout=10)  # made while item i is still in the reader's hands
