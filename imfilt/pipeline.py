@@ -8,6 +8,7 @@ outputs made from it; it is plain data, so it runs the same in a worker or on a 
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import json
 import os
@@ -441,12 +442,13 @@ class _WhileWriting:
 WHILE_WRITING = _WhileWriting()
 
 
-def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
+def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progress | None = None) -> list[dict]:
     """Read one input, compute each output, write each file atomically; one record per output.
 
     Records are appended to ``records`` as outputs are written, so a run interrupted in the
     middle of a job still counts the outputs it finished. An InputError (bad image, output
-    over its input) fails this job only.
+    over its input) fails this job only. ``progress(fraction)`` is told the share of the job
+    done: as each output is written and, for a streamed output, as its windows are.
     """
     settings = job.settings
     records = [] if records is None else records
@@ -471,8 +473,9 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
             check_pixels(width, height, settings.max_pixels or pillow_limit())
         except InputError as exc:
             raise InputError(f"{shown(job.source)}: {exc}") from None
-        for output in todo:  # not shielded from signals: a streamed output can take minutes
-            records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width)))
+        for i, output in enumerate(todo):  # not shielded from signals: a streamed output can take minutes
+            part = tiled.progress_part(progress, i / len(todo), 1 / len(todo))
+            records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width), part))
         return records
     loaded: Loaded = load(job.data if job.source == "-" else job.source, max_pixels=settings.max_pixels,
                           name="<stdin>" if job.source == "-" else job.source, shape=job.shape)
@@ -480,7 +483,8 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     for output in job.outputs:  # e.g. a 4-D bank for another number of channels: before any output is written
         getattr(output.op, "check", lambda channels: None)(colours)
     sheet = _Sheet(job, montage, loaded) if montage else None
-    for output in job.outputs if montage else todo:  # a montage shows the maps of skipped outputs too
+    steps = len(job.outputs if montage else todo) + bool(sheet)
+    for step, output in enumerate(job.outputs if montage else todo, 1):  # a montage shows the maps of skipped outputs too
         start = time.perf_counter()
         engine = _engine_for(settings, output.op, loaded.pixels.shape[0] * loaded.pixels.shape[1])
         result = output.op.run(loaded, engine)
@@ -503,6 +507,8 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
                             depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
             seconds = time.perf_counter() - start
             records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
+        if progress is not None and step < steps:
+            progress(step / steps)
     if sheet:
         check_stop()
         with WHILE_WRITING:
@@ -554,11 +560,11 @@ class _Sheet:
         return record
 
 
-def _tiled_output(job: Job, output: Output, engine) -> dict:
+def _tiled_output(job: Job, output: Output, engine, progress: tiled.Progress | None = None) -> dict:
     start = time.perf_counter()
     run_output = tiled.run_output if isinstance(output.op, Apply) else tiled_fft.run_output
     facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale,
-                       memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir)
+                       memory=job.settings.memory, engine=engine, temp_dir=job.settings.temp_dir, progress=progress)
     record = _record(job, output)
     record.update(facts, engine=engine.name, seconds=round(time.perf_counter() - start, 4))
     return record
@@ -671,11 +677,12 @@ def quiet_decoders() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[dict] | None, str | None]:
+def _safe_run(job: Job, records: list[dict] | None = None,
+              progress: tiled.Progress | None = None) -> tuple[Job, list[dict] | None, str | None]:
     """A failure costs only this job: its one-line message goes back with it."""
     quiet_decoders()
     try:
-        return job, run_job(job, records), None
+        return job, run_job(job, records, progress), None
     except InputError as exc:
         return job, None, str(exc)
     except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
@@ -689,10 +696,12 @@ def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[di
 
 
 def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
-            fail_fast: bool = False) -> Iterator[tuple]:
+            fail_fast: bool = False, progress: Callable[[Job, float], None] | None = None) -> Iterator[tuple]:
     """Yield (job, records, error) as jobs finish: here, in worker processes, or on Dask.
 
-    With ``fail_fast`` no job starts after the first failure.
+    With ``fail_fast`` no job starts after the first failure. ``progress(job, fraction)`` is
+    told how far a job running in this process is (worker processes and Dask report whole jobs
+    only, as they finish).
     """
     if scheduler:
         from .distributed import futures_on_dask
@@ -702,8 +711,9 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             done: list[dict] = []
+            part = None if progress is None else functools.partial(progress, job)
             try:
-                result = _safe_run(job, done)
+                result = _safe_run(job, done, part)
             except KeyboardInterrupt:  # Ctrl-C or a signal mid-job: what it wrote is whole, and counted
                 if done:
                     yield job, done, None
