@@ -1,14 +1,142 @@
-"""Progress of the streamed runners: a callback told the share of an output done, as windows are."""
+"""Progress on a terminal: a streamed job moves the bar as its windows are done, and the bar
+weighs inputs by their pixels. Nothing is drawn when stderr is not a terminal."""
 
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from imfilt import tiled, tiled_fft
+from imfilt.batch import progress_weights
 from imfilt.engine import cpu_engine
 from imfilt.frequency import Lowpass, Spectrum
 from imfilt.kernels import load_kernel
 from imfilt.ops import Apply
-from imfilt.pipeline import Output
+from imfilt.pipeline import Job, Output, Settings
 from limits import pattern_tiff
+
+BIN = Path(sys.executable).parent
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_terminal(*args, stdout_too: bool = False) -> tuple[int, list[str], str]:
+    """imfilt ARGS with stderr (and stdout, if asked) on a pseudo-terminal: (exit code, the lines
+    the terminal was sent, each redraw one, escape codes removed; standard output when a pipe)."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    for name in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR"):
+        env.pop(name, None)
+    process = subprocess.Popen([BIN / "imfilt", *map(str, args)], stdin=subprocess.DEVNULL,
+                               stdout=slave if stdout_too else subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    sent = bytearray()
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the last holder of the terminal has gone
+            break
+        if not data:
+            break
+        sent += data
+    os.close(master)
+    stdout = b"" if stdout_too else process.stdout.read()
+    process.wait(timeout=60)
+    text = ANSI.sub("", sent.decode(errors="replace"))
+    return process.returncode, [line for line in re.split(r"[\r\n]+", text) if line.strip()], stdout.decode()
+
+
+def percents(lines: list[str]) -> list[int]:
+    return [int(m[1]) for line in lines if (m := re.search(r"(\d+)%", line))]
+
+
+def random_png(path: Path, height: int, width: int) -> Path:
+    rng = np.random.default_rng(height)
+    Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+# --- what the bar shows -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    ["spectrum", "--memory", "4M"],  # row pass, column pass, writing: 600x600 in chunks of 256
+    ["apply", "-k", "gaussian:sigma=3", "--memory", "1M"],  # windows of 16 rows
+])
+def test_a_streamed_job_moves_the_bar_as_its_windows_are_done(tmp_path, command):
+    source = random_png(tmp_path / "in.png", 600, 600)
+    code, lines, _ = on_terminal(command[0], source, *command[1:], "-o", tmp_path / "out.tif", "--json")
+    assert code == 0
+    between = {p for p in percents(lines) if 0 < p < 100}
+    # today's main drew nothing for one input: no bar at all
+    assert len(between) >= 2, lines
+    assert percents(lines) == sorted(percents(lines))  # never backwards
+
+
+def test_the_bar_weighs_inputs_by_their_pixels(tmp_path):
+    """After a 32x32 input, with a 1500x1500 one to go, the bar is near 0%, not at half."""
+    small = random_png(tmp_path / "a-small.png", 32, 32)
+    large = random_png(tmp_path / "b-large.png", 1500, 1500)
+    code, lines, _ = on_terminal("apply", small, large, "-k", "gaussian:sigma=8", "--out-dir", tmp_path / "out")
+    assert code == 0
+    after_small = [int(m[1]) for line in lines if (m := re.search(r"(\d+)%\s+1/2 images", line))]
+    assert after_small and max(after_small) < 10, lines
+    assert any("2/2 images" in line for line in lines) or "imfilt: 2 written" in lines[-1]
+
+
+def test_json_lines_go_to_standard_output_while_the_bar_is_drawn(tmp_path):
+    """The bar on stderr once took over print(): --json > file wrote the lines to the terminal."""
+    sources = [random_png(tmp_path / f"in{i}.png", 40, 40) for i in range(2)]
+    code, lines, stdout = on_terminal("apply", *sources, "-k", "box", "--out-dir", tmp_path / "out", "--json")
+    assert code == 0
+    assert [json_line.startswith('{"input"') for json_line in stdout.splitlines()] == [True, True]
+    assert not any('"input"' in line for line in lines)
+
+
+STREAMED = ["-k", "gaussian:sigma=3", "--memory", "1M"]  # a 400x400 input: windows of 16 rows
+
+
+def test_nothing_is_drawn_when_quiet_or_json_shares_the_terminal(tmp_path):
+    source = random_png(tmp_path / "in.png", 400, 400)
+    code, lines, _ = on_terminal("apply", source, *STREAMED, "-o", tmp_path / "a.tif", "-q")
+    assert code == 0 and lines == []
+    code, lines, _ = on_terminal("apply", source, *STREAMED, "-o", tmp_path / "b.tif", "--json", stdout_too=True)
+    assert code == 0 and not percents(lines) and len(lines) == 1 and '"tiled": true' in lines[0]
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(tmp_path):
+    source = random_png(tmp_path / "in.png", 400, 400)
+    done = subprocess.run([BIN / "imfilt", "apply", source, *STREAMED, "-o", tmp_path / "out.tif"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == ""
+
+
+# --- the weights and the runners' callbacks, directly -------------------------------------
+
+
+def job(shape, outputs=1, skip=False, refused=None, source="x.png"):
+    return Job(source, tuple(Output(f"{source}.{i}.png", None, skip=skip) for i in range(outputs)), Settings(),
+               shape=shape, refused=refused)
+
+
+def test_progress_weights_are_pixels_times_outputs():
+    weights = progress_weights([job((100, 200, 3)), job((10, 10, 1), outputs=3), job((1000, 1000, 4))])
+    assert weights == [20_000, 300, 1_000_000]
+
+
+def test_progress_weights_of_unknown_refused_and_skipped_inputs():
+    # unknown size (standard input, an unread header): the median known input
+    weights = progress_weights([job((10, 10, 3)), job(None), job((20, 20, 3)), job((30, 30, 3))])
+    assert weights == [100, 400, 400, 900]
+    assert progress_weights([job(None, source="-")]) == [1]  # nothing known: any weight will do
+    # refused at planning, or nothing to write: next to nothing (they end at once)
+    weights = progress_weights([job((100, 100, 3)), job(None, refused="bad"), job((100, 100, 3), skip=True)])
+    assert weights[0] == 10_000 and 0 < weights[1] <= 10 and 0 < weights[2] <= 10
 
 
 def recorder():
