@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -369,8 +370,9 @@ def _signals_interrupt():
 
 def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
     finished = 0
-    with _progress(batch, len(jobs)) as advance:
-        for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast):
+    with _progress(batch, jobs) as bar:
+        for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast,
+                                           progress=bar.part):
             if error:
                 report.failed.append(job.source)
                 say(error)
@@ -382,36 +384,95 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
                     say(f"{shown(record['input'])}: {note}")
                 if batch.json:
                     print(json_line(record), flush=True)
-            advance()
+            bar.finish(job)
             finished += 1
     if report.failed and batch.fail_fast and finished < len(jobs):
         say("imfilt: stopped at the first failure (--fail-fast)")
 
 
-class _progress:
-    """A rich progress bar on stderr when it is a terminal and not --quiet; otherwise nothing."""
+def progress_weights(jobs: list) -> list[float]:
+    """What each job weighs on the progress bar: its pixels (from the header, as planned) times
+    the outputs it makes.
 
-    def __init__(self, batch: Batch, total: int):
-        self.enabled = err.is_terminal and not batch.quiet and total > 1
-        self.total = total
+    An input of unknown size (standard input, a header that could not be read) weighs as the
+    median known one, or 1 when none is known; one refused at planning, or with every output
+    skipped, next to nothing (it ends at once).
+    """
+    known = sorted(job.shape[0] * job.shape[1] for job in jobs if job.shape is not None)
+    typical = known[len(known) // 2] if known else 1
+    weights = []
+    for job in jobs:
+        outputs = sum(not o.skip for o in job.all_outputs)
+        if job.refused or not outputs:
+            weights.append(typical / 1000)
+        else:
+            weights.append(outputs * (job.shape[0] * job.shape[1] if job.shape is not None else typical))
+    return weights
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal and not --quiet; otherwise nothing.
+
+    Shown for several inputs, or one streamed input (which may take minutes). Its bar and time
+    left go by pixels (``progress_weights``), and a job running in this process moves it as its
+    outputs and windows are done (``part``); "M/N" counts whole inputs.
+    """
+
+    def __init__(self, batch: Batch, jobs: list):
+        # --json lines on the same terminal would tear the bar: then no bar
+        json_on_terminal = batch.json and sys.stdout is not None and sys.stdout.isatty()
+        self.enabled = (err.is_terminal and not batch.quiet and not json_on_terminal
+                        and (len(jobs) > 1 or any(job.tiled for job in jobs)))
+        self.jobs = jobs
+        self.count = 0
+        self.part = None  # execute's progress(job, fraction), when there is a bar
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            return self
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-        rate = TextColumn("{task.fields[rate]}")
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), rate,
-                            TimeRemainingColumn(), console=err, transient=True)
+        weights = progress_weights(self.jobs)
+        self.weights = {id(job): weight for job, weight in zip(self.jobs, weights)}
+        self.by_source = {job.source: weight for job, weight in zip(self.jobs, weights)}
+        self.finished = 0.0  # the weight of the jobs finished
+        self.running: dict[int, float] = {}  # id(job) -> the weight done of a job running here
+        self.told = 0.0  # when _part last moved the bar
+        # redirect_stdout=False: --json lines go to standard output (a file, a pipe), not to the bar's stderr
+        self.bar = Progress(TextColumn("imfilt"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[images]}"),
+                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True,
+                            redirect_stdout=False)
         self.bar.start()
-        task = self.bar.add_task("imfilt", total=self.total, rate="")
+        self.task = self.bar.add_task("imfilt", total=sum(weights) or 1, images=self._images(), rate="")
+        self.part = self._part
+        return self
 
-        def advance():
-            self.bar.advance(task)
-            speed = self.bar.tasks[0].speed
-            self.bar.update(task, rate=f"{speed:.1f} img/s" if speed else "")
+    def _images(self) -> str:
+        return f"{self.count}/{len(self.jobs)} images" if len(self.jobs) > 1 else ""
 
-        return advance
+    def _part(self, job, fraction: float) -> None:
+        """A job running in this process is ``fraction`` done (told at most 20 times a second:
+        a small --memory makes thousands of windows)."""
+        now = time.monotonic()
+        weight = self.weights.get(id(job))
+        if weight is None or now - self.told < 0.05:
+            return
+        self.told = now
+        self.running[id(job)] = max(self.running.get(id(job), 0.0), weight * min(1.0, fraction))
+        self.bar.update(self.task, completed=self.finished + sum(self.running.values()))
+
+    def finish(self, job) -> None:
+        """A job has ended (written, skipped or failed), here, in a worker process or on Dask."""
+        if not self.enabled:
+            return
+        self.running.pop(id(job), None)
+        # a job back from a worker process or Dask is a copy: known by its source
+        weight = self.weights.get(id(job), self.by_source.get(job.source, 0.0))
+        self.finished += weight
+        self.count += 1
+        elapsed = self.bar.tasks[0].elapsed
+        rate = f"{self.count / elapsed:.1f} img/s" if len(self.jobs) > 1 and elapsed else ""
+        self.bar.update(self.task, completed=self.finished + sum(self.running.values()), images=self._images(), rate=rate)
 
     def __exit__(self, *exc):
         if self.enabled:

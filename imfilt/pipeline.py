@@ -8,6 +8,7 @@ outputs made from it; it is plain data, so it runs the same in a worker or on a 
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import json
 import os
@@ -466,12 +467,13 @@ class _WhileWriting:
 WHILE_WRITING = _WhileWriting()
 
 
-def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
+def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progress | None = None) -> list[dict]:
     """Read one input, compute each output, write each file atomically; one record per output.
 
     Records are appended to ``records`` as outputs are written, so a run interrupted in the
     middle of a job still counts the outputs it finished. An InputError (bad image, output
-    over its input) fails this job only.
+    over its input) fails this job only. ``progress(fraction)`` is told the share of the job
+    done: as each output is written and, for a streamed output, as its windows are.
     """
     settings = job.settings
     records = [] if records is None else records
@@ -496,13 +498,14 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
             check_pixels(width, height, settings.max_pixels or pillow_limit())
         except InputError as exc:
             raise InputError(f"{shown(job.source)}: {exc}") from None
-        for output in todo:  # not shielded from signals: a streamed output can take minutes
-            records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width)))
+        for i, output in enumerate(todo):  # not shielded from signals: a streamed output can take minutes
+            part = tiled.progress_part(progress, i / len(todo), 1 / len(todo))
+            records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width), part))
         return records
     if job.banded and not on_dask_worker():
         try:
             records.append(_tiled_output(job, todo[0], _engine_for(settings, todo[0].op, job.shape[0] * job.shape[1]),
-                                         whole=True))
+                                         progress, whole=True))
             return records
         except InputError:
             pass  # what does not stream (an interlaced PNG, a planar TIFF) or fails: the whole-image path decides
@@ -512,7 +515,8 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
     for output in job.outputs:  # e.g. a 4-D bank for another number of channels: before any output is written
         getattr(output.op, "check", lambda channels: None)(colours)
     sheet = _Sheet(job, montage, loaded) if montage else None
-    for output in job.outputs if montage else todo:  # a montage shows the maps of skipped outputs too
+    steps = len(job.outputs if montage else todo) + bool(sheet)
+    for step, output in enumerate(job.outputs if montage else todo, 1):  # a montage shows the maps of skipped outputs too
         start = time.perf_counter()
         engine = _engine_for(settings, output.op, loaded.pixels.shape[0] * loaded.pixels.shape[1])
         result = output.op.run(loaded, engine)
@@ -535,6 +539,8 @@ def run_job(job: Job, records: list[dict] | None = None) -> list[dict]:
                             depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
             seconds = time.perf_counter() - start
             records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
+        if progress is not None and step < steps:
+            progress(step / steps)
     if sheet:
         check_stop()
         with WHILE_WRITING:
@@ -586,13 +592,15 @@ class _Sheet:
         return record
 
 
-def _tiled_output(job: Job, output: Output, engine, whole: bool = False) -> dict:
+def _tiled_output(job: Job, output: Output, engine, progress: tiled.Progress | None = None,
+                  whole: bool = False) -> dict:
     """One output streamed window by window; ``whole``: an image that fits, recorded as a whole one is."""
     start = time.perf_counter()
     run_output = tiled.run_output if isinstance(output.op, Apply) else tiled_fft.run_output
     # an image that fits goes in bands of a fixed budget: larger ones only take more memory
     memory = min(job.settings.memory, tiled.BANDED_MEMORY) if whole else job.settings.memory
-    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory, engine=engine, temp_dir=job.settings.temp_dir)
+    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory,
+                       engine=engine, temp_dir=job.settings.temp_dir, progress=progress)
     record = _record(job, output)
     record.update({k: v for k, v in facts.items() if not whole or k not in ("tiled", "window")}, engine=engine.name,
                   seconds=round(time.perf_counter() - start, 4))
@@ -706,11 +714,12 @@ def quiet_decoders() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[dict] | None, str | None]:
+def _safe_run(job: Job, records: list[dict] | None = None,
+              progress: tiled.Progress | None = None) -> tuple[Job, list[dict] | None, str | None]:
     """A failure costs only this job: its one-line message goes back with it."""
     quiet_decoders()
     try:
-        return job, run_job(job, records), None
+        return job, run_job(job, records, progress), None
     except InputError as exc:
         return job, None, str(exc)
     except UsageError as exc:  # e.g. a kernel larger than this image with --size valid
@@ -724,10 +733,12 @@ def _safe_run(job: Job, records: list[dict] | None = None) -> tuple[Job, list[di
 
 
 def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
-            fail_fast: bool = False) -> Iterator[tuple]:
+            fail_fast: bool = False, progress: Callable[[Job, float], None] | None = None) -> Iterator[tuple]:
     """Yield (job, records, error) as jobs finish: here, in worker processes, or on Dask.
 
-    With ``fail_fast`` no job starts after the first failure.
+    With ``fail_fast`` no job starts after the first failure. ``progress(job, fraction)`` is
+    told how far a job running in this process is (worker processes and Dask report whole jobs
+    only, as they finish).
     """
     if scheduler:
         from .distributed import futures_on_dask
@@ -737,8 +748,9 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             done: list[dict] = []
+            part = None if progress is None else functools.partial(progress, job)
             try:
-                result = _safe_run(job, done)
+                result = _safe_run(job, done, part)
             except KeyboardInterrupt:  # Ctrl-C or a signal mid-job: what it wrote is whole, and counted
                 if done:
                     yield job, done, None

@@ -17,7 +17,7 @@ import re
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -52,6 +52,17 @@ def parse_size(text: str) -> int:
 # ~80 rows of a 4096-wide RGB image; larger ones were no faster (docs/performance.md)
 BANDED_MEMORY = 64 * 2**20
 STREAMED_OPS = (Apply, Spectrum, Lowpass)  # the operations a tiled job runs (match needs the whole image)
+
+# A runner's progress: called with the fraction of its output done so far (0 to 1, never
+# decreasing); the caller (batch.py's bar) decides what to show. None: nobody asks.
+Progress = Callable[[float], None]
+
+
+def progress_part(progress: Progress | None, start: float, size: float) -> Progress | None:
+    """The progress of one part of the work, ``start`` to ``start + size`` of the whole."""
+    if progress is None:
+        return None
+    return lambda fraction: progress(start + size * min(1.0, fraction))
 
 
 def needs_tiles(shape: tuple[int, int, int] | None, memory: int) -> bool:
@@ -139,10 +150,11 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
 
 
 def run_output(source_path: str, output, *, depth: int | None, scale: str, memory: int, engine,
-               temp_dir: str | None = None) -> dict:
+               temp_dir: str | None = None, progress: Progress | None = None) -> dict:
     """Filter a source too large for memory into the output's files, window by window; facts for --json.
 
     An apply; spectrum and lowpass go through tiled_fft.run_output (which builds on this module).
+    ``progress(fraction)`` is told as windows are written.
     """
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
     source = open_source(source_path)
@@ -155,7 +167,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
             make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
                 lambda: apply_windows(op, source, engine, window))
             facts = write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
-                                 depth=depth, scale=scale)
+                                 depth=depth, scale=scale, progress=progress)
             return {**facts, "window": list(window)}
         finally:
             if scratch:
@@ -220,20 +232,26 @@ def _stripe(stripe: slice, *, source_path: str, op: Apply, window, scratch: str)
 
 
 def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int, depth: int | None, scale: str,
-                 bounds: tuple[float, float] | None = None) -> dict:
+                 bounds: tuple[float, float] | None = None, progress: Progress | None = None) -> dict:
     """Write the windows that ``make_windows()`` yields (rows, cols, Result) as ``write_image`` would.
 
     ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of the whole
     result: ``bounds`` when known, else a first pass over the windows finds them.
+    ``progress(fraction)`` is told the share of the output's pixels done, over both passes.
     """
     suffix = Path(path).suffix.lower()
     depth = depth or fitting_depth(source_depth, suffix)
+    area = shape[0] * shape[1]
     with closing(make_windows()) as windows:  # closed whatever happens: its reading thread ends here
         rows, cols, first = next(windows)  # what the result is (channels, alpha, auto scale) before writing
         scale = first.auto_scale if scale == "auto" else scale
+        writing = progress
         if scale in ("stretch", "peak") and bounds is None and depth != 32 and suffix != ".npy":
+            # two passes over the windows, each half of the work
             with closing(make_windows()) as again:
-                bounds = _colour_bounds(again, first.alpha)
+                bounds = _colour_bounds(_counted(again, area, progress_part(progress, 0, 0.5)), first.alpha)
+            writing = progress_part(progress, 0.5, 0.5)
+        counted = _counted(windows, area, writing, done=_area(rows, cols))
 
         def stored(result: Result) -> np.ndarray:
             if suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
@@ -248,7 +266,7 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
 
         def blocks():
             yield rows, cols, stored(first)
-            for r, c, result in windows:
+            for r, c, result in counted:
                 yield r, c, stored(result)
 
         channels = first.pixels.shape[2]
@@ -256,6 +274,22 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
         with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded here
             write_tiles(path, (shape[0], shape[1], channels), dtype, ready, tile=(tile, tile), alpha=first.alpha)
     return {**first.facts, "shape": [shape[0], shape[1], channels], "tiled": True}
+
+
+def _counted(windows: Iterator, area: int, progress: Progress | None, done: int = 0) -> Iterator:
+    """The windows as they are, telling ``progress`` the share of ``area`` computed (``done`` and
+    the windows' own) as each comes. (A TIFF writer stops at its last tile and never asks past it.)"""
+    if progress is None:
+        yield from windows
+        return
+    for rows, cols, result in windows:
+        done += _area(rows, cols)
+        progress(done / area)
+        yield rows, cols, result
+
+
+def _area(rows: slice, cols: slice) -> int:
+    return (rows.stop - rows.start) * (cols.stop - cols.start)
 
 
 def _colour_bounds(windows, alpha: bool) -> tuple[float, float]:
