@@ -36,7 +36,7 @@ from PIL import Image
 
 import imfilt
 import imfilt.ops
-from imfilt.convolve import rank_one_factors
+from imfilt.convolution import rank_one_factors
 from imfilt.engine import cpu_engine
 from imfilt.kernels import builtin
 

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from imfilt.convolve import convolve, correlate_planes  # noqa: E402
+from imfilt.convolution import convolve, correlate_planes  # noqa: E402
 from imfilt.engine import EngineUnavailable, cpu_engine, gpu_engine  # noqa: E402
 from imfilt.frequency import frequency_mask, half_plane_mask, lowpass, mask_planes, spectrum, spectrum_planes  # noqa: E402
 from imfilt.kernels import Kernel, builtin, load_kernel  # noqa: E402

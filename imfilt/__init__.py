@@ -1,23 +1,39 @@
 """imfilt: filter images by convolution and in the Fourier domain.
 
 The library works on numpy arrays of shape (H, W, C), float32 in [0, 1] units.
+
+Its functions are imported when first used (PEP 562), so that `import imfilt.cli` and
+`imfilt --version` do not pay for numpy, OpenCV and the rest before they are needed.
 """
+
+from importlib import import_module
 
 __version__ = "0.2.0"
 
-from .convolve import convolve
-from .deconvolve import richardson_lucy, wiener
-from .engine import Engine, get_engine
-from .errors import ImfiltError, InputError, KernelError, UsageError
-from .frequency import apply_mask, frequency_mask, lowpass, spectrum
-from .io import read_image, write_image
-from .kernels import Kernel, load_kernel, load_kernels
-from .learn import learn_kernel
-from .match import find_peaks, match_template
-from .orientation import orientations
+# name -> the module that defines it
+_API = {
+    "convolve": "convolution",
+    "richardson_lucy": "deconvolve", "wiener": "deconvolve",
+    "Engine": "engine", "get_engine": "engine",
+    "ImfiltError": "errors", "InputError": "errors", "KernelError": "errors", "UsageError": "errors",
+    "apply_mask": "frequency", "frequency_mask": "frequency", "lowpass": "frequency", "spectrum": "frequency",
+    "read_image": "io", "write_image": "io",
+    "Kernel": "kernels", "load_kernel": "kernels", "load_kernels": "kernels",
+    "learn_kernel": "learn",
+    "find_peaks": "match", "match_template": "match",
+    "orientations": "orientation",
+}
 
-__all__ = [
-    "Engine", "ImfiltError", "apply_mask", "frequency_mask", "lowpass", "spectrum", "InputError", "Kernel", "KernelError", "UsageError", "convolve", "get_engine",
-    "load_kernel", "load_kernels", "match_template", "orientations", "find_peaks", "read_image", "write_image",
-    "learn_kernel", "wiener", "richardson_lucy",
-]
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'imfilt' has no attribute {name!r}")
+    value = getattr(import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

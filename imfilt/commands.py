@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from .batch import Batch, app, batch_command, choice_enum, run
-from .convolve import METHODS, MODES, SIZES
+from .convolution import METHODS, MODES, SIZES
 from .frequency import PROFILES, WINDOWS, Lowpass, Spectrum
 from .io import SCALES
 from .kernels import NORMALIZE, distinct_names, is_kernel_file, load_kernels

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .convolve import MODES, correlate_planes, pad_planes, resolve_method
+from .convolution import MODES, correlate_planes, pad_planes, resolve_method
 from .engine import Engine, cpu_engine, get_engine
 from .errors import UsageError, check_choice
 from .kernels import Kernel

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convolve import rank_one_factors
+from .convolution import rank_one_factors
 from .engine import cpu_engine
 from .errors import InputError, UsageError, one_line, shown
 from .frequency import Lowpass, Spectrum

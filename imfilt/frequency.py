@@ -64,7 +64,7 @@ def check_mask_options(radius: float, profile: str = "ideal", order: float = 2.0
     check_choice("profile", profile, PROFILES)
     for what, value in (("radius", radius), ("order", order), ("band", band)):
         if value is not None and math.isnan(value):
-            raise UsageError(f"{what} must be a number, got nan")
+            raise UsageError(f"--{what} must be a number, got nan")
     if radius < 0 or (band is not None and not 0 <= band < radius):
         raise UsageError(f"need 0 <= band < radius, got radius {radius:g}, band {band:g}" if band is not None
                          else f"radius must be >= 0, got {radius:g}")

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .convolve import rank_one_factors, resolve_method
+from .convolution import rank_one_factors, resolve_method
 from .engine import cpu_engine
 from .errors import UsageError
 from .kernels import BUILTINS, Kernel, builtin

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .convolve import MODES, pad_planes
+from .convolution import MODES, pad_planes
 from .engine import Engine, get_engine
 from .errors import InputError, UsageError, check_choice, check_image
 

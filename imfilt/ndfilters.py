@@ -1,7 +1,7 @@
 """Spatial filters through an ndimage module (scipy.ndimage or cupyx.scipy.ndimage).
 
 The GPU engine's filters, and the reference path: every function takes the engine and (C, H, W)
-planes and returns filtered planes; out[i] = sum_m c[m] · x[i + m - anchor] (see convolve.py).
+planes and returns filtered planes; out[i] = sum_m c[m] · x[i + m - anchor] (see convolution.py).
 cvfilters.py offers the same functions through OpenCV for the CPU engine; ``window_sums`` serves
 template matching (match.py).
 """

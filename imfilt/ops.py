@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .boundary import extend_index
-from .convolve import MODES, SIZES, check_channels, check_method, convolve, correlate_planes, resolve_method
+from .convolution import MODES, SIZES, check_channels, check_method, convolve, correlate_planes, resolve_method
 from .engine import Engine, cpu_engine
 from .errors import UsageError, check_choice
 from .kernels import Kernel

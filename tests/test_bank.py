@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from imfilt.cli import app
-from imfilt.convolve import convolve
+from imfilt.convolution import convolve
 from imfilt.engine import cpu_engine
 from imfilt.io import Loaded
 from imfilt.kernels import load_kernels

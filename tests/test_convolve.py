@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import imfilt
 from conftest import ndimage_cpu_engine
-from imfilt.convolve import MODES, choose_method, rank_one_factors, resolve_method
+from imfilt.convolution import MODES, choose_method, rank_one_factors, resolve_method
 from imfilt import cvfilters, ndfilters
 from imfilt.engine import cpu_engine
 from imfilt.errors import UsageError
@@ -20,7 +20,7 @@ from imfilt.io import Loaded
 from imfilt.kernels import Kernel, builtin, load_kernel
 from imfilt.ops import Apply
 
-convolve_module = importlib.import_module("imfilt.convolve")  # the package's name `convolve` is the function
+convolve_module = importlib.import_module("imfilt.convolution")
 
 SCIPY_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
 NP_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}

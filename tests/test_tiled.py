@@ -48,7 +48,7 @@ def kernels(draw):
         weights = np.outer(column, row)
         if not np.any(weights):
             weights[0, 0] = 1.0
-        from imfilt.convolve import rank_one_factors
+        from imfilt.convolution import rank_one_factors
 
         method = "separable" if rank_one_factors(weights) is not None else "direct"
         return Kernel("rank1", weights), draw(st.sampled_from([method, "direct"]))
@@ -390,7 +390,7 @@ def test_alpha_keep_is_carried_exactly_with_large_kernels(kernel):
 def test_carried_channel_is_the_delta_convolution(size, mode, correlate):
     """Apply._carry indexes what convolving with a centred delta gives (scipy's, exact): every
     size, mode and parity of the kernel."""
-    from imfilt.convolve import convolve
+    from imfilt.convolution import convolve
 
     rng = np.random.default_rng(5)
     plane = rng.random((9, 11, 1)).astype(np.float32)
