@@ -24,7 +24,7 @@ from .omezarr import is_store
 from .ops import Apply
 from . import montage
 from .pipeline import json_line
-from .tiled import apply_window, check_tiled_output, output_shape
+from .tiled import BANDED_MEMORY, apply_window, check_tiled_output, output_shape
 from .tiles import image_shape, open_source
 
 # Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
@@ -146,6 +146,9 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
         if error:
             records.append({"input": job.source, "refused": error})
             continue
+        if job.banded and shape:  # it fits, but goes in bands (the run reads it whole where its file does not stream)
+            streams = {o.path: {"window": list(apply_window(o.op, shape, BANDED_MEMORY)), "banded": True}
+                       for o in job.outputs if not o.skip}
         for output in job.all_outputs:
             method, why = method_and_why(output.op) if output is not job.montage else (
                 "montage", f"the {len(job.outputs)} maps above in a near-square grid")
@@ -158,7 +161,9 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
                 record["streamed"] = streams[output.path]
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
-            peak = STREAMED_BASE_BYTES + job.settings.memory if job.tiled else peak_bytes(shape, [o.op for o in job.outputs])
+            peak = (STREAMED_BASE_BYTES + job.settings.memory if job.tiled
+                    else STREAMED_BASE_BYTES + BANDED_MEMORY if job.banded  # an input that does not stream runs whole
+                    else peak_bytes(shape, [o.op for o in job.outputs]))
             if job.montage and not job.montage.skip and not job.tiled:
                 peak += montage_bytes(shape, [o.op for o in job.outputs])
             largest = (job.source, shape, peak, job.tiled)
@@ -201,6 +206,9 @@ def _size(n: int) -> str:
 
 
 def _streamed_line(facts: dict) -> str:
+    if facts.get("banded"):
+        return (f"in bands of {facts['window'][0]} rows, decoded, filtered and encoded at once (an input whose "
+                "format does not stream is read whole)")
     budget = f"within --memory {_size(facts['memory_bytes'])}"
     if "window" in facts:
         return f"streamed in windows of {facts['window'][0]}x{facts['window'][1]} pixels, {budget}"

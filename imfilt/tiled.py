@@ -49,7 +49,7 @@ def parse_size(text: str) -> int:
 
 
 # The budget of an image that fits but is streamed in bands all the same (pipeline.py): bands of
-# ~80 rows of a 4096-wide RGB image; larger ones were no faster (docs/performance.md)
+# 64 rows of a 4096-wide RGB image; larger ones were no faster (docs/performance.md)
 BANDED_MEMORY = 64 * 2**20
 STREAMED_OPS = (Apply, Spectrum, Lowpass)  # the operations a tiled job runs (match needs the whole image)
 
