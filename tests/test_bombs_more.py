@@ -106,3 +106,81 @@ def test_the_bounded_tiff_decoders_read_what_tifffile_reads(codec):
         packed = lzma.compress(raw)
         assert unxz_at_most(packed, out=10**6) == fallback.lzma_decode(packed) == raw
         assert unxz_at_most(packed, out=100) == raw[:100]
+
+
+# --- kernel files --------------------------------------------------------------------------------
+
+
+def _image(work):
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(work / "good.png")
+
+
+def test_an_npz_kernel_claiming_a_huge_array_is_exit_2_unallocated(tmp_path, monkeypatch):
+    """A 310-byte .npz whose weight.npy header claims (1000, 4097, 4097) float64: np.load allocated
+    125 GiB before reading ('internal error: MemoryError', exit 1)."""
+    import io
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1000, 4097, 4097)})
+    with zipfile.ZipFile("claim.npz", "w") as archive:
+        archive.writestr("weight.npy", header.getvalue() + bytes(64))
+    done, _ = run_limited(LIMIT_MB, "apply", "good.png", "-k", "claim.npz", "-o", "o.png", timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("imfilt: claim.npz: ") and "its header says 134283272128 bytes" in done.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_an_npz_kernel_still_reads_as_np_load_does(tmp_path):
+    from imfilt.kernels import load_kernels
+
+    weight = np.random.default_rng(2).random((2, 3, 5, 4))
+    np.savez(tmp_path / "layer.npz", weight=weight, bias=np.array([0.5, -1.0]))
+    np.savez_compressed(tmp_path / "small.npz", weight=np.asfortranarray(weight[0, 0]))
+    kernels = load_kernels(str(tmp_path / "layer.npz"))
+    assert [k.bias for k in kernels] == [0.5, -1.0] and np.array_equal(kernels[1].weights, weight[1])
+    assert np.array_equal(load_kernels(str(tmp_path / "small.npz"))[0].weights, weight[0, 0])
+
+
+def test_a_text_kernel_of_millions_of_lines_is_refused_before_it_is_split(tmp_path, monkeypatch):
+    """21 million lines of '12' (63 MB, under the 64 MiB a text kernel may take): 3.6 GB and 14 s
+    to be split into lines, before the rows were counted."""
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path)
+    (tmp_path / "lines.txt").write_text("12\n" * 21_000_000)
+    start = time.monotonic()
+    done, peak = run_limited(LIMIT_MB, "apply", "good.png", "-k", "lines.txt", "-o", "o.png", timeout=120)
+    assert done.returncode == 2 and done.stderr == ("imfilt: lines.txt: 21000000 lines is more than a text kernel file "
+                                                    "may have (65552): give large kernels as .npy\n"), done.stderr
+    assert time.monotonic() - start < 20
+
+
+def test_a_large_text_kernel_parses_in_seconds(tmp_path):
+    """A 3000x3000 text kernel took 19 s to parse, token by token; numpy's reader takes ~2 s."""
+    from imfilt.kernels import load_kernels
+
+    weights = np.random.default_rng(3).integers(-9, 10, (3000, 3000))
+    np.savetxt(tmp_path / "k.txt", weights, fmt="%d")
+    start = time.monotonic()
+    kernel = load_kernels(str(tmp_path / "k.txt"))[0]
+    assert np.array_equal(kernel.weights, weights) and time.monotonic() - start < 8
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1 2\n3 1/0\n", "k.txt:2:3: '1/0' is not a number"),
+    ("1 2\n3 inf\n", "k.txt:2:3: 'inf' is not a finite number"),
+    ("1 2\n3\n", "k.txt:2: row has 1 values, the rows above have 2"),
+    ("1, 2\n3 x\n", "k.txt:2:3: 'x' is not a number"),
+])
+def test_a_text_kernel_that_numpy_cannot_read_is_still_told_where(tmp_path, text, message):
+    from imfilt.errors import KernelError
+    from imfilt.kernels import load_kernels
+
+    (tmp_path / "k.txt").write_text(text)
+    with pytest.raises(KernelError) as raised:
+        load_kernels(str(tmp_path / "k.txt"))
+    assert str(raised.value).endswith(message), str(raised.value)
+    (tmp_path / "f.txt").write_text("1/2, 1/4\n  0.5 1e-3 # note\n")
+    assert load_kernels(str(tmp_path / "f.txt"))[0].weights.tolist() == [[0.5, 0.25], [0.5, 0.001]]
