@@ -99,13 +99,14 @@ def file_size(f: BinaryIO) -> int:
     return end
 
 
-def npy_header(f: BinaryIO, check: Callable[[tuple[int, ...], np.dtype], None] = lambda shape, dtype: None
-               ) -> tuple[tuple[int, ...], np.dtype, bool]:
+def npy_header(f: BinaryIO, check: Callable[[tuple[int, ...], np.dtype], None] = lambda shape, dtype: None,
+               size: int | None = None) -> tuple[tuple[int, ...], np.dtype, bool]:
     """(shape, dtype, fortran_order) of the .npy open at its start, leaving the file at its data;
     nothing is allocated for the data.
 
     ``check(shape, dtype)`` runs on the header first (a caller's own limits); then a ValueError
     for a file shorter than its header says (np.load would allocate the whole array first).
+    ``size``: the file's size where seeking to its end would read it (a member of a zip archive).
     """
     version = np.lib.format.read_magic(f)
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -118,7 +119,7 @@ def npy_header(f: BinaryIO, check: Callable[[tuple[int, ...], np.dtype], None] =
     shape = tuple(int(n) for n in shape)
     check(shape, dtype)
     needed = f.tell() + int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow
-    size = file_size(f)
+    size = file_size(f) if size is None else size
     if size < needed:
         raise ValueError(f"its header says {needed} bytes, the file has {size}")
     return shape, dtype, fortran

@@ -5,6 +5,12 @@ v3), or an OME-Zarr image group (NGFF 0.4 on zarr v2, 0.5 on zarr v3) whose firs
 the full resolution and whose axes say where y, x and c are (t and z only with size 1).
 imfilt writes OME-Zarr 0.5: a zarr v3 group holding one dataset "0" with axes (c, y, x), as
 NGFF puts the channel before space. zarr itself is imported only when a store is opened.
+
+A store's chunks are inflated no further than their size (plus an eighth and 4 KiB: a
+compressed stream may be a little larger than what it holds): the array imfilt opens decodes
+zstd, gzip, zlib, LZMA, bzip2, Blosc and LZ4 chunks with ``inflate.decode_chunk`` (``bounded``). A
+chunk that would inflate past that is refused in one line, as a chunk of any other compressor
+(Brotli, ...), which imfilt cannot stop early.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import InputError, shown
+from .inflate import TooLarge, decode_chunk
 
 STORE_FILES = ("zarr.json", ".zarray", ".zgroup")  # zarr v3's metadata, and v2's
 CHUNK = 256  # chunk side of a whole image written as zarr (the tiled path passes its tile)
@@ -68,6 +75,7 @@ def open_image(path: str) -> StoredImage:
     else:
         raise InputError(f"{shown(path)}: a zarr image must be (H, W) or (H, W, C) or OME-Zarr, "
                          f"got an array of shape {node.shape}")
+    bounded(array)
     dtype = np.dtype(array.dtype)
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise InputError(f"{shown(path)}: a zarr image must hold real numbers, not {dtype}")
@@ -98,6 +106,118 @@ def _first_dataset(path: str, group) -> tuple[object, tuple[str, ...]]:
         raise InputError(f"{shown(path)}: OME-Zarr axes {','.join(axes)} for an array of shape {array.shape}: "
                          "imfilt reads y and x, with c, t and z")
     return array, axes
+
+
+# --- chunks inflated within their size ---------------------------------------------------------
+
+_SHARDING: dict[type, type] = {}  # zarr's sharding codec -> its subclass whose inner codecs are bounded
+
+
+def chunk_limit(spec) -> int:
+    """The most a chunk of ``spec`` (zarr's ArraySpec) may inflate to: its bytes, an eighth and 4 KiB more."""
+    size = int(np.prod(spec.shape, dtype=object)) * np.dtype(spec.dtype.to_native_dtype()).itemsize
+    return size + size // 8 + 4096
+
+
+def _inflated(codec_id: str, numcodec, data, limit: int) -> bytes:
+    out = decode_chunk(codec_id, numcodec, data, limit)
+    if out is None:
+        raise TooLarge(f"compressed with {codec_id}, which imfilt cannot stop at the chunk's size; recompress "
+                       "the store with zstd, gzip or blosc")
+    return out
+
+
+def _which(codec) -> tuple[str, object] | None:
+    """(numcodecs id, numcodecs codec) of a zarr bytes-to-bytes codec; None for one that does not inflate."""
+    name = type(codec).__name__
+    if name == "Crc32cCodec":
+        return None
+    if name == "GzipCodec":
+        return "gzip", None
+    for attribute in ("_zstd_codec", "_blosc_codec", "_codec"):  # zarr's zstd and blosc, numcodecs' others
+        numcodec = getattr(codec, attribute, None)
+        if numcodec is not None:
+            codec_id = str(getattr(numcodec, "codec_id", name))
+            return None if codec_id in _SAME_SIZE else (codec_id, numcodec)
+    return name, None
+
+
+# numcodecs' checksums and byte filters: what they decode is no larger than what they are given
+# (or 8 bits for one, packbits)
+_SAME_SIZE = {"crc32", "crc32c", "adler32", "fletcher32", "jenkins_lookup3", "shuffle", "bitround", "delta",
+              "quantize", "fixedscaleoffset", "astype", "packbits"}
+
+
+def _bytes_codec(codec):
+    """A copy of a bytes-to-bytes codec whose decoding stops at the chunk's size."""
+    import asyncio
+
+    which = _which(codec)
+    if which is None:
+        return codec
+
+    async def decode(chunk_bytes, chunk_spec):
+        data = await asyncio.to_thread(_inflated, *which, chunk_bytes.as_numpy_array(), chunk_limit(chunk_spec))
+        return chunk_spec.prototype.buffer.from_bytes(data)
+
+    return _decoding(codec, decode)
+
+
+def _decoding(codec, decode):
+    """A copy of a zarr codec (a frozen dataclass) that decodes a chunk with ``decode(chunk_bytes, chunk_spec)``."""
+    import copy
+
+    copied = copy.copy(codec)
+    object.__setattr__(copied, "_decode_single", decode)
+    return copied
+
+
+def _array_bytes_codec(codec):
+    """V2's codec with its compressor bounded; sharding's inner codecs bounded; the rest as they are."""
+    from dataclasses import replace
+
+    name = type(codec).__name__
+    if name == "V2Codec" and codec.compressor is not None:
+        import asyncio
+
+        compressor = codec.compressor
+        plain = replace(codec, compressor=None)
+
+        async def decode(chunk_bytes, chunk_spec):
+            which = (str(getattr(compressor, "codec_id", type(compressor).__name__)), compressor)
+            data = await asyncio.to_thread(_inflated, *which, chunk_bytes.as_numpy_array(), chunk_limit(chunk_spec))
+            return await plain._decode_single(chunk_spec.prototype.buffer.from_bytes(data), chunk_spec)
+
+        return _decoding(codec, decode)
+    if name == "ShardingCodec":  # its inner pipeline is made anew at each read, from a property
+        import copy
+
+        base = type(codec)
+        if base not in _SHARDING:
+            _SHARDING[base] = type(f"Bounded{base.__name__}", (base,),
+                                   {"codec_pipeline": property(lambda self: _pipeline(base.codec_pipeline.fget(self)))})
+        copied = copy.copy(codec)
+        object.__setattr__(copied, "__class__", _SHARDING[base])
+        return copied
+    return codec
+
+
+def _pipeline(pipeline):
+    """zarr's codec pipeline with every inflating codec bounded (zarr's BatchedCodecPipeline: a
+    dataclass of its codecs); an other pipeline is left as it is."""
+    from dataclasses import is_dataclass, replace
+
+    if not is_dataclass(pipeline) or not hasattr(pipeline, "bytes_bytes_codecs"):
+        return pipeline
+    return replace(pipeline, array_bytes_codec=_array_bytes_codec(pipeline.array_bytes_codec),
+                   bytes_bytes_codecs=tuple(_bytes_codec(c) for c in pipeline.bytes_bytes_codecs))
+
+
+def bounded(array) -> None:
+    """Make a zarr array (opened for reading) inflate its chunks no further than their size."""
+    inner = getattr(array, "_async_array", None)
+    if inner is not None and hasattr(inner, "codec_pipeline"):
+        object.__setattr__(inner, "codec_pipeline", _pipeline(inner.codec_pipeline))
 
 
 def write_ome_zarr(path: str, shape: tuple[int, int, int], dtype, blocks: Iterable[tuple[slice, slice, np.ndarray]],

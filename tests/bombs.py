@@ -67,3 +67,79 @@ def png_text_bomb(path, inflated: int, kind: bytes = b"zTXt") -> str:
     with open(path, "wb") as f:
         f.write(data[:33] + _chunk(kind, head + deflated_zeros(inflated)) + data[33:])
     return str(path)
+
+
+def _graft_tile(path, payload: bytes, compression: int, dtype, side: int = 256) -> str:
+    """A side x side grey TIFF of ``dtype`` whose one tile is ``payload``, marked as ``compression``."""
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((side, side), dtype), tile=(side, side), compression="zlib")
+    with open(path, "r+b") as f:
+        end = f.seek(0, 2)
+        f.write(payload)
+    with tifffile.TiffFile(path, mode="r+b") as tiff:
+        tags = tiff.pages.first.tags
+        tags["TileOffsets"].overwrite([end])
+        tags["TileByteCounts"].overwrite([len(payload)])
+        tags["Compression"].overwrite(compression)
+    return str(path)
+
+
+def xz_zeros(total: int) -> bytes:
+    """An xz (LZMA) stream of ``total`` zeros (~75 KB for 512 MiB)."""
+    import lzma
+
+    packer, block = lzma.LZMACompressor(), bytes(1 << 20)
+    return b"".join([packer.compress(block[: min(1 << 20, total - at)]) for at in range(0, total, 1 << 20)]
+                    + [packer.flush()])
+
+
+def zstd_zeros(total: int) -> bytes:
+    """A zstd frame of ``total`` zeros made of RLE blocks (4 bytes each per 128 KiB), no size in its header."""
+    blocks, left = [], total
+    while left > 0:
+        n = min(left, 1 << 17)
+        left -= n
+        blocks.append(((n << 3) | (1 << 1) | (left == 0)).to_bytes(3, "little") + b"\0")
+    return struct.pack("<I", 0xFD2FB528) + b"\x00\x38" + b"".join(blocks)
+
+
+def tiff_codec_bomb(path, inflated: int, codec: str, *, depth: int = 16) -> str:
+    """A 256x256 grey TIFF (8 or 16 bits) whose one PackBits or LZMA tile inflates to ``inflated`` bytes."""
+    if codec == "packbits":  # 0x81: the next byte 128 times
+        payload, compression = b"\x81\x00" * (inflated // 128), 32773
+    else:
+        payload, compression = xz_zeros(inflated), 34925
+    return _graft_tile(path, payload, compression, np.uint16 if depth == 16 else np.uint8)
+
+
+def zarr_chunk_bomb(path, inflated: int, codec: str, *, zarr_format: int = 3) -> str:
+    """A 64x64 uint8 zarr array (one chunk) whose chunk, compressed with ``codec`` (zstd, gzip,
+    blosc, zlib), inflates to ``inflated`` bytes instead of 4096."""
+    from pathlib import Path
+
+    import numcodecs
+    import zarr
+
+    if zarr_format == 3:
+        from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+        compressor = {"zstd": ZstdCodec(), "gzip": GzipCodec(), "blosc": BloscCodec(cname="zstd")}[codec]
+    else:
+        compressor = {"zstd": numcodecs.Zstd(), "gzip": numcodecs.GZip(), "blosc": numcodecs.Blosc(),
+                      "zlib": numcodecs.Zlib()}[codec]
+    array = zarr.create_array(path, shape=(64, 64), chunks=(64, 64), dtype="uint8", compressors=compressor,
+                              zarr_format=zarr_format)
+    array[:] = 1
+    if codec == "zstd":
+        payload = zstd_zeros(inflated)
+    elif codec == "blosc":  # a real one: Blosc's header holds the size
+        payload = numcodecs.Blosc(cname="zstd", clevel=9).encode(np.zeros(inflated, np.uint8))
+    else:
+        stream = zlib_ng.compressobj(9, zlib_ng.DEFLATED, 31 if codec == "gzip" else 15)
+        block = bytes(1 << 20)
+        payload = b"".join([stream.compress(block) for _ in range(inflated >> 20)] + [stream.flush()])
+    chunks = [p for p in Path(path).rglob("*") if p.is_file() and p.name != "zarr.json" and not p.name.startswith(".")]
+    assert len(chunks) == 1, chunks
+    chunks[0].write_bytes(payload)
+    return str(path)

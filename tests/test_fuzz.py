@@ -135,7 +135,10 @@ def _cases(folder: Path) -> tuple[list[list[str]], dict[int, str]]:
         add("image", store, ["apply", store, "-k", "box", "-o", case / "out.tif", *(["--memory", "1K"] if i % 2 else [])])
         n += 1
     for name, make in (("png16.png", lambda p: bombs.png_bomb(p, 2**28)), ("png8.png", lambda p: bombs.png_bomb(p, 2**28, depth=8)),
-                       ("tile.tif", lambda p: bombs.tiff_tile_bomb(p, 2**28)), ("seed16.png", lambda p: p.write_bytes(_png16()))):
+                       ("tile.tif", lambda p: bombs.tiff_tile_bomb(p, 2**28)), ("seed16.png", lambda p: p.write_bytes(_png16())),
+                       ("packbits.tif", lambda p: bombs.tiff_codec_bomb(p, 2**28, "packbits")),
+                       ("lzma.tif", lambda p: bombs.tiff_codec_bomb(p, 2**28, "lzma", depth=8)),
+                       ("zstd.zarr", lambda p: bombs.zarr_chunk_bomb(p, 2**28, "zstd"))):
         for memory in ([], ["--memory", "1K"]):
             case = folder / f"c{n}"
             case.mkdir()
