@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterable, Iterator, TypeVar
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _DONE = object()
 _POLL = 0.1  # seconds between looks at the stop flag while the reader is slow
 
@@ -81,3 +84,20 @@ class Ahead(Iterator[T]):
 
     def __del__(self) -> None:  # forgotten without close(): at least the thread stops
         self.stop.set()
+
+
+def in_parallel(work: Callable[[T], R], items: Iterable[T], threads: int = 2, depth: int = 4) -> Iterator[R]:
+    """``work(item)`` for each item, in order, on ``threads`` threads, at most ``depth`` items in
+    flight (Executor.map would take every item at once: a whole image of tiles)."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="imfilt-work") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(work, item))
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -290,8 +290,9 @@ def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, setting
             and Path(todo[0].path).suffix.lower() in BANDED_OUTPUTS)
 
 
-# the streamed files whose bytes are those of the whole-image writers (a streamed TIFF is tiled)
-BANDED_OUTPUTS = (".png", ".npy", ".zarr")
+# the streamed files whose bytes are those of the whole-image writers (a streamed TIFF is tiled; a
+# zarr store written in bands held the same values, but zstd compressed its chunks to other bytes)
+BANDED_OUTPUTS = (".png", ".npy")
 
 
 BANDED_PIXELS = 1 << 20

@@ -162,6 +162,8 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
         op = output.op
         shape = output_shape(op, *source.shape[:2])
         window = apply_window(op, source.shape, memory)
+        if window[1] == source.shape[1]:
+            source.in_bands(memory)
         scratch = _on_dask(source_path, op, output.path, shape, window, engine)
         try:
             make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
