@@ -166,6 +166,8 @@ class Deconvolve:
             _check_iterations(self.iterations)
             _check_positive_sum(self.kernel.weights)
 
+    runner = None  # the whole image at once (its FFT, or its iterations)
+
     @property
     def name(self) -> str:
         return f"{self.method}-{self.kernel.name}"

@@ -10,90 +10,38 @@ estimated peak memory for the largest input.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
-from .convolution import rank_one_factors
-from .engine import cpu_engine
 from .errors import InputError, UsageError, one_line, shown
-from .frequency import Lowpass, Spectrum
-from .match import Match, block_shape
 from .omezarr import is_store
-from .ops import Apply
 from . import montage
 from .pipeline import json_line
-from .tiled import BANDED_MEMORY, apply_window, check_tiled_output, output_shape
+from .tiled import BANDED_MEMORY, apply_window, check_tiled_output
 from .tiles import image_shape, open_source
 
-# Peak memory per image sample (H x W x channels) above Python's own ~60 MB, from the max RSS of
-# `imfilt` runs on a 2048x2048 RGB PNG (GNU time -f %M): direct 12-13 B, separable 15, FFT 24,
-# sobel (two direct passes) 23, spectrum 21, lowpass 21. match: 5 B, plus 28 B for each sample of
-# the strip in flight, (channels + 1) planes of FFT rows x W (fitted to 160 and 360 MB on 2048x2048
-# RGB with 64x64 and 256x256 templates, and 440 MB on 4096x4096 with 64x64).
+# Peak memory of Python and the libraries, above which each operation says its own (peak_bytes),
+# from the max RSS of `imfilt` runs (GNU time -f %M)
 BASE_BYTES = 60 * 2**20
-BYTES_PER_SAMPLE = {"direct": 13, "separable": 15, "fft": 24, "spectrum": 21, "lowpass": 22, "match": 5}
-MAGNITUDE_PART_BYTES = 10  # each further kernel of a gradient pair (sobel: 13 + 10)
-MATCH_STRIP_BYTES = 28
+FFT_BYTES_PER_SAMPLE = 24  # an operation that does not say (a whole-image FFT's worth)
 # A streamed job holds its --memory budget above the same command's peak on a tiny streamed image
 # (libraries, zarr's and the FFT's threads): 103 MiB (GNU time -f %M, spectrum, lowpass and apply)
 STREAMED_BASE_BYTES = 103 * 2**20
 
 
 def method_and_why(op) -> tuple[str, str]:
-    """The method an operation runs and the reason, in the cost model's numbers."""
-    if isinstance(op, Apply):
-        method = op.resolved_method
-        kh, kw = op.kernel.shape
-        rank_one = all(rank_one_factors(np.asarray(m, dtype=np.float64)) is not None for m in op.kernel.matrices)
-        if op.method != "auto":
-            return method, f"--method {op.method}"
-        crossovers = cpu_engine().filters.CROSSOVERS  # the CPU engine's measured cost model
-        min_taps, max_passes = crossovers["separable_min_taps"], crossovers["separable_max_taps"]
-        direct_max = crossovers["direct_max_taps"]
-        taps, passes = kh * kw, kh + kw
-        if method == "separable":
-            why = (f"rank 1: two 1-D passes of {kh} + {kw} = {passes} taps instead of {taps} "
-                   f"(separable from {min_taps} taps, up to {max_passes} in the passes)")
-        elif method == "direct":
-            why = f"{kw}x{kh} = {taps} taps <= {direct_max}: direct beats FFT"
-            if rank_one and taps < min_taps:
-                why += f" (rank 1, but under {min_taps} taps two passes cost more)"
-        else:
-            why = f"{kw}x{kh} = {taps} taps > {direct_max}" + (
-                f", and two 1-D passes would be {passes} > {max_passes} taps" if rank_one else ", rank > 1")
-        return method, why
-    if isinstance(op, Spectrum):
-        return "fft", "rfft2 of each channel"
-    if isinstance(op, Lowpass):
-        return "fft", f"rfft2, times the {op.profile} mask of radius {op.radius:g}, irfft2"
-    if isinstance(op, Match):
-        return "fft", "float64 FFT correlation; window sums by running sums"
-    if hasattr(op, "explain"):  # newer operations say it themselves
-        return op.explain()
-    return "-", ""
-
-
-def _memory_kind(op) -> str:
-    if isinstance(op, Apply):
-        return op.resolved_method
-    return {Spectrum: "spectrum", Lowpass: "lowpass", Match: "match"}.get(type(op), "fft")
+    """The method an operation runs and the reason (each operation explains itself)."""
+    return op.explain() if hasattr(op, "explain") else ("-", "")
 
 
 def peak_bytes(shape: tuple[int, int, int], ops) -> int:
     """Estimated peak memory of one job: the heaviest of its operations (they run one after another)."""
-    height, width, channels = shape
-    samples = height * width * channels
 
     def need(op) -> int:
-        extra = (len(op.kernel.parts) - 1) * MAGNITUDE_PART_BYTES * samples if isinstance(op, Apply) else 0
-        if isinstance(op, Match):
-            import scipy.fft
-
-            fft_rows = block_shape(op.template.shape[0], height, functools.partial(scipy.fft.next_fast_len, real=True))[0]
-            extra = fft_rows * width * (channels + 1) * MATCH_STRIP_BYTES
-        return BYTES_PER_SAMPLE[_memory_kind(op)] * samples + extra
+        if hasattr(op, "peak_bytes"):
+            return op.peak_bytes(shape)
+        return FFT_BYTES_PER_SAMPLE * shape[0] * shape[1] * shape[2]
 
     return BASE_BYTES + max(need(op) for op in ops)
 
@@ -101,7 +49,7 @@ def peak_bytes(shape: tuple[int, int, int], ops) -> int:
 def montage_bytes(shape: tuple[int, int, int], ops) -> int:
     """--montage: its grid and the cells kept for it, ~2.5 bytes per 8-bit sample of the grid
     (8 maps of 4096x4096: +160 MB for a 8190x8190 grid, measured)."""
-    grid = montage.layout([output_shape(op, *shape[:2]) for op in ops])
+    grid = montage.layout([op.output_shape(*shape[:2]) for op in ops])
     channels = max(1 if op.gray or op.kernel.summed else shape[2] for op in ops)  # a layer's maps are grey
     return int(2.5 * grid.shape[0] * grid.shape[1] * channels)
 
@@ -188,7 +136,7 @@ def streamed(job, output, shape, scheduler: str | None) -> dict:
     check_tiled_output(job.source, output, job.settings.split_channels)
     open_source(job.source).close()
     facts = {"memory_bytes": memory}
-    if isinstance(output.op, Apply):
+    if output.op.runner == "windows":
         return {**facts, "window": list(apply_window(output.op, shape, memory))}
     band, block, _ = tiled_fft.passes(shape, output.op, memory)
     folder, needed, free = tiled_fft.scratch_space(shape, output.op, output.path, job.settings.temp_dir, bool(scheduler))

@@ -208,7 +208,7 @@ class OrientedSpectrum(Spectrum):
     """`imfilt spectrum --orientation`: the spectrum, and the orientations found in its facts (and
     a line for people). It needs the whole image: a huge one is not streamed."""
 
-    streams = False
+    runner = None  # the dominant orientations need the whole spectrum at once
 
     def run(self, loaded: Image, engine: Engine) -> Result:
         result = super().run(loaded, engine)

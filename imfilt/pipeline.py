@@ -29,7 +29,6 @@ from .files import take_abandoned
 from .io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
                  fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from .omezarr import is_store
-from .ops import Apply
 from .tiles import image_shape
 
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
@@ -235,7 +234,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
         raise UsageError(f"--montage {montage!r} would be written for every input: put {{stem}} in it")
     inputs = {_key(s): s for s in (*sources, *reads) if s != "-"}  # kernel files and templates too
     # match works on whole images, and so does a spectrum's --orientation
-    streams = all(isinstance(op, tiled.STREAMED_OPS) and getattr(op, "streams", True) for op in ops)
+    streams = all(getattr(op, "runner", None) for op in ops)  # each op says how a huge image runs
     quiet_decoders()  # the header reads below must not log about a bad file: its job reports it
     jobs, seen = [], {}
     for source in sources:
@@ -286,7 +285,7 @@ def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, setting
     if source == "-" or not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
         return False
     todo = [o for o in outputs if not o.skip]
-    return (len(todo) == 1 and isinstance(todo[0].op, Apply) and not todo[0].extras and not settings.split_channels
+    return (len(todo) == 1 and todo[0].op.runner == "windows" and not todo[0].extras and not settings.split_channels
             and Path(todo[0].path).suffix.lower() in BANDED_OUTPUTS)
 
 
@@ -330,14 +329,12 @@ def _check_output_place(file: str, key: str, inputs: dict[str, str], overwrite: 
 
 def _check_sizes(output: Output, shape: tuple[int, int, int], source: str) -> None:
     """JPEG and WebP outputs larger than the format holds, from the input's header (exit 2)."""
-    height, width = shape[:2]
-    if isinstance(output.op, Apply):
-        try:
-            height, width = tiled.output_shape(output.op, height, width)
-        except UsageError:
-            return  # a valid-size kernel larger than the image: that input fails when it runs
-    elif not isinstance(output.op, tiled.STREAMED_OPS):
+    if not hasattr(output.op, "output_shape"):
         return  # match's scores are never larger than the image, and its size depends on the template
+    try:
+        height, width = output.op.output_shape(*shape[:2])
+    except UsageError:
+        return  # a valid-size kernel larger than the image: that input fails when it runs
     check_output_size(output.path, height, width, source)
     for _, path in output.extras:  # the mask: the input's size
         check_output_size(path, *shape[:2], source)
@@ -571,7 +568,7 @@ class _Sheet:
         self.suffix = Path(output.path).suffix.lower()
         self.depth = job.settings.depth or fitting_depth(loaded.depth, self.suffix)
         self.stored = self.depth != 32 and self.suffix not in (".npy", ".zarr")
-        self.grid = montage.layout([tiled.output_shape(o.op, height, width) for o in job.outputs])
+        self.grid = montage.layout([o.op.output_shape(height, width) for o in job.outputs])
         self.maps: list[np.ndarray] = []
         self.start = time.perf_counter()
 
@@ -597,7 +594,7 @@ def _tiled_output(job: Job, output: Output, engine, progress: tiled.Progress | N
                   whole: bool = False) -> dict:
     """One output streamed window by window; ``whole``: an image that fits, recorded as a whole one is."""
     start = time.perf_counter()
-    run_output = tiled.run_output if isinstance(output.op, Apply) else tiled_fft.run_output
+    run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[output.op.runner]
     # an image that fits goes in bands of a fixed budget: larger ones only take more memory
     memory = min(job.settings.memory, tiled.BANDED_MEMORY) if whole else job.settings.memory
     facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory,

@@ -25,7 +25,6 @@ from .ahead import Ahead
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from .errors import InputError, UsageError, shown
 from .io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
-from .frequency import Lowpass, Spectrum
 from .ops import Apply, Result
 from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, window_for, write_tiles
 
@@ -51,7 +50,6 @@ def parse_size(text: str) -> int:
 # The budget of an image that fits but is streamed in bands all the same (pipeline.py): bands of
 # 64 rows of a 4096-wide RGB image; larger ones were no faster (docs/performance.md)
 BANDED_MEMORY = 64 * 2**20
-STREAMED_OPS = (Apply, Spectrum, Lowpass)  # the operations a tiled job runs (match needs the whole image)
 
 # A runner's progress: called with the fraction of its output done so far (0 to 1, never
 # decreasing); the caller (batch.py's bar) decides what to show. None: nobody asks.
@@ -104,15 +102,8 @@ def _axis_reads(op: Apply, start: int, stop: int, n: int, k: int) -> tuple[np.nd
     return np.arange(low, high), slice(start - low, stop - low)
 
 
-def output_shape(op: Apply, height: int, width: int) -> tuple[int, int]:
-    kh, kw = op.kernel.shape
-    if op.size == "same":
-        return height, width
-    grow = 1 if op.size == "full" else -1
-    shape = (height + grow * (kh - 1), width + grow * (kw - 1))
-    if min(shape) < 1:
-        raise UsageError(f"--size valid: the {kh}x{kw} kernel does not fit in the {height}x{width} image")
-    return shape
+def output_shape(op, height: int, width: int) -> tuple[int, int]:
+    return op.output_shape(height, width)
 
 
 def apply_window(op: Apply, shape: tuple[int, int, int], memory: int) -> tuple[int, int]:

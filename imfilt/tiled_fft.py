@@ -54,7 +54,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
 def run(source: Source, output, *, depth, scale: str, memory: int, engine, temp_dir: str | None,
         progress: Progress | None = None) -> dict:
     op = output.op
-    spectrum = isinstance(op, Spectrum)
+    spectrum = not op.inverse  # a picture of the coefficients (spectrum), or an image again (lowpass)
     height, width, _ = source.shape
     half = width // 2 + 1
     colours = _colours(source.shape, op)
@@ -117,7 +117,7 @@ def scratch_space(shape, op, output_path: str, temp_dir: str | None, cluster: bo
     storage every worker reaches), else beside the output, which every worker reaches already.
     """
     folder = temp_dir or str(Path(output_path).parent if cluster else tempfile.gettempdir())
-    needed = _colours(shape, op) * shape[0] * (shape[1] // 2 + 1) * (12 if isinstance(op, Spectrum) else 8)
+    needed = _colours(shape, op) * shape[0] * (shape[1] // 2 + 1) * (8 if op.inverse else 12)
     return folder, needed, shutil.disk_usage(folder).free
 
 
@@ -157,7 +157,7 @@ def _rows(rows: slice, source: Source, op, coefficients, band: int, engine, prog
         check_stop()
         part = slice(top, min(top + band, rows.stop))
         planes = engine.planes(_colour(source, op, part)[0])
-        if isinstance(op, Spectrum) and op.window == "hann":
+        if op.window == "hann":
             taper = np.outer(np.hanning(height)[part], np.hanning(width)).astype(np.float32)
             planes = planes * engine.asarray(taper)
         coefficients[:, part] = engine.to_host(engine.fft.rfft(planes, axis=-1))
@@ -177,7 +177,7 @@ def _columns(cols: slice, op, coefficients, values, block: int, width: int, engi
         check_stop()
         part = slice(left, min(left + block, cols.stop))
         transformed = engine.fft.fft(engine.asarray(coefficients[:, :, part]), axis=-2)
-        if isinstance(op, Spectrum):
+        if not op.inverse:
             found = engine.to_host(xp.angle(transformed) if op.phase else xp.log1p(xp.abs(transformed)))
             values[:, :, part] = found
             low, high = min(low, float(found.min())), max(high, float(found.max()))
@@ -207,7 +207,7 @@ def _columns_task(cols: slice, *, op, scratch: str, block: int, width: int, engi
     import zarr
 
     coefficients = zarr.open_array(str(Path(scratch) / "coefficients"), mode="r+")
-    values = zarr.open_array(str(Path(scratch) / "values"), mode="r+") if isinstance(op, Spectrum) else None
+    values = zarr.open_array(str(Path(scratch) / "values"), mode="r+") if not op.inverse else None
     return _columns(cols, op, coefficients, values, block, width, get_engine(engine_name, 1))
 
 

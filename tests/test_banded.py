@@ -10,6 +10,7 @@ from PIL import Image
 
 from imfilt import pipeline
 from imfilt.ahead import Ahead
+from imfilt.ops import Apply
 from test_streamed_png import _png16, _photo, _refused, _run, _tiff
 
 ASYM = "5x3: 1,2,0,-1,3, 0,4,1,0,-2, -1,0,2,5,1"
@@ -124,7 +125,7 @@ def test_only_one_apply_output_into_a_file_that_streams_goes_in_bands(tmp_path, 
     settings = pipeline.Settings()
 
     def bands(*names):
-        outputs = [pipeline.Output(name, pipeline.Apply(_kernel("box"))) for name in names]
+        outputs = [pipeline.Output(name, Apply(_kernel("box"))) for name in names]
         return pipeline._bands_pay(str(source), (210, 202, 3), outputs, True, settings)
 
     assert bands("o.png") and bands("o.npy")
