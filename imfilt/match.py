@@ -9,7 +9,7 @@ in the numerator and in both norms run over every channel, so one score comes pe
 
 with T' and I' the template and window minus their channel means. The numerator is one
 correlation by FFT (T' sums to 0 per channel, so the window's mean drops out of it); the
-window's sums are running sums along rows, then columns (the engine's ``filters.window_sums``:
+window's sums are running sums along rows, then columns (the engine's ``filters.window_spread``:
 OpenCV's box filter on the CPU). All of it is float64, so the score is within 2e-6 of a float64
 brute force wherever the window's RMS spread is at least 1e-4 (tests/test_match.py), also in
 low-contrast windows; OpenCV's float32 TM_CCOEFF_NORMED is ~1e-5 off on a photo. It runs strip
@@ -131,8 +131,8 @@ class _Strips:
         self.lock, self.pending = threading.Lock(), iter(())
         rows = min(step + self.th - 1, height)
         self.out = xp.empty((step, width - self.tw + 1), dtype=np.float64)
-        # the window sums: of the squares (summed over the channels), then of one channel at a time
-        self.squares, self.scratch, self.total = (xp.empty((rows, width), dtype=np.float64) for _ in range(3))
+        # the window sums: of the squares (summed over the channels), of one channel at a time, and scratch
+        self.buffers = [xp.empty((rows, width), dtype=np.float64) for _ in range(3)]
 
     def raw(self, top: int, bottom: int):
         """Input rows top..bottom + th - 1 as (C, rows, W) planes (a view on the CPU)."""
@@ -193,23 +193,9 @@ class _Strips:
         return xp.sqrt(spread, out=spread), flat
 
     def spread(self, raw):
-        """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window, from float64 window sums of the
-        pixels as they are (double holds the difference: 1e-9 of it at a spread of 3e-4 on a
-        base of 0.8)."""
-        engine, xp = self.engine, self.engine.xp
-        squares, scratch = self.squares[: raw.shape[1]], self.scratch[: raw.shape[1]]
-        xp.multiply(raw[0], raw[0], out=squares, dtype=np.float64)  # a float32's square is exact in float64
-        for more in raw[1:]:
-            xp.multiply(more, more, out=scratch, dtype=np.float64)
-            squares += scratch
-        window = (self.th, self.tw)
-        (total,) = engine.filters.window_sums(engine, squares[None], window, out=[self.total])
-        for plane in raw:
-            (sums,) = engine.filters.window_sums(engine, plane[None], window, out=[self.scratch])
-            sums *= sums
-            sums /= self.th * self.tw
-            total -= sums
-        return total
+        """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window: the engine's window_spread, from
+        float64 window sums of the pixels as they are."""
+        return self.engine.filters.window_spread(self.engine, raw, (self.th, self.tw), out=self.buffers)
 
 
 @dataclass(frozen=True)

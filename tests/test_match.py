@@ -245,6 +245,20 @@ def test_window_sums_of_both_backends_equal_float64_sums(engine):
     np.testing.assert_allclose([engine.to_host(g) for g in got], windows.sum(axis=(-2, -1)), rtol=1e-13)
 
 
+
+def test_window_spread_of_both_backends_equals_float64(engine):
+    """filters.window_spread (OpenCV's box filter and fused passes on the CPU, ndimage running sums
+    elsewhere): each window's squared deviations from its channel means, summed over the channels."""
+    rng = np.random.default_rng(10)
+    planes = (0.8 + rng.random((3, 37, 300)) * 1e-3).astype(np.float32)
+    buffers = [np.full((40, 300), np.nan) for _ in range(3)]  # larger than the planes, as match's last strip finds them
+    got = engine.to_host(engine.filters.window_spread(engine, engine.asarray(planes), (5, 9), out=buffers))
+    windows = np.lib.stride_tricks.sliding_window_view(planes.astype(np.float64), (5, 9), axis=(1, 2))
+    deviations = windows - windows.mean(axis=(-2, -1), keepdims=True)
+    expected = (deviations**2).sum(axis=(0, -2, -1))
+    assert got.shape == (33, 292)
+    np.testing.assert_allclose(got, expected, rtol=1e-7)  # double sums of ~90 leave ~1e-13: 1e-8 of a spread of 1e-5
+
 def test_wide_low_contrast_image_keeps_the_bound(engine):
     """Window sums run along 4100-pixel rows and over several strips and blocks: still 2e-6 on a bright, low-contrast image."""
     rng = np.random.default_rng(9)
