@@ -101,15 +101,21 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
             raw = strips.raw(top, bottom)  # one host-to-device copy a strip on the GPU
             parts = strips.parts(raw, bottom - top)
             numerator, (norm, flat) = engine.map(lambda part: part(), parts)
-            numerator /= norm
-            xp.copyto(numerator, 0.0, where=flat)
-            xp.clip(numerator, -1.0, 1.0, out=numerator)
-            scores[top:bottom] = numerator
+            # the quotient straight into the float32 scores (rounded as before; clipping after the
+            # rounding gives the same values, ±1 being float32), each thread half the rows
+            halves = [slice(0, (bottom - top) // 2), slice((bottom - top) // 2, bottom - top)]
+            engine.map(lambda rows: _scores(xp, numerator[rows], norm[rows], flat[rows], scores[top:bottom][rows]), halves)
     if size == "same":
         full = xp.zeros((height, width), dtype=np.float32)
         full[th // 2 : th // 2 + out_h, tw // 2 : tw // 2 + out_w] = scores
         scores = full
     return engine.to_host(scores)
+
+
+def _scores(xp, numerator, norm, flat, out) -> None:
+    xp.divide(numerator, norm, out=out)
+    xp.copyto(out, 0.0, where=flat)
+    xp.clip(out, -1.0, 1.0, out=out)
 
 
 class _Strips:
