@@ -131,8 +131,9 @@ class _Strips:
         self.engine, self.image3, self.t_spectrum, self.means = engine, image3, t_spectrum, means
         self.t_norm2, self.flat_level = t_norm2, flat_level
         # an overlap-save block, zero-padded, for each of the two threads
-        self.blocks = [xp.zeros((channels, *fshape), dtype=np.float64) for _ in range(2)]
+        self.blocks = [None, None]  # made at the thread's first block (on the GPU one thread takes them all)
         self.block_filled = [fshape, fshape]
+        self.channels = channels
         self.lefts = range(0, width - self.tw + 1, self.block_w)
         self.lock, self.pending = threading.Lock(), iter(())
         rows = min(step + self.th - 1, height)
@@ -171,6 +172,8 @@ class _Strips:
         out_w = out.shape[1]
         block = self.blocks[worker]
         while (left := self._next_block()) is not None:
+            if block is None:
+                block = self.blocks[worker] = xp.zeros((self.channels, *self.fshape), dtype=np.float64)
             cols = min(self.block_w, out_w - left)
             used = (raw.shape[1], cols + tw - 1)
             if used != self.block_filled[worker]:  # a smaller last block: the rest of the buffer is padding again
