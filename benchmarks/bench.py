@@ -330,21 +330,26 @@ def bench_match(rounds: int = 3) -> None:
     for n in (64, 256):
         template = np.ascontiguousarray(image[1500 : 1500 + n, 1900 : 1900 + n])
         times = {"imfilt": [], "cv2": []}
+        cpu = {"imfilt": [], "cv2": []}  # user + system seconds of the process, all threads: steadier under load
         for _ in range(rounds):  # A/B alternately: the machine is shared, so both see the same load
-            start = time.perf_counter()
-            ours = match_template(planar, template, engine=engine)
-            times["imfilt"].append(time.perf_counter() - start)
-            cv2.setNumThreads(os.cpu_count())  # all the cores (imfilt's engine may have set fewer for its own calls)
-            start = time.perf_counter()
-            theirs = cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
-            times["cv2"].append(time.perf_counter() - start)
+            for name in ("imfilt", "cv2"):
+                start, start_cpu = time.perf_counter(), sum(os.times()[:2])
+                if name == "imfilt":
+                    ours = match_template(planar, template, engine=engine)
+                else:
+                    cv2.setNumThreads(os.cpu_count())  # all the cores (imfilt's engine may have set fewer for its own calls)
+                    theirs = cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED)
+                times[name].append(time.perf_counter() - start)
+                cpu[name].append(sum(os.times()[:2]) - start_cpu)
         found = [np.unravel_index(np.argmax(m), m.shape) for m in (ours, theirs)]
-        ours_s, theirs_s = statistics.median(times["imfilt"]), statistics.median(times["cv2"])
-        rows.append([f"{n}x{n}", ours_s, theirs_s, f"{theirs_s / ours_s:.2f}x",
+        wall = {name: statistics.median(t) for name, t in times.items()}
+        busy = {name: statistics.median(t) for name, t in cpu.items()}
+        rows.append([f"{n}x{n}", wall["imfilt"], wall["cv2"], f"{wall['imfilt'] / wall['cv2']:.2f}x",
+                     f"{busy['imfilt']:.2f} / {busy['cv2']:.2f} s", f"{busy['imfilt'] / busy['cv2']:.2f}x",
                      f"{float(np.abs(ours - theirs).max()):.1e}", f"{tuple(map(int, found[0]))} / {tuple(map(int, found[1]))}"])
-    table(f"match: 4096x4096 RGB photo, seconds (median of {rounds}, alternately)",
-          ["template", "imfilt match_template", "cv2.matchTemplate", "cv2 / imfilt", "max |score diff|",
-           "best (row, col): imfilt / cv2"], rows)
+    table(f"match: 4096x4096 RGB photo, seconds (median of {rounds}, alternately; load {os.getloadavg()[0]:.1f})",
+          ["template", "imfilt match_template", "cv2.matchTemplate", "imfilt / cv2, wall", "CPU: imfilt / cv2",
+           "imfilt / cv2, CPU", "max |score diff|", "best (row, col): imfilt / cv2"], rows)
     print(f"\ncv2 {cv2.__version__}, {cv2.getNumThreads()} threads; the template was cut at (1500, 1900).")
 
 

@@ -109,6 +109,36 @@ def window_sums(engine, planes, shape: tuple[int, int], out: list | None = None)
     return results
 
 
+
+def window_spread(engine, planes, shape: tuple[int, int], out: list):
+    """sum_c (sum_xy p_c² - (sum_xy p_c)² / n) of every ``shape`` window of the (C, H, W) planes,
+    float64 (n = th·tw: the windows' squared deviations from their means, summed over the
+    channels): an (H - th + 1, W - tw + 1) view of ``out[0]``; ``out`` holds three (at least
+    H, W) float64 buffers to reuse.
+
+    As ndfilters.window_spread computes it, with OpenCV's box filter and its fused passes (a
+    float32's square is exact in double): 23 against 32 ms on a 432x4096 RGB strip with numpy
+    between the box filters. A product and a sum may be fused (one rounding, not two) in some columns.
+    """
+    if cv2.getNumThreads() != engine.threads:  # a process-wide setting: the engine in use decides
+        cv2.setNumThreads(engine.threads)
+    th, tw = shape
+    height, width = planes.shape[1:]
+    total, squares, sums = (buffer[:height, :width] for buffer in out)
+    planes = [np.ascontiguousarray(plane) for plane in planes]
+    squares.fill(0.0)  # accumulateSquare squares a float32 in double (multiply to CV_64F rounds it to float32 first)
+    for plane in planes:
+        cv2.accumulateSquare(plane, squares)
+    cv2.boxFilter(squares, cv2.CV_64F, (tw, th), dst=total, anchor=(0, 0), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    for i, plane in enumerate(planes):
+        cv2.boxFilter(plane, cv2.CV_64F, (tw, th), dst=sums, anchor=(0, 0), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        if i == 0:
+            cv2.multiply(sums, sums, dst=squares)
+        else:
+            cv2.accumulateSquare(sums, squares)
+    cv2.scaleAdd(squares, -1.0 / (th * tw), total, dst=total)
+    return total[: height - th + 1, : width - tw + 1]
+
 def _flat(array):
     """A 2-D view of an array's whole memory when it is contiguous (planar or interleaved), else None."""
     for view in (array, np.moveaxis(array, 0, -1)):

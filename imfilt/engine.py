@@ -13,7 +13,7 @@ import functools
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, Callable
@@ -82,8 +82,12 @@ class Engine:
         return list(self._pool.map(fn, items))
 
     def one_thread(self) -> Engine:
-        """This engine computing on one thread: for many small FFTs, where more measured slower."""
-        return cpu_engine(1) if self.name == "cpu" and self.threads > 1 else self
+        """This engine computing on one thread, with its filters: for many small FFTs, where more
+        measured slower."""
+        if self.name != "cpu" or self.threads == 1:
+            return self
+        single = cpu_engine(1)
+        return single if single.filters is self.filters else replace(single, filters=self.filters)
 
 
 class _OnFirstUse:

@@ -9,17 +9,18 @@ in the numerator and in both norms run over every channel, so one score comes pe
 
 with T' and I' the template and window minus their channel means. The numerator is one
 correlation by FFT (T' sums to 0 per channel, so the window's mean drops out of it); the
-window's sums are running sums along rows, then columns (the engine's ``filters.window_sums``:
+window's sums are running sums along rows, then columns (the engine's ``filters.window_spread``:
 OpenCV's box filter on the CPU). All of it is float64, so the score is within 2e-6 of a float64
 brute force wherever the window's RMS spread is at least 1e-4 (tests/test_match.py), also in
 low-contrast windows; OpenCV's float32 TM_CCOEFF_NORMED is ~1e-5 off on a photo. It runs strip
-by strip in overlap-save blocks about 3x the template's size, the FFTs on one thread and the
-window sums on another, into buffers made once per image. A flat window or a flat template (no
-spread to normalize by) scores 0.
+by strip in overlap-save blocks about 3x the template's size on two threads: one takes the
+strip's FFT blocks, the other sums its windows and then takes FFT blocks too, into buffers made
+once per image. A flat window or a flat template (no spread to normalize by) scores 0.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,24 +90,32 @@ def match_template(image: np.ndarray, template: np.ndarray, *, size: str = "vali
         t_spectrum = engine.fft.rfft2(engine.asarray(np.ascontiguousarray(t[:, ::-1, ::-1])), s=fshape, axes=(-2, -1))
         # per channel: on a planar (H, W, C) view each is one contiguous plane, which sums fast
         means = engine.asarray(np.array([image3[..., c].mean(dtype=np.float64) for c in range(channels)]))
-        # One strip after another, its FFTs on one thread and its window sums on another: on the
-        # 2-core machine two strips at once, or FFTs on two threads, measured 1.2-2.4x slower
-        # (small FFTs, twice the memory in flight).
+        # One strip after another on two threads: one runs the strip's FFTs block by block, the
+        # other its window sums and then takes FFT blocks too, so neither waits for the other (on
+        # the 2-core machine two strips at once, or FFTs with two workers each, measured 1.2-2.4x
+        # slower: small FFTs, twice the memory in flight).
         strips = _Strips(engine.one_thread(), image3, (th, tw), t_spectrum, means, (step, block_w), fshape,
                          t_norm2, flat_level)
         for top in range(0, out_h, step):
             bottom = min(top + step, out_h)
             raw = strips.raw(top, bottom)  # one host-to-device copy a strip on the GPU
-            numerator, (norm, flat) = engine.map(lambda part: part(raw, bottom - top), [strips.numerator, strips.norm])
-            numerator /= norm
-            xp.copyto(numerator, 0.0, where=flat)
-            xp.clip(numerator, -1.0, 1.0, out=numerator)
-            scores[top:bottom] = numerator
+            parts = strips.parts(raw, bottom - top)
+            numerator, (norm, flat) = engine.map(lambda part: part(), parts)
+            # the quotient straight into the float32 scores (rounded as before; clipping after the
+            # rounding gives the same values, ±1 being float32), each thread half the rows
+            halves = [slice(0, (bottom - top) // 2), slice((bottom - top) // 2, bottom - top)]
+            engine.map(lambda rows: _scores(xp, numerator[rows], norm[rows], flat[rows], scores[top:bottom][rows]), halves)
     if size == "same":
         full = xp.zeros((height, width), dtype=np.float32)
         full[th // 2 : th // 2 + out_h, tw // 2 : tw // 2 + out_w] = scores
         scores = full
     return engine.to_host(scores)
+
+
+def _scores(xp, numerator, norm, flat, out) -> None:
+    xp.divide(numerator, norm, out=out)
+    xp.copyto(out, 0.0, where=flat)
+    xp.clip(out, -1.0, 1.0, out=out)
 
 
 class _Strips:
@@ -121,33 +130,58 @@ class _Strips:
         height, width, channels = image3.shape
         self.engine, self.image3, self.t_spectrum, self.means = engine, image3, t_spectrum, means
         self.t_norm2, self.flat_level = t_norm2, flat_level
-        self.block = xp.zeros((channels, *fshape), dtype=np.float64)  # one overlap-save block, zero-padded
-        self.block_filled = fshape
+        # an overlap-save block, zero-padded, for each of the two threads
+        self.blocks = [None, None]  # made at the thread's first block (on the GPU one thread takes them all)
+        self.block_filled = [fshape, fshape]
+        self.channels = channels
+        self.lefts = range(0, width - self.tw + 1, self.block_w)
+        self.lock, self.pending = threading.Lock(), iter(())
         rows = min(step + self.th - 1, height)
         self.out = xp.empty((step, width - self.tw + 1), dtype=np.float64)
-        # the window sums: of the squares (summed over the channels), then of one channel at a time
-        self.squares, self.scratch, self.total = (xp.empty((rows, width), dtype=np.float64) for _ in range(3))
+        # the window sums: of the squares (summed over the channels), of one channel at a time, and scratch
+        self.buffers = [xp.empty((rows, width), dtype=np.float64) for _ in range(3)]
 
     def raw(self, top: int, bottom: int):
         """Input rows top..bottom + th - 1 as (C, rows, W) planes (a view on the CPU)."""
         return self.engine.asarray(np.moveaxis(self.image3[top : bottom + self.th - 1], -1, 0))
 
-    def numerator(self, raw, rows: int):
-        """sum_c sum_xy T'_c · I_c for ``rows`` output rows from their input rows ``raw``: each channel minus its mean (the
-        scores ignore it; the FFT's rounding stays small), correlated by FFT in float64 block by
-        block and summed over the channels in the Fourier domain."""
+    def parts(self, raw, rows: int) -> list:
+        """The strip's two halves for two threads: FFT blocks; window sums, then FFT blocks. Both
+        take blocks from one queue, so the second helps the first once its sums are done."""
+        with self.lock:
+            self.pending = iter(self.lefts)
+
+        def spread_then_blocks():
+            norm = self.norm(raw, rows)
+            self.numerator(raw, rows, 1)
+            return norm
+
+        return [lambda: self.numerator(raw, rows, 0), spread_then_blocks]
+
+    def _next_block(self):
+        with self.lock:
+            return next(self.pending, None)
+
+    def numerator(self, raw, rows: int, worker: int = 0):
+        """sum_c sum_xy T'_c · I_c for ``rows`` output rows from their input rows ``raw``, for the
+        blocks not taken yet: each channel minus its mean (the scores ignore it; the FFT's
+        rounding stays small), correlated by FFT in float64 block by block and summed over the
+        channels in the Fourier domain."""
         engine, xp, th, tw = self.engine, self.engine.xp, self.th, self.tw
         out = self.out[:rows]
         out_w = out.shape[1]
-        for left in range(0, out_w, self.block_w):
+        block = self.blocks[worker]
+        while (left := self._next_block()) is not None:
+            if block is None:
+                block = self.blocks[worker] = xp.zeros((self.channels, *self.fshape), dtype=np.float64)
             cols = min(self.block_w, out_w - left)
             used = (raw.shape[1], cols + tw - 1)
-            if used != self.block_filled:  # a smaller last block: the rest of the buffer is padding again
-                self.block[...] = 0.0
-                self.block_filled = used
-            xp.subtract(raw[:, :, left : left + used[1]], self.means[:, None, None], out=self.block[:, : used[0], : used[1]])
+            if used != self.block_filled[worker]:  # a smaller last block: the rest of the buffer is padding again
+                block[...] = 0.0
+                self.block_filled[worker] = used
+            xp.subtract(raw[:, :, left : left + used[1]], self.means[:, None, None], out=block[:, : used[0], : used[1]])
             total = None
-            for plane, t_spectrum in zip(self.block, self.t_spectrum):
+            for plane, t_spectrum in zip(block, self.t_spectrum):
                 spectrum = engine.fft.rfft2(plane)
                 spectrum *= t_spectrum
                 if total is None:
@@ -168,23 +202,9 @@ class _Strips:
         return xp.sqrt(spread, out=spread), flat
 
     def spread(self, raw):
-        """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window, from float64 window sums of the
-        pixels as they are (double holds the difference: 1e-9 of it at a spread of 3e-4 on a
-        base of 0.8)."""
-        engine, xp = self.engine, self.engine.xp
-        squares, scratch = self.squares[: raw.shape[1]], self.scratch[: raw.shape[1]]
-        xp.multiply(raw[0], raw[0], out=squares, dtype=np.float64)  # a float32's square is exact in float64
-        for more in raw[1:]:
-            xp.multiply(more, more, out=scratch, dtype=np.float64)
-            squares += scratch
-        window = (self.th, self.tw)
-        (total,) = engine.filters.window_sums(engine, squares[None], window, out=[self.total])
-        for plane in raw:
-            (sums,) = engine.filters.window_sums(engine, plane[None], window, out=[self.scratch])
-            sums *= sums
-            sums /= self.th * self.tw
-            total -= sums
-        return total
+        """sum_c (sum_xy I_c² - (sum_xy I_c)² / n) of each window: the engine's window_spread, from
+        float64 window sums of the pixels as they are."""
+        return self.engine.filters.window_spread(self.engine, raw, (self.th, self.tw), out=self.buffers)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,25 @@ def window_sums(engine, planes, shape: tuple[int, int], out: list | None = None)
     return list(out)
 
 
+
+def window_spread(engine, planes, shape: tuple[int, int], out: list | None = None):
+    """sum_c (sum_xy p_c² - (sum_xy p_c)² / n) of every ``shape`` window of the (C, H, W) planes,
+    float64 (n = th·tw): an (H - th + 1, W - tw + 1) array. From float64 window sums of the
+    pixels as they are (double holds the difference: 1e-9 of it at a spread of 3e-4 on a base of
+    0.8). (``out``, the buffers cvfilters.window_spread fills, is not used here.)
+    """
+    xp = engine.xp
+    squares = xp.multiply(planes[0], planes[0], dtype=np.float64)  # a float32's square is exact in float64
+    for more in planes[1:]:
+        squares += xp.multiply(more, more, dtype=np.float64)
+    (total,) = window_sums(engine, squares[None], shape)
+    for plane in planes:
+        (sums,) = window_sums(engine, plane[None], shape)
+        sums *= sums
+        sums /= shape[0] * shape[1]
+        total -= sums
+    return total
+
 def magnitude(engine, responses: list):
     """sqrt(sum r²) of same-shaped responses, reusing the first one's memory."""
     total = responses[0]

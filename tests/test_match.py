@@ -85,6 +85,25 @@ def test_low_contrast_windows_are_exact_too(engine):
     np.testing.assert_allclose(match_template(image, template, engine=engine), brute_ncc(image, template), atol=2e-6)
 
 
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("shape", [(2, 3), (16, 24)])
+def test_low_contrast_beside_high_contrast_keeps_the_bound(engine, channels, shape):
+    """The hard case for FFT rounding: windows of spread ~3e-4 on a base of 0.9 in the same FFT
+    blocks as full-contrast texture that the template matches. A float32 numerator is 4e-5 to
+    7e-4 off here (its rounding scales with the block's largest values, not the window's);
+    float64 keeps 2e-6."""
+    rng = np.random.default_rng(11)
+    image = (0.9 + rng.random((300, 500, channels)) * 1e-3).astype(np.float32)
+    image[:, :150] = rng.random((300, 150, channels))
+    th, tw = shape
+    template = image[100 : 100 + th, 40 : 40 + tw].copy()  # from the texture: large numerators there
+    scores = match_template(image, template, engine=engine)
+    assert scores[100, 40] == pytest.approx(1.0, abs=1e-6)
+    for top, left in [(100, 200), (0, 470), (250, 160), (120, 330)]:  # in the flat part, beside the texture
+        window = image[top : top + 6 + th - 1, left : left + 6 + tw - 1]
+        np.testing.assert_allclose(scores[top : top + 6, left : left + 6], brute_ncc(window, template), atol=2e-6)
+
 def test_colour_matches_all_channels_together_each_minus_its_own_mean(engine):
     """A window that differs from the template by a different constant per channel scores 1."""
     rng = np.random.default_rng(4)
@@ -244,6 +263,20 @@ def test_window_sums_of_both_backends_equal_float64_sums(engine):
     windows = np.lib.stride_tricks.sliding_window_view(planes.astype(np.float64), (5, 9), axis=(1, 2))
     np.testing.assert_allclose([engine.to_host(g) for g in got], windows.sum(axis=(-2, -1)), rtol=1e-13)
 
+
+
+def test_window_spread_of_both_backends_equals_float64(engine):
+    """filters.window_spread (OpenCV's box filter and fused passes on the CPU, ndimage running sums
+    elsewhere): each window's squared deviations from its channel means, summed over the channels."""
+    rng = np.random.default_rng(10)
+    planes = (0.8 + rng.random((3, 37, 300)) * 1e-3).astype(np.float32)
+    buffers = [np.full((40, 300), np.nan) for _ in range(3)]  # larger than the planes, as match's last strip finds them
+    got = engine.to_host(engine.filters.window_spread(engine, engine.asarray(planes), (5, 9), out=buffers))
+    windows = np.lib.stride_tricks.sliding_window_view(planes.astype(np.float64), (5, 9), axis=(1, 2))
+    deviations = windows - windows.mean(axis=(-2, -1), keepdims=True)
+    expected = (deviations**2).sum(axis=(0, -2, -1))
+    assert got.shape == (33, 292)
+    np.testing.assert_allclose(got, expected, rtol=1e-7)  # double sums of ~90 leave ~1e-13: 1e-8 of a spread of 1e-5
 
 def test_wide_low_contrast_image_keeps_the_bound(engine):
     """Window sums run along 4100-pixel rows and over several strips and blocks: still 2e-6 on a bright, low-contrast image."""
