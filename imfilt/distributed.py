@@ -36,6 +36,9 @@ def check_address(address: str) -> None:
 _STOP = contextvars.ContextVar("imfilt_stop", default=None)
 _CHECKED: dict[str, float] = {}  # stop name -> when it was last asked (at most twice a second)
 STOP_WAIT = 120  # seconds an interrupted client waits for its running jobs to stop and clean up
+# seconds a run waits with jobs to do and no worker in the cluster (a nanny restarts a killed worker
+# in a few seconds) before it ends in one line; distributed itself would wait forever
+NO_WORKERS_WAIT = 15
 
 
 def _task(item, fn: Callable, stop: str | None, kwargs: dict):
@@ -80,7 +83,7 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
         client = Client(address, timeout="5s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-    from distributed import Event
+    from distributed import Event, KilledWorker
     from distributed.client import FutureCancelledError
 
     with client:
@@ -98,12 +101,30 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
                     pass
 
         try:
-            yield futures, as_completed(futures, loop=client.loop), stop  # our client, not a global one
+            # our client, not a global one
+            yield futures, _while_workers(client, as_completed(futures, loop=client.loop), address), stop
         except BrokenPipeError:
             raise  # standard output's reader went away: not the cluster
         except (OSError, TimeoutError, FutureCancelledError):  # a job's own errors come back as results
             # the connection closed (CommClosedError is an OSError), or the scheduler cancelled the futures
             raise LostCluster(f"lost the connection to the Dask scheduler at {address}") from None
+        except KilledWorker:  # distributed gave a job up after the workers running it died, 3 times
+            raise LostCluster(f"lost the Dask workers at {address}: each worker that ran one job died") from None
+
+
+def _while_workers(client, completed, address: str) -> Iterator:
+    """The futures as they complete; a LostCluster when the cluster has had no worker for
+    NO_WORKERS_WAIT seconds while jobs were left (its last worker was killed, say)."""
+    last_seen = time.monotonic()
+    while not completed.is_empty():
+        if completed.has_ready():
+            yield from completed.next_batch(block=False)
+            continue
+        if client.nthreads():
+            last_seen = time.monotonic()
+        elif time.monotonic() - last_seen > NO_WORKERS_WAIT:
+            raise LostCluster(f"lost the Dask workers at {address}: none left for {NO_WORKERS_WAIT} s")
+        time.sleep(0.2)
 
 
 def _quiet_distributed() -> None:

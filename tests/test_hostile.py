@@ -492,6 +492,50 @@ def test_losing_the_scheduler_mid_run_is_one_line_and_exit_1(tmp_path):
             process.wait(30)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
+def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
+    """With its only worker killed (no nanny to restart it), the run waited forever: distributed
+    keeps the jobs for a worker that never comes. Now NO_WORKERS_WAIT seconds, then one line."""
+    from distributed import Client
+
+    from imfilt.distributed import NO_WORKERS_WAIT
+
+    (tmp_path / "in").mkdir()
+    for i in range(40):
+        Image.fromarray((np.random.default_rng(i).random((200, 240, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"p{i:02}.png")
+    address_file, local = tmp_path / "scheduler.json", ["--dashboard-address", "127.0.0.1:0"]
+    scheduler = subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
+                                  address_file, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
+    worker = subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", address_file, "--host", "127.0.0.1",
+                               "--no-nanny", "--nthreads", "1", *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
+    run = None
+    try:
+        deadline = time.time() + 60
+        while not address_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # written whole
+        address = json.loads(address_file.read_text())["address"]
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=60)
+        run = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
+                                "--out-dir", tmp_path / "out", "--scheduler", address], stderr=subprocess.PIPE)
+        while len(list((tmp_path / "out").glob("*.png"))) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+        worker.kill()
+        start = time.monotonic()
+        _, stderr = run.communicate(timeout=NO_WORKERS_WAIT + 60)
+        lines = stderr.decode().splitlines()
+        assert run.returncode == 1 and len(lines) == 1, stderr.decode()
+        assert re.fullmatch(rf"imfilt: lost the Dask workers at {address}: none left for {NO_WORKERS_WAIT} s; \d+ written",
+                            lines[0])
+        assert time.monotonic() - start < NO_WORKERS_WAIT + 30
+    finally:
+        for process in (run, worker, scheduler):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
+
+
 # --- --dry-run runs exactly the run's checks -------------------------------------------------
 
 from test_errors import ERRORS, work as errors_work  # noqa: E402  (the error table and its folder)
