@@ -371,8 +371,9 @@ def _signals_interrupt():
 def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
     finished = 0
     with _progress(batch, jobs) as bar:
-        for job, records, error in execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast,
-                                           progress=bar.part):
+
+        def handle(job, records, error) -> None:
+            nonlocal finished
             if error:
                 report.failed.append(job.source)
                 say(error)
@@ -386,8 +387,31 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
                     print(json_line(record), flush=True)
             bar.finish(job)
             finished += 1
+
+        results = execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast,
+                          progress=bar.part)
+        try:
+            for result in results:
+                handle(*result)
+        except KeyboardInterrupt as interrupt:
+            # it came while a result was handled here, outside execute: hand it to execute, which
+            # winds the run down as it would have (running jobs finish and are counted, the rest are
+            # cancelled), then raises it again; a job a worker finished is never left uncounted
+            for result in _wound_down(results, interrupt):
+                handle(*result)
+            raise
     if report.failed and batch.fail_fast and finished < len(jobs):
         say("imfilt: stopped at the first failure (--fail-fast)")
+
+
+def _wound_down(results, interrupt: KeyboardInterrupt):
+    """What a run's results generator still yields once ``interrupt`` is thrown into it."""
+    try:
+        first = results.throw(interrupt)
+    except StopIteration:
+        return
+    yield first
+    yield from results
 
 
 def progress_weights(jobs: list) -> list[float]:

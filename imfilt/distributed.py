@@ -118,7 +118,11 @@ def _while_workers(client, completed, address: str) -> Iterator:
     last_seen = time.monotonic()
     while not completed.is_empty():
         if completed.has_ready():
-            yield from completed.next_batch(block=False)
+            for future in completed.next_batch(block=False):
+                if future.done():
+                    yield future
+                else:  # its worker died, and it waits for another: it comes back when it is done
+                    completed.add(future)
             continue
         if client.nthreads():
             last_seen = time.monotonic()

@@ -615,6 +615,24 @@ def test_an_endless_standard_input_is_read_no_further_than_an_image_may_take(wor
                               cwd=work).returncode == 0
 
 
+def test_reading_an_endless_standard_input_obeys_sigterm(work):
+    """A read that would go on for gigabytes ends at once on SIGTERM (it once ignored it), writing nothing."""
+    run = subprocess.Popen([BIN / "imfilt", "apply", "-", "-k", "box", "-o", "o.png", "--memory", "6G"], cwd=work,
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    yes = subprocess.Popen(["yes"], stdout=run.stdin)
+    try:
+        time.sleep(1.0)  # reading by now
+        run.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), stderr
+        assert time.monotonic() - start < 10 and len(stderr.splitlines()) <= 1
+        assert not (work / "o.png").exists() and not list(work.glob(".o.png*"))
+    finally:
+        yes.kill()
+        run.kill()
+
+
 # --- temporaries a killed run left -------------------------------------------------------------
 
 
