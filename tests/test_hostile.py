@@ -5,6 +5,7 @@ The special files are real (mkfifo, /dev/zero) and run in a real process under a
 limit and a time limit: a regression fails the test instead of hanging it or filling memory.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -453,52 +454,11 @@ def test_nothing_of_a_run_outlives_it(tmp_path, sig):
 # --- a lost Dask scheduler ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
-def test_losing_the_scheduler_mid_run_is_one_line_and_exit_1(tmp_path):
-    """It printed distributed's ERROR log with two tracebacks and then imfilt's own traceback (or
-    'internal error: FutureCancelledError')."""
+@contextlib.contextmanager
+def _cluster_mid_run(tmp_path, worker_args: list[str]):
+    """A scheduler and one worker on 127.0.0.1 (`dask` CLIs), and an imfilt run over 40 photos on them
+    that has written 2 outputs: (the scheduler, the worker, the run, the address); all killed after."""
     from distributed import Client
-
-    (tmp_path / "in").mkdir()
-    for i in range(30):
-        Image.fromarray((np.random.default_rng(i).random((200, 240, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"p{i:02}.png")
-    address_file, local = tmp_path / "scheduler.json", ["--dashboard-address", "127.0.0.1:0"]
-    scheduler = subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
-                                  address_file, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
-    worker = subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", address_file, "--host", "127.0.0.1",
-                               "--nworkers", "1", "--nthreads", "1", *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
-    try:
-        deadline = time.time() + 60
-        while not address_file.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.2)  # written whole
-        address = json.loads(address_file.read_text())["address"]
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(1, timeout=60)
-        run = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
-                                "--out-dir", tmp_path / "out", "--scheduler", address], stderr=subprocess.PIPE)
-        while len(list((tmp_path / "out").glob("*.png"))) < 2 and time.time() < deadline:
-            time.sleep(0.02)
-        scheduler.kill()
-        start = time.monotonic()
-        _, stderr = run.communicate(timeout=120)
-        lines = stderr.decode().splitlines()
-        assert run.returncode == 1 and len(lines) == 1, stderr.decode()
-        assert re.fullmatch(rf"imfilt: lost the connection to the Dask scheduler at {address}; \d+ written", lines[0])
-        assert time.monotonic() - start < 60
-    finally:
-        for process in (worker, scheduler):
-            process.kill()
-            process.wait(30)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
-def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
-    """With its only worker killed (no nanny to restart it), the run waited forever: distributed
-    keeps the jobs for a worker that never comes. Now NO_WORKERS_WAIT seconds, then one line."""
-    from distributed import Client
-
-    from imfilt.distributed import NO_WORKERS_WAIT
 
     (tmp_path / "in").mkdir()
     for i in range(40):
@@ -507,7 +467,7 @@ def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
     scheduler = subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
                                   address_file, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
     worker = subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", address_file, "--host", "127.0.0.1",
-                               "--no-nanny", "--nthreads", "1", *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
+                               "--nthreads", "1", *worker_args, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
     run = None
     try:
         deadline = time.time() + 60
@@ -521,6 +481,35 @@ def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
                                 "--out-dir", tmp_path / "out", "--scheduler", address], stderr=subprocess.PIPE)
         while len(list((tmp_path / "out").glob("*.png"))) < 2 and time.time() < deadline:
             time.sleep(0.02)
+        yield scheduler, worker, run, address
+    finally:
+        for process in (run, worker, scheduler):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
+def test_losing_the_scheduler_mid_run_is_one_line_and_exit_1(tmp_path):
+    """It printed distributed's ERROR log with two tracebacks and then imfilt's own traceback (or
+    'internal error: FutureCancelledError')."""
+    with _cluster_mid_run(tmp_path, ["--nworkers", "1"]) as (scheduler, _, run, address):
+        scheduler.kill()
+        start = time.monotonic()
+        _, stderr = run.communicate(timeout=120)
+        lines = stderr.decode().splitlines()
+        assert run.returncode == 1 and len(lines) == 1, stderr.decode()
+        assert re.fullmatch(rf"imfilt: lost the connection to the Dask scheduler at {address}; \d+ written", lines[0])
+        assert time.monotonic() - start < 60
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
+def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
+    """With its only worker killed (no nanny to restart it), the run waited forever: distributed
+    keeps the jobs for a worker that never comes. Now NO_WORKERS_WAIT seconds, then one line."""
+    from imfilt.distributed import NO_WORKERS_WAIT
+
+    with _cluster_mid_run(tmp_path, ["--no-nanny"]) as (_, worker, run, address):
         worker.kill()
         start = time.monotonic()
         _, stderr = run.communicate(timeout=NO_WORKERS_WAIT + 60)
@@ -529,11 +518,6 @@ def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
         assert re.fullmatch(rf"imfilt: lost the Dask workers at {address}: none left for {NO_WORKERS_WAIT} s; \d+ written",
                             lines[0])
         assert time.monotonic() - start < NO_WORKERS_WAIT + 30
-    finally:
-        for process in (run, worker, scheduler):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(30)
 
 
 # --- --dry-run runs exactly the run's checks -------------------------------------------------
