@@ -102,13 +102,9 @@ def _axis_reads(op: Apply, start: int, stop: int, n: int, k: int) -> tuple[np.nd
     return np.arange(low, high), slice(start - low, stop - low)
 
 
-def output_shape(op, height: int, width: int) -> tuple[int, int]:
-    return op.output_shape(height, width)
-
-
 def apply_window(op: Apply, shape: tuple[int, int, int], memory: int) -> tuple[int, int]:
     """The output window a streamed apply of an (H, W, C) image takes in ``memory``."""
-    width = output_shape(op, *shape[:2])[1]
+    width = op.output_shape(*shape[:2])[1]
     return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), width, TILE)
 
 
@@ -125,7 +121,7 @@ def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
         window_op = replace(window_op, mode="nearest") if op.size == "same" else replace(window_op, size="valid")
 
     def reads():
-        for rows, cols in Plan(*output_shape(op, height, width), window).windows(stripe, stop=check_stop):
+        for rows, cols in Plan(*op.output_shape(height, width), window).windows(stripe, stop=check_stop):
             row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
             col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
             yield rows, cols, keep_rows, keep_cols, source.pieces(row_index, col_index)
@@ -151,7 +147,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
     source = open_source(source_path)
     try:
         op = output.op
-        shape = output_shape(op, *source.shape[:2])
+        shape = op.output_shape(*source.shape[:2])
         window = apply_window(op, source.shape, memory)
         if window[1] == source.shape[1]:
             source.in_bands(memory)

@@ -12,7 +12,7 @@ from imfilt.engine import cpu_engine
 from imfilt.io import Loaded, unit_pixels
 from imfilt.kernels import Kernel, load_kernel
 from imfilt.ops import Apply
-from imfilt.tiled import apply_windows, output_shape
+from imfilt.tiled import apply_windows
 from imfilt.tiles import Source
 from limits import interrupted, pattern_tiff, run_limited
 
@@ -22,7 +22,7 @@ MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 def tiled_result(op, image, window, engine):
     """The windows of a tiled run put together (an in-memory source: the same code as a file's)."""
     source = Source("test", image, 32)
-    height, width = output_shape(op, *image.shape[:2])
+    height, width = op.output_shape(*image.shape[:2])
     out = None
     for rows, cols, result in apply_windows(op, source, engine, window):
         if out is None:

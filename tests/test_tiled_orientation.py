@@ -13,7 +13,7 @@ from imfilt.io import load
 from imfilt.kernels import Kernel
 from imfilt.ops import Apply
 from imfilt.pipeline import Output
-from imfilt.tiled import apply_windows, output_shape
+from imfilt.tiled import apply_windows
 from imfilt.tiled_fft import run as run_fft
 from imfilt.tiles import image_shape, open_source
 
@@ -73,7 +73,7 @@ def test_tiled_apply_equals_whole_for_every_orientation(tmp_path, orientation, d
         assert source.shape == whole.pixels.shape == image_shape(path)
         for op in (Apply(ASYMMETRIC), Apply(ASYMMETRIC, mode="wrap", size="full", correlate=True)):
             expected = op.run(whole, engine).pixels
-            got = np.full(output_shape(op, *source.shape[:2]) + (expected.shape[2],), np.nan, np.float32)
+            got = np.full(op.output_shape(*source.shape[:2]) + (expected.shape[2],), np.nan, np.float32)
             for rows, cols, result in apply_windows(op, source, engine, (16, 21)):
                 got[rows, cols] = result.pixels
             assert np.array_equal(got, expected), (op, np.nanmax(np.abs(got - expected)))
