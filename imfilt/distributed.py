@@ -69,9 +69,10 @@ def check_stop() -> None:
 
 @contextmanager
 def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
-    """(futures, an iterator over them as they complete, stop) for fn over items on the cluster.
+    """(futures, an iterator over them as they complete, stop, result) for fn over items on the cluster.
 
-    ``stop()`` asks the running jobs to end unwritten and waits until they have.
+    ``stop()`` asks the running jobs to end unwritten and waits until they have; ``result(future)``
+    is the future's result, or a LostCluster when the cluster has lost its workers.
     """
     check_address(address)
     try:
@@ -102,7 +103,8 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
 
         try:
             # our client, not a global one
-            yield futures, _while_workers(client, as_completed(futures, loop=client.loop), address), stop
+            workers = _Workers(client, address)
+            yield futures, _while_workers(workers, as_completed(futures, loop=client.loop)), stop, workers.result
         except BrokenPipeError:
             raise  # standard output's reader went away: not the cluster
         except (OSError, TimeoutError, FutureCancelledError):  # a job's own errors come back as results
@@ -112,10 +114,30 @@ def futures_on_dask(address: str, fn: Callable, items: list) -> Iterator[tuple]:
             raise LostCluster(f"lost the Dask workers at {address}: each worker that ran one job died") from None
 
 
-def _while_workers(client, completed, address: str) -> Iterator:
-    """The futures as they complete; a LostCluster when the cluster has had no worker for
-    NO_WORKERS_WAIT seconds while jobs were left (its last worker was killed, say)."""
-    last_seen = time.monotonic()
+class _Workers:
+    """Raises LostCluster once the cluster has had no worker for NO_WORKERS_WAIT seconds."""
+
+    def __init__(self, client, address: str):
+        self.client, self.address, self.last_seen = client, address, time.monotonic()
+
+    def check(self) -> None:
+        if self.client.nthreads():
+            self.last_seen = time.monotonic()
+        elif time.monotonic() - self.last_seen > NO_WORKERS_WAIT:
+            raise LostCluster(f"lost the Dask workers at {self.address}: none left for {NO_WORKERS_WAIT} s")
+
+    def result(self, future):
+        """future's result: a done future whose worker died before its result was fetched waits
+        for its job to run again, which without workers would be for ever."""
+        while True:
+            try:
+                return future.result(timeout=1)
+            except TimeoutError:
+                self.check()
+
+
+def _while_workers(workers: _Workers, completed) -> Iterator:
+    """The futures as they complete, while the cluster has workers (its last one was killed, say)."""
     while not completed.is_empty():
         if completed.has_ready():
             for future in completed.next_batch(block=False):
@@ -124,10 +146,7 @@ def _while_workers(client, completed, address: str) -> Iterator:
                 else:  # its worker died, and it waits for another: it comes back when it is done
                     completed.add(future)
             continue
-        if client.nthreads():
-            last_seen = time.monotonic()
-        elif time.monotonic() - last_seen > NO_WORKERS_WAIT:
-            raise LostCluster(f"lost the Dask workers at {address}: none left for {NO_WORKERS_WAIT} s")
+        workers.check()
         time.sleep(0.2)
 
 

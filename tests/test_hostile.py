@@ -455,20 +455,16 @@ def test_nothing_of_a_run_outlives_it(tmp_path, sig):
 
 
 @contextlib.contextmanager
-def _cluster_mid_run(tmp_path, worker_args: list[str]):
-    """A scheduler and one worker on 127.0.0.1 (`dask` CLIs), and an imfilt run over 40 photos on them
-    that has written 2 outputs: (the scheduler, the worker, the run, the address); all killed after."""
+def _cluster(tmp_path, worker_args: list[str]):
+    """A scheduler and one worker on 127.0.0.1 (`dask` CLIs) that has joined: (the scheduler, the
+    worker, the address); both killed after."""
     from distributed import Client
 
-    (tmp_path / "in").mkdir()
-    for i in range(40):
-        Image.fromarray((np.random.default_rng(i).random((200, 240, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"p{i:02}.png")
     address_file, local = tmp_path / "scheduler.json", ["--dashboard-address", "127.0.0.1:0"]
     scheduler = subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file",
                                   address_file, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
     worker = subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", address_file, "--host", "127.0.0.1",
                                "--nthreads", "1", *worker_args, *local], stderr=subprocess.DEVNULL, cwd=tmp_path)
-    run = None
     try:
         deadline = time.time() + 60
         while not address_file.exists() and time.time() < deadline:
@@ -477,16 +473,55 @@ def _cluster_mid_run(tmp_path, worker_args: list[str]):
         address = json.loads(address_file.read_text())["address"]
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(1, timeout=60)
-        run = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
-                                "--out-dir", tmp_path / "out", "--scheduler", address], stderr=subprocess.PIPE)
-        while len(list((tmp_path / "out").glob("*.png"))) < 2 and time.time() < deadline:
-            time.sleep(0.02)
-        yield scheduler, worker, run, address
+        yield scheduler, worker, address
     finally:
-        for process in (run, worker, scheduler):
-            if process is not None and process.poll() is None:
+        for process in (worker, scheduler):
+            if process.poll() is None:
                 process.kill()
                 process.wait(30)
+
+
+@contextlib.contextmanager
+def _cluster_mid_run(tmp_path, worker_args: list[str]):
+    """_cluster's, and an imfilt run over 40 photos on it that has written 2 outputs: (the
+    scheduler, the worker, the run, the address); all killed after."""
+    (tmp_path / "in").mkdir()
+    for i in range(40):
+        Image.fromarray((np.random.default_rng(i).random((200, 240, 3)) * 255).astype(np.uint8)).save(tmp_path / "in" / f"p{i:02}.png")
+    with _cluster(tmp_path, worker_args) as (scheduler, worker, address):
+        run = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
+                                "--out-dir", tmp_path / "out", "--scheduler", address], stderr=subprocess.PIPE)
+        try:
+            deadline = time.time() + 60
+            while len(list((tmp_path / "out").glob("*.png"))) < 2 and time.time() < deadline:
+                time.sleep(0.02)
+            yield scheduler, worker, run, address
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait(30)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
+def test_a_result_lost_with_its_worker_is_a_lost_cluster_not_a_wait_for_ever(tmp_path, monkeypatch):
+    """A job was done, then its worker was killed before the run fetched its result: distributed
+    waits for the job to run again, and with no worker left the run hung (a CI run timed out)."""
+    from distributed import Client
+    import imfilt.distributed as on_dask
+    from imfilt.errors import LostCluster
+
+    monkeypatch.setattr(on_dask, "NO_WORKERS_WAIT", 2)
+    with _cluster(tmp_path, ["--no-nanny"]) as (_, worker, address), Client(address, timeout="30s") as client:
+        future = client.submit(sum, [1, 2, 3])
+        assert on_dask._Workers(client, address).result(future) == 6
+        worker.kill()
+        worker.wait(30)
+        start = time.monotonic()
+        with pytest.raises(LostCluster, match="none left for 2 s"):
+            on_dask._Workers(client, address).result(client.submit(sum, [4, 5]))
+        with pytest.raises(LostCluster, match="none left for 2 s"):
+            on_dask._Workers(client, address).result(future)
+        assert time.monotonic() - start < 30
 
 
 @pytest.mark.skipif(importlib.util.find_spec("distributed") is None, reason="dask.distributed is not installed")
