@@ -372,33 +372,42 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
     finished = 0
     with _progress(batch, jobs) as bar:
 
-        def handle(job, records, error) -> None:
-            nonlocal finished
-            if error:
-                report.failed.append(job.source)
-                say(error)
-            for record in records or ():
-                report.skipped += record["skipped"]
-                report.done += not record["skipped"]
-                note = record.pop("note", None)  # a line for people (e.g. the orientations found)
-                if note and not batch.json and not batch.quiet:
-                    say(f"{shown(record['input'])}: {note}")
-                if batch.json:
-                    print(json_line(record), flush=True)
-            bar.finish(job)
-            finished += 1
+        counted = None
+
+        def handle(result: tuple) -> None:
+            """Count a result, signals held. A signal that came just before is thrown into
+            ``results``, which gives the result it was handing over again: counted or not."""
+            nonlocal finished, counted
+            if result is counted:
+                return
+            job, records, error = result
+            with WHILE_WRITING:
+                if error:
+                    report.failed.append(job.source)
+                    say(error)
+                for record in records or ():
+                    report.skipped += record["skipped"]
+                    report.done += not record["skipped"]
+                    note = record.pop("note", None)  # a line for people (e.g. the orientations found)
+                    if note and not batch.json and not batch.quiet:
+                        say(f"{shown(record['input'])}: {note}")
+                    if batch.json:
+                        print(json_line(record), flush=True)
+                bar.finish(job)
+                finished += 1
+                counted = result
 
         results = execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast,
                           progress=bar.part)
         try:
             for result in results:
-                handle(*result)
+                handle(result)
         except KeyboardInterrupt as interrupt:
             # it came while a result was handled here, outside execute: hand it to execute, which
             # winds the run down as it would have (running jobs finish and are counted, the rest are
             # cancelled), then raises it again; a job a worker finished is never left uncounted
             for result in _wound_down(results, interrupt):
-                handle(*result)
+                handle(result)
             raise
     if report.failed and batch.fail_fast and finished < len(jobs):
         say("imfilt: stopped at the first failure (--fail-fast)")

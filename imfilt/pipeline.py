@@ -498,12 +498,12 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
             raise InputError(f"{shown(job.source)}: {exc}") from None
         for i, output in enumerate(todo):  # not shielded from signals: a streamed output can take minutes
             part = tiled.progress_part(progress, i / len(todo), 1 / len(todo))
-            records.append(_tiled_output(job, output, _engine_for(settings, output.op, height * width), part))
+            _tiled_output(job, output, _engine_for(settings, output.op, height * width), records, part)
         return records
     if job.banded and not on_dask_worker():
         try:
-            records.append(_tiled_output(job, todo[0], _engine_for(settings, todo[0].op, job.shape[0] * job.shape[1]),
-                                         progress, whole=True))
+            _tiled_output(job, todo[0], _engine_for(settings, todo[0].op, job.shape[0] * job.shape[1]), records,
+                          progress, whole=True)
             return records
         except InputError:
             pass  # what does not stream (an interlaced PNG, a planar TIFF) or fails: the whole-image path decides
@@ -590,19 +590,37 @@ class _Sheet:
         return record
 
 
-def _tiled_output(job: Job, output: Output, engine, progress: tiled.Progress | None = None,
-                  whole: bool = False) -> dict:
-    """One output streamed window by window; ``whole``: an image that fits, recorded as a whole one is."""
+def _tiled_output(job: Job, output: Output, engine, records: list[dict], progress: tiled.Progress | None = None,
+                  whole: bool = False) -> None:
+    """One output streamed window by window, its record added to ``records``; ``whole``: an
+    image that fits, recorded as a whole one is."""
     start = time.perf_counter()
     run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[output.op.runner]
     # an image that fits goes in bands of a fixed budget: larger ones only take more memory
     memory = min(job.settings.memory, tiled.BANDED_MEMORY) if whole else job.settings.memory
-    facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory,
-                       engine=engine, temp_dir=job.settings.temp_dir, progress=progress)
+    before = _identity(output.path)
     record = _record(job, output)
-    record.update({k: v for k, v in facts.items() if not whole or k not in ("tiled", "window")}, engine=engine.name,
-                  seconds=round(time.perf_counter() - start, 4))
-    return record
+    try:
+        facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory,
+                           engine=engine, temp_dir=job.settings.temp_dir, progress=progress)
+        record.update({k: v for k, v in facts.items() if not whole or k not in ("tiled", "window")},
+                      engine=engine.name, seconds=round(time.perf_counter() - start, 4))
+        records.append(record)
+    except KeyboardInterrupt:
+        # a signal is not held for a streamed output (it can take minutes): one that came after
+        # the output was renamed into place, before it was counted, still counts it
+        if all(r is not record for r in records) and _identity(output.path) != before:
+            records.append(record)
+        raise
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """What tells a file renamed over ``path`` from the one that was there (os.replace makes a new inode)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def json_line(record: dict) -> str:
@@ -741,19 +759,24 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
     if scheduler:
         from .distributed import futures_on_dask
 
-        with futures_on_dask(scheduler, _safe_run, jobs) as (futures, completed, stop):
-            yield from as_finished(futures, completed, fail_fast, stop)
+        with futures_on_dask(scheduler, _safe_run, jobs) as (futures, completed, stop, result):
+            yield from as_finished(futures, completed, fail_fast, stop, result)
     elif workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             done: list[dict] = []
             part = None if progress is None else functools.partial(progress, job)
+            result = None
             try:
                 result = _safe_run(job, done, part)
-            except KeyboardInterrupt:  # Ctrl-C or a signal mid-job: what it wrote is whole, and counted
-                if done:
+                yield result
+            except KeyboardInterrupt:
+                # Ctrl-C or a signal mid-job (what it wrote is whole, and counted), or as the
+                # caller took its result: given again, the caller knows whether it counted it
+                if result is not None:
+                    yield result
+                elif done:
                     yield job, done, None
                 raise
-            yield result
             if fail_fast and result[2]:
                 return
     else:
@@ -761,37 +784,41 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
 
 
 def as_finished(futures: list, completed: Iterable, fail_fast: bool,
-                stop: Callable[[], None] | None = None) -> Iterator[tuple]:
+                stop: Callable[[], None] | None = None, result: Callable = lambda future: future.result()
+                ) -> Iterator[tuple]:
     """Results of futures (a process pool's or Dask's) in the order ``completed`` gives them.
 
     After the first failure with ``fail_fast``, or on Ctrl-C, the jobs not started are
     cancelled and those already running finish: their outputs are whole, so they are reported.
     On Ctrl-C, ``stop()`` (Dask's) first asks running jobs to end unwritten, and waits for them.
     """
-    reported, interrupted = set(), None
+    reported, interrupted, outcome = set(), None, None
     try:
         for future in completed:
             reported.add(future)
-            result = future.result()
-            yield result
-            if fail_fast and result[2]:
+            outcome = result(future)
+            yield outcome
+            if fail_fast and outcome[2]:
                 break
     except KeyboardInterrupt as exc:
         interrupted = exc
+        if outcome is not None:  # the caller may have been interrupted as it took it: it knows
+            yield outcome
         if stop is not None:
             stop()
     finally:
         for future in futures:
             future.cancel()
-    yield from (r for r in map(_finished, (f for f in futures if f not in reported and not f.cancelled())) if r)
+    left = (f for f in futures if f not in reported and not f.cancelled())
+    yield from (outcome for outcome in (_finished(f, result) for f in left) if outcome)
     if interrupted:
         raise interrupted
 
 
-def _finished(future) -> tuple | None:
+def _finished(future, result: Callable) -> tuple | None:
     """A job's result, or None for one that stopped unwritten when the run was interrupted."""
     try:
-        return future.result()
+        return result(future)
     except Stopped:
         return None
 

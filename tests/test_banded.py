@@ -193,3 +193,31 @@ def test_ahead_makes_the_next_item_while_the_reader_holds_this_one():
         for i in ahead:
             if i < 3:
                 assert making[i + 1].wait(timeout=10)  # made while item i is still in the reader's hands
+
+
+@pytest.mark.parametrize("options", [[], ["--memory", "1M"]], ids=["banded", "tiled"])
+@pytest.mark.parametrize("renamed", [True, False], ids=["after-rename", "before-rename"])
+def test_a_signal_at_the_rename_of_a_streamed_output_counts_what_is_there(tmp_path, monkeypatch, options, renamed):
+    """A streamed output does not hold signals back (it can take minutes): one that came after
+    its file was renamed into place, before it was counted, said '0 written' beside a whole file
+    (a CI run's SIGHUP test). The interruption is raised where the rename is, just after or before it."""
+    import os
+
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    source, out = _input(tmp_path, "png"), tmp_path / "out.png"
+    replace = os.replace
+
+    def interrupted_replace(made, target):
+        if str(target) == str(out) and renamed:
+            replace(made, target)
+        if str(target) == str(out):
+            raise KeyboardInterrupt
+        replace(made, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    result = _run("apply", source, "-k", ASYM, "-o", out, *options)
+    assert result.exit_code == 130, result.stderr
+    assert result.stderr == f"imfilt: interrupted; {int(renamed)} written\n"
+    assert out.exists() == renamed and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    if renamed:
+        assert Image.open(out).load() is not None
