@@ -89,7 +89,6 @@ Engine = choice_enum("Engine", ENGINES)
 Depth = choice_enum("Depth", tuple(map(str, DEPTHS)))
 
 
-BIG_BATCH = 64  # inputs above which worker processes pay for their start-up (see worker_count)
 INPUTS_HELP = ("INPUTS: image files, zarr stores, folders (their images; -r descends), quoted globs, or - for "
                "standard input. Folders and globs leave out dot-files and files named like this run's outputs.")
 
@@ -136,7 +135,7 @@ _COMMON = {
     "depth": (Annotated[Optional[Depth], typer.Option(help="Output bits per sample (32 = float TIFF, .npy or .zarr).  [default: the input's]")], None),
     "engine": (Annotated[Engine, typer.Option(help="auto: the GPU, when cupy and a CUDA device are present, for FFT work (dense kernels, spectrum, lowpass, match) on images of 4096x4096 and more, where it was measured faster; else the CPU.")], Engine.cpu),
     "jobs": (Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, metavar="N",
-                                                    help="Worker processes, at most the cores and the inputs.  [default: 1, the cores for more than 64 inputs]")], None),
+                                                    help="Worker processes, at most the cores and the inputs.  [default: threads of this process, as many as the cores; one job at a time if an input streams over --memory]")], None),
     "json": (Annotated[bool, typer.Option("--json", help="One JSON object per output on standard output.")], False),
     "quiet": (Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")], False),
     "overwrite": (Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")], False),
@@ -266,7 +265,7 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
     jobs = plan(sources, ops, settings, out=output, out_dir=out_dir, template=batch.name,
                 overwrite=batch.overwrite, skip_existing=batch.skip_existing, extras=extras,
                 absolute=bool(batch.scheduler), reads=reads, montage=montage)
-    workers = worker_count(batch.jobs, len(jobs), os.cpu_count() or 1)
+    workers = worker_count(batch.jobs, len(jobs), os.cpu_count() or 1, any(job.tiled for job in jobs))
     threads = 1 if workers > 1 or batch.scheduler else None
     get_engine(settings.engine, threads)  # no GPU, or a bad IMFILT_FFT: one clear error now
     jobs = [replace(job, settings=replace(job.settings, threads=threads)) for job in jobs]
@@ -280,14 +279,16 @@ def _temp_dir(path: str | None) -> str | None:
     return path and os.path.abspath(path)
 
 
-def worker_count(requested: int | None, inputs: int, cores: int) -> int:
-    """Worker processes: never more than cores or inputs; by default the cores for big batches only.
+def worker_count(requested: int | None, inputs: int, cores: int, streamed: bool = False) -> int:
+    """Jobs at once: never more than cores or inputs; by default the cores, or one where an
+    input streams over --memory (each streamed job takes --memory).
 
-    One process already filters, transforms and compresses on every core (OpenCV, scipy.fft
-    and the PNG writer use threads), and starting workers costs ~0.5 s. Measured on 2 cores:
-    -j 2 was 1.27x the speed of -j 1 on 100 photos of 640x480 but 0.68x on 40 smaller ones.
+    -j N runs worker processes; the default runs threads of this process, which start at once
+    (processes cost ~0.5 s), while decoding, filtering and deflate release the GIL. Measured on 2
+    cores, gaussian σ=2: 40 photos of 300x450 to 512x512 0.51-0.60 s on 2 threads, 0.77-0.85 s
+    one at a time; 100 of 640x480 1.30-1.44 s, 1.48-1.64 s with -j 2, 2.34-2.47 s one at a time.
     """
-    default = cores if inputs > BIG_BATCH else 1
+    default = 1 if streamed else cores
     return max(1, min(requested or default, cores, inputs))
 
 
@@ -398,7 +399,7 @@ def _report_jobs(batch: Batch, jobs: list, workers: int, report) -> None:
                 counted = result
 
         results = execute(jobs, workers=workers, scheduler=batch.scheduler, fail_fast=batch.fail_fast,
-                          progress=bar.part)
+                          progress=bar.part, processes=batch.jobs is not None)
         try:
             for result in results:
                 handle(result)

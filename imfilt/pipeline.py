@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -453,9 +454,11 @@ class _WhileWriting:
     pending: int | None = None
 
     def __enter__(self):
-        self.active = True
+        self.active = threading.current_thread() is threading.main_thread()  # jobs on threads: not shielded
 
     def __exit__(self, kind, value, traceback):
+        if threading.current_thread() is not threading.main_thread():
+            return
         self.active = False
         if self.pending is not None:  # the signal outranks an error of this output
             signum, self.pending = self.pending, None
@@ -748,13 +751,14 @@ def _safe_run(job: Job, records: list[dict] | None = None,
         return job, None, f"{shown(job.source)}: internal error: {type(exc).__name__}: {exc}"
 
 
-def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
-            fail_fast: bool = False, progress: Callable[[Job, float], None] | None = None) -> Iterator[tuple]:
-    """Yield (job, records, error) as jobs finish: here, in worker processes, or on Dask.
+def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None, fail_fast: bool = False,
+            progress: Callable[[Job, float], None] | None = None, processes: bool = False) -> Iterator[tuple]:
+    """Yield (job, records, error) as jobs finish: here (one at a time, or ``workers`` threads),
+    in ``workers`` worker processes (``processes``), or on Dask.
 
     With ``fail_fast`` no job starts after the first failure. ``progress(job, fraction)`` is
-    told how far a job running in this process is (worker processes and Dask report whole jobs
-    only, as they finish).
+    told how far a job running alone in this process is (threads, worker processes and Dask
+    report whole jobs only, as they finish).
     """
     if scheduler:
         from .distributed import futures_on_dask
@@ -779,8 +783,10 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None,
                 raise
             if fail_fast and result[2]:
                 return
-    else:
+    elif processes:
         yield from _run_in_processes(jobs, workers, fail_fast)
+    else:
+        yield from _run_in_threads(jobs, workers, fail_fast)
 
 
 def as_finished(futures: list, completed: Iterable, fail_fast: bool,
@@ -792,24 +798,24 @@ def as_finished(futures: list, completed: Iterable, fail_fast: bool,
     cancelled and those already running finish: their outputs are whole, so they are reported.
     On Ctrl-C, ``stop()`` (Dask's) first asks running jobs to end unwritten, and waits for them.
     """
-    reported, interrupted, outcome = set(), None, None
+    given, interrupted = {}, None  # future -> its result, as given to the caller
     try:
         for future in completed:
-            reported.add(future)
             outcome = result(future)
+            given[future] = outcome
             yield outcome
             if fail_fast and outcome[2]:
                 break
     except KeyboardInterrupt as exc:
         interrupted = exc
-        if outcome is not None:  # the caller may have been interrupted as it took it: it knows
-            yield outcome
+        if given:  # the caller may have been interrupted as it took the last one: it knows
+            yield next(reversed(given.values()))
         if stop is not None:
             stop()
     finally:
         for future in futures:
             future.cancel()
-    left = (f for f in futures if f not in reported and not f.cancelled())
+    left = (f for f in futures if f not in given and not f.cancelled())
     yield from (outcome for outcome in (_finished(f, result) for f in left) if outcome)
     if interrupted:
         raise interrupted
@@ -821,6 +827,18 @@ def _finished(future, result: Callable) -> tuple | None:
         return result(future)
     except Stopped:
         return None
+
+
+def _run_in_threads(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:
+    """Jobs on threads of this process: no start-up to pay, and decoding, filtering and deflate
+    release the GIL; their results in the inputs' order. An ending signal is raised here, in the main thread: the running jobs finish
+    (their writes are not shielded: WHILE_WRITING holds signals for the main thread only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="imfilt-job") as pool:
+        futures = [pool.submit(_safe_run, job) for job in jobs]
+        # in the inputs' order, as one at a time: messages and --json lines do not depend on timing
+        yield from as_finished(futures, iter(futures), fail_fast)
 
 
 def _run_in_processes(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:

@@ -361,15 +361,15 @@ def test_from_file_reads_one_path_a_line(rgb, tmp_path):
     assert sorted(os.listdir(tmp_path / "o")) == ["rgb.box.png", "with space.box.png"]
 
 
-@pytest.mark.parametrize("requested, inputs, cores, workers", [
-    (None, 8, 4, 1), (None, 64, 4, 1), (None, 65, 4, 4), (None, 100, 2, 2), (3, 9, 4, 3), (8, 9, 4, 4),
-    (4, 2, 4, 2), (None, 0, 4, 1),
+@pytest.mark.parametrize("requested, inputs, cores, streamed, workers", [
+    (None, 8, 4, False, 4), (None, 3, 4, False, 3), (None, 65, 4, True, 1), (None, 100, 2, False, 2),
+    (3, 9, 4, False, 3), (8, 9, 4, False, 4), (4, 2, 4, False, 2), (2, 9, 4, True, 2), (None, 0, 4, False, 1),
 ])
-def test_jobs_default_and_never_more_than_the_cores_or_inputs(requested, inputs, cores, workers):
-    """-j: default 1, the cores for more than 64 inputs; at most the cores and the inputs."""
+def test_jobs_default_and_never_more_than_the_cores_or_inputs(requested, inputs, cores, streamed, workers):
+    """Jobs at once: default the cores, or 1 where an input streams; at most the cores and the inputs."""
     from imfilt.batch import worker_count
 
-    assert worker_count(requested, inputs, cores) == workers
+    assert worker_count(requested, inputs, cores, streamed) == workers
 
 
 @pytest.mark.parametrize("make", ["png8", "png16", "tiff16"])

@@ -224,7 +224,7 @@ def test_a_txt_kernel_is_never_read_as_a_libvips_matrix(work):
 
 
 @pytest.mark.parametrize("requested, inputs, cores, expected", [
-    (None, 3, 2, 1), (None, 9, 2, 1), (1000, 30, 2, 2), (1000, 1, 16, 1), (4, 3, 16, 3), (2, 100, 2, 2)])
+    (None, 3, 2, 2), (None, 9, 2, 2), (1000, 30, 2, 2), (1000, 1, 16, 1), (4, 3, 16, 3), (2, 100, 2, 2)])
 def test_workers_are_capped_by_cores_and_inputs(requested, inputs, cores, expected):
     assert worker_count(requested, inputs, cores) == expected
 
@@ -257,14 +257,17 @@ def test_an_unreachable_scheduler_ends_promptly_with_one_line(small_rgb, tmp_pat
 
 
 @pytest.mark.parametrize("jobs, sig, group", [("1", signal.SIGTERM, False), ("2", signal.SIGTERM, False),
-                                              ("2", signal.SIGTERM, True), ("1", signal.SIGHUP, False)])
+                                              ("2", signal.SIGTERM, True), ("1", signal.SIGHUP, False),
+                                              (None, signal.SIGTERM, False), (None, signal.SIGINT, True)])
 def test_a_signal_ends_the_run_as_ctrl_c_does(tmp_path, jobs, sig, group):
-    """group: the signal goes to every process of the run, as `timeout` and a terminal send it."""
+    """group: the signal goes to every process of the run, as `timeout` and a terminal send it.
+    -j 1: one job at a time; -j 2: worker processes; None (the default): jobs on threads."""
     (tmp_path / "in").mkdir()
     for i in range(30):
         Image.fromarray(rgb(i, (200, 240, 3))).save(tmp_path / "in" / f"p{i:02}.png")
     process = subprocess.Popen([BIN / "imfilt", "apply", tmp_path / "in", "-k", "gaussian:sigma=6", "--method", "direct",
-                                "--out-dir", tmp_path / "out", "-j", jobs], stderr=subprocess.PIPE, start_new_session=group)
+                                "--out-dir", tmp_path / "out", *(["-j", jobs] if jobs else [])], stderr=subprocess.PIPE,
+                               start_new_session=group)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 2:
         time.sleep(0.02)
@@ -276,7 +279,8 @@ def test_a_signal_ends_the_run_as_ctrl_c_does(tmp_path, jobs, sig, group):
     assert process.returncode == 128 + sig, stderr
     names = os.listdir(tmp_path / "out")
     assert 2 <= len(names) < 30 and not [n for n in names if n.startswith(".")]  # no .part file
-    assert f"stopped by {signal.Signals(sig).name}; {len(names)} written".encode() in stderr
+    how = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
+    assert f"{how}; {len(names)} written".encode() in stderr
     assert b"Traceback" not in stderr and b"leaked" not in stderr
     for name in names:  # every output that is there is whole
         assert Image.open(tmp_path / "out" / name).load() is not None
