@@ -454,7 +454,8 @@ class _WhileWriting:
     pending: int | None = None
 
     def __enter__(self):
-        self.active = threading.current_thread() is threading.main_thread()  # jobs on threads: not shielded
+        if threading.current_thread() is threading.main_thread():  # jobs on threads are not shielded
+            self.active = True
 
     def __exit__(self, kind, value, traceback):
         if threading.current_thread() is not threading.main_thread():
@@ -792,7 +793,7 @@ def execute(jobs: list[Job], *, workers: int = 1, scheduler: str | None = None, 
 def as_finished(futures: list, completed: Iterable, fail_fast: bool,
                 stop: Callable[[], None] | None = None, result: Callable = lambda future: future.result()
                 ) -> Iterator[tuple]:
-    """Results of futures (a process pool's or Dask's) in the order ``completed`` gives them.
+    """Results of futures (a thread or process pool's, or Dask's) in the order ``completed`` gives them.
 
     After the first failure with ``fail_fast``, or on Ctrl-C, the jobs not started are
     cancelled and those already running finish: their outputs are whole, so they are reported.
@@ -830,9 +831,9 @@ def _finished(future, result: Callable) -> tuple | None:
 
 
 def _run_in_threads(jobs: list[Job], workers: int, fail_fast: bool) -> Iterator[tuple]:
-    """Jobs on threads of this process: no start-up to pay, and decoding, filtering and deflate
-    release the GIL; their results in the inputs' order. An ending signal is raised here, in the main thread: the running jobs finish
-    (their writes are not shielded: WHILE_WRITING holds signals for the main thread only)."""
+    """Jobs on threads of this process (no start-up to pay; decoding, filtering and deflate release
+    the GIL), their results in the inputs' order. An ending signal is raised in the main thread,
+    here: the running jobs finish (WHILE_WRITING holds signals for the main thread only)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix="imfilt-job") as pool:

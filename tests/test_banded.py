@@ -221,3 +221,15 @@ def test_a_signal_at_the_rename_of_a_streamed_output_counts_what_is_there(tmp_pa
     assert out.exists() == renamed and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     if renamed:
         assert Image.open(out).load() is not None
+
+
+def test_a_job_on_a_thread_leaves_the_main_thread_s_hold_on_signals_alone():
+    """Jobs run on threads by default; one that wrote an output (entering and leaving
+    WHILE_WRITING) switched off the main thread's hold while it was counting a result."""
+    hold = pipeline.WHILE_WRITING
+    with hold:
+        worker = threading.Thread(target=lambda: hold.__enter__() or hold.__exit__(None, None, None))
+        worker.start()
+        worker.join()
+        assert hold.active
+    assert not hold.active
