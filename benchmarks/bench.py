@@ -36,10 +36,10 @@ import scipy.ndimage as ndi
 from PIL import Image
 
 import imfilt
-import imfilt.ops
-from imfilt.convolution import rank_one_factors
-from imfilt.engine import cpu_engine
-from imfilt.kernels import builtin
+import imfilt.ops.operations
+from imfilt.ops.convolution import rank_one_factors
+from imfilt.engine.engine import cpu_engine
+from imfilt.ops.kernels import builtin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,7 +122,7 @@ def bench_inprocess() -> None:
         ours = lambda: imfilt.convolve(image, kernel, engine=engine)  # noqa: E731
         difference = float(np.abs(ours() - peer()).max())
         mine, theirs = alternating([ours, peer])
-        rows.append([label, imfilt.ops.Apply(kernel).method_on(engine), mine * 1000, peer_name, theirs * 1000,
+        rows.append([label, imfilt.ops.operations.Apply(kernel).method_on(engine), mine * 1000, peer_name, theirs * 1000,
                      f"{mine / theirs:.2f}x", f"{difference:.1e}"])
     table("in-process: 4096x4096x3 float32, border reflect, ms (median of 5, alternating A/B)",
           ["op", "auto picks", "imfilt.convolve", "OpenCV float32 peer", "peer", "ratio", "max |diff|"], rows)
@@ -143,7 +143,7 @@ def bench_convolve() -> None:
             if kernel.shape[0] <= 15 else float("nan")
         separable = median_time(lambda: imfilt.convolve(image, rank_one, method="separable", engine=engine))
         fft = median_time(lambda: imfilt.convolve(image, kernel, method="fft", engine=engine))
-        auto = imfilt.ops.Apply(imfilt.Kernel("k", kernel)).method_on(engine)
+        auto = imfilt.ops.operations.Apply(imfilt.Kernel("k", kernel)).method_on(engine)
         rows.append([label, base, direct, separable, fft, base / min(x for x in (direct, separable, fft) if x == x),
                      base / fft, auto])
     table("convolve: 2048x2048 RGB, seconds (median of 3; baseline of 1 from 31x31 up)",
@@ -165,14 +165,14 @@ def bench_crossover() -> None:
             lambda: imfilt.convolve(image, dense, method="direct", engine=engine),
             lambda: imfilt.convolve(image, box, method="separable", engine=engine),
             lambda: imfilt.convolve(image, dense, method="fft", engine=engine)], repeat=3)
-        rows.append([n, direct, separable, fft, imfilt.ops.Apply(imfilt.Kernel("k", dense)).method_on(engine),
-                     imfilt.ops.Apply(box).method_on(engine)])
+        rows.append([n, direct, separable, fft, imfilt.ops.operations.Apply(imfilt.Kernel("k", dense)).method_on(engine),
+                     imfilt.ops.operations.Apply(box).method_on(engine)])
     table("crossover: 2048x2048 RGB, seconds (median of 3, in turns)",
           ["n (n x n)", "direct", "separable (box)", "fft", "auto: dense", "auto: rank 1"], rows)
 
 
 def bench_png() -> None:
-    from imfilt.png import encode_png
+    from imfilt.image.png import encode_png
 
     stored = np.rint(photo_like(4096) * 255).astype(np.uint8)
     image = Image.fromarray(stored)
@@ -320,7 +320,7 @@ def bench_batch() -> None:
 def bench_match(rounds: int = 3) -> None:
     import cv2  # a runtime dependency (the CPU engine's filters)
 
-    from imfilt.match import match_template
+    from imfilt.ops.match import match_template
 
     # a real photo (the astronaut) enlarged to 4096x4096, with a little noise so no window is flat
     photo = Image.open(ROOT / "samples" / "astronaut.png").convert("RGB").resize((4096, 4096), Image.LANCZOS)
@@ -360,7 +360,7 @@ def bench_match(rounds: int = 3) -> None:
 # Each decoder reads the whole image in its own process (for its peak RSS) and checks a sum.
 _DECODERS = {
     "Pillow, whole": "from PIL import Image; Image.MAX_IMAGE_PIXELS = None; a = np.asarray(Image.open(p))",
-    "imfilt decoded.py (libvips sequential), 256-row bands": "from imfilt.decoded import DecodedRows; "
+    "imfilt decoded.py (libvips sequential), 256-row bands": "from imfilt.image.decoded import DecodedRows; "
     "d = DecodedRows(p); [d[t : t + 256, :] for t in range(0, d.shape[0], 256)]",
     # random access decodes the whole image into a scratch file in TMPDIR first
     "libvips random, 256x4096 windows": "import pyvips; im = pyvips.Image.new_from_file(p); "
@@ -412,9 +412,9 @@ def gabor_bank(count: int = 64, size: int = 7, seed: int = 0) -> np.ndarray:
 def bench_layer(size: int = 4096, by_hand_maps: int = 8) -> None:
     """64 feature maps of a 4096x4096 RGB photo, cross-correlation with zero padding (PyTorch's
     conv2d): imfilt (--correlate --boundary constant), scipy.ndimage by hand, torch on the CPU."""
-    from imfilt.io import Loaded
-    from imfilt.kernels import Kernel
-    from imfilt.ops import Apply
+    from imfilt.image.io import Loaded
+    from imfilt.ops.kernels import Kernel
+    from imfilt.ops.operations import Apply
 
     photo = np.asarray(Image.open(ROOT / "samples" / "astronaut.png").convert("RGB").resize((size, size), Image.LANCZOS))
     image = photo.astype(np.float32) / 255

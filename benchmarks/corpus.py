@@ -268,7 +268,7 @@ def run_case(args: list[str], stdin: bytes | None, subprocess_mode: bool) -> tup
         return done.returncode, done.stdout, done.stderr
     from typer.testing import CliRunner
 
-    from imfilt.cli import app
+    from imfilt.cli.main import app
     result = CliRunner().invoke(app, args, input=stdin)
     return result.exit_code, result.stdout_bytes, result.stderr_bytes
 

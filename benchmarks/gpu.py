@@ -29,11 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from imfilt.convolution import convolve, correlate_planes  # noqa: E402
-from imfilt.engine import EngineUnavailable, cpu_engine, gpu_engine  # noqa: E402
-from imfilt.frequency import frequency_mask, half_plane_mask, lowpass, mask_planes, spectrum, spectrum_planes  # noqa: E402
-from imfilt.kernels import Kernel, builtin, load_kernel  # noqa: E402
-from imfilt.match import match_template  # noqa: E402
+from imfilt.ops.convolution import convolve, correlate_planes  # noqa: E402
+from imfilt.engine.engine import EngineUnavailable, cpu_engine, gpu_engine  # noqa: E402
+from imfilt.ops.frequency import frequency_mask, half_plane_mask, lowpass, mask_planes, spectrum, spectrum_planes  # noqa: E402
+from imfilt.ops.kernels import Kernel, builtin, load_kernel  # noqa: E402
+from imfilt.ops.match import match_template  # noqa: E402
 
 H200_BANDWIDTH = 4.3e12  # bytes/s, device to device
 CPU_LIMIT_S = 12.0  # one CPU call estimated above this is not run at the large size (scaled from the small one)

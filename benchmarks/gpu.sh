@@ -21,7 +21,7 @@ if [[ -z $py ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     > "$logs/setup.log" 2>&1 || { echo "wheel install failed:"; tail -5 "$logs/setup.log"; }
   export PYTHONPATH=/tmp/site:$PWD
-  printf '#!%s\nimport sys\nfrom imfilt.cli import main\nsys.exit(main())\n' "$py" > "$(dirname "$py")/imfilt"
+  printf '#!%s\nimport sys\nfrom imfilt.cli.main import main\nsys.exit(main())\n' "$py" > "$(dirname "$py")/imfilt"
   chmod +x "$(dirname "$py")/imfilt"
 fi
 echo "== set-up took $((SECONDS - started)) s; python: $py"

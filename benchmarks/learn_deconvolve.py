@@ -6,7 +6,7 @@
 learn       a 15x15 kernel from a target made by apply: an asymmetric blur as float (nothing
             clipped) and as 8-bit (clipped, rounded: few samples clipped), the same from the photo
             without noise (its black and white regions flat: many clipped, most with flat patches), and a strong random kernel (many clipped: each is one patch
-            more to subtract); imfilt.learn.learn_kernel, median of --repeat runs; the design matrix
+            more to subtract); imfilt.ops.learn.learn_kernel, median of --repeat runs; the design matrix
             it avoids, timed on a 512x512 crop for scale
 deconvolve  wiener (balance 0.01) and richardson-lucy (30 iterations) on the same blurred image,
             imfilt vs skimage.restoration per channel (its richardson_lucy once: it takes minutes)
@@ -27,9 +27,9 @@ import scipy.ndimage as ndi
 from PIL import Image
 
 import imfilt
-from imfilt.deconvolve import richardson_lucy, wiener
-from imfilt.kernels import gaussian
-from imfilt.learn import clipped, learn_kernel
+from imfilt.ops.deconvolve import richardson_lucy, wiener
+from imfilt.ops.kernels import gaussian
+from imfilt.ops.learn import clipped, learn_kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 

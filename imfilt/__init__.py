@@ -2,7 +2,7 @@
 
 The library works on numpy arrays of shape (H, W, C), float32 in [0, 1] units.
 
-Its functions are imported when first used (PEP 562), so that `import imfilt.cli` and
+Its functions are imported when first used (PEP 562), so that `import imfilt.cli.main` and
 `imfilt --version` do not pay for numpy, OpenCV and the rest before they are needed.
 """
 
@@ -12,16 +12,16 @@ __version__ = "0.2.0"
 
 # name -> the module that defines it
 _API = {
-    "convolve": "convolution",
-    "richardson_lucy": "deconvolve", "wiener": "deconvolve",
-    "Engine": "engine", "get_engine": "engine",
+    "convolve": "ops.convolution",
+    "richardson_lucy": "ops.deconvolve", "wiener": "ops.deconvolve",
+    "Engine": "engine.engine", "get_engine": "engine.engine",
     "ImfiltError": "errors", "InputError": "errors", "KernelError": "errors", "UsageError": "errors",
-    "apply_mask": "frequency", "frequency_mask": "frequency", "lowpass": "frequency", "spectrum": "frequency",
-    "read_image": "io", "write_image": "io",
-    "Kernel": "kernels", "load_kernel": "kernels", "load_kernels": "kernels",
-    "learn_kernel": "learn",
-    "find_peaks": "match", "match_template": "match",
-    "orientations": "orientation",
+    "apply_mask": "ops.frequency", "frequency_mask": "ops.frequency", "lowpass": "ops.frequency", "spectrum": "ops.frequency",
+    "read_image": "image.io", "write_image": "image.io",
+    "Kernel": "ops.kernels", "load_kernel": "ops.kernels", "load_kernels": "ops.kernels",
+    "learn_kernel": "ops.learn",
+    "find_peaks": "ops.match", "match_template": "ops.match",
+    "orientations": "ops.orientation",
 }
 
 __all__ = sorted(_API)

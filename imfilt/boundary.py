@@ -1,6 +1,6 @@
 """The boundary modes as index arithmetic: which source position each position past an edge reads.
 
-Below both the operations (ops.py carries a channel through --size by indexing) and the tile
+Below both the operations (operations.py carries a channel through --size by indexing) and the tile
 layer (tiles.py reads a window's halo by indexing): neither imports the other.
 """
 

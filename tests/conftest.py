@@ -7,8 +7,8 @@ from PIL import Image
 
 from dataclasses import replace
 
-from imfilt import ndfilters
-from imfilt.engine import cpu_engine, gpu_engine
+from imfilt.engine import ndfilters
+from imfilt.engine.engine import cpu_engine, gpu_engine
 from imfilt.errors import EngineUnavailable
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

@@ -18,7 +18,7 @@ import resource, sys
 limit = int(sys.argv[1]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 sys.argv = ["imfilt"] + sys.argv[2:]
-from imfilt.cli import main
+from imfilt.cli.main import main
 try:
     main()
 finally:

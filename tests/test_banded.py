@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imfilt import pipeline
+from imfilt.run import pipeline
 from imfilt.ahead import Ahead
-from imfilt.ops import Apply
+from imfilt.ops.operations import Apply
 from test_streamed_png import _png16, _photo, _refused, _run, _tiff
 
 ASYM = "5x3: 1,2,0,-1,3, 0,4,1,0,-2, -1,0,2,5,1"
@@ -136,7 +136,7 @@ def test_only_one_apply_output_into_a_file_that_streams_goes_in_bands(tmp_path, 
 
 
 def _kernel(name):
-    from imfilt.kernels import load_kernel
+    from imfilt.ops.kernels import load_kernel
 
     return load_kernel(name)
 

@@ -17,12 +17,12 @@ from PIL import Image
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.convolution import convolve
-from imfilt.engine import cpu_engine
-from imfilt.io import Loaded
-from imfilt.kernels import load_kernels
-from imfilt.ops import Apply
+from imfilt.cli.main import app
+from imfilt.ops.convolution import convolve
+from imfilt.engine.engine import cpu_engine
+from imfilt.image.io import Loaded
+from imfilt.ops.kernels import load_kernels
+from imfilt.ops.operations import Apply
 from conftest import ndimage_cpu_engine
 from test_tiled import tiled_result, whole_result
 
@@ -88,7 +88,7 @@ def test_every_method_equals_the_sum_over_channels_plus_bias(engine, mode, corre
 
 
 def load_kernels_from(weight, bias, tmp=None):
-    from imfilt.kernels import Kernel
+    from imfilt.ops.kernels import Kernel
 
     return [Kernel(f"k{i}", w, summed=True, bias=float(b)) for i, (w, b) in enumerate(zip(weight, bias))]
 
@@ -281,7 +281,7 @@ def test_errors_are_one_line(bad_banks, args, code, message):
 
 def test_kernels_show_draws_a_layer_as_a_grid_and_writes_it_back(tmp_path):
     """N rows of C kernels in the diverging colour map; --json gives channels and bias; .npz round-trips."""
-    from imfilt.kernel_view import bank_picture, diverging_colours
+    from imfilt.ops.kernel_view import bank_picture, diverging_colours
 
     weight, bias = bank(18, (4, 3, 5, 5))
     spec = write_bank(tmp_path, "safetensors", weight, bias)

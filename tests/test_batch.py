@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
+from imfilt.cli.main import app
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent

@@ -70,7 +70,7 @@ def test_every_zarr_codec_still_reads_a_well_formed_store(tmp_path, kind):
     import zarr
     from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-    from imfilt.omezarr import open_image
+    from imfilt.image.omezarr import open_image
 
     options = {"v3-zstd": {"compressors": [ZstdCodec()]}, "v3-gzip": {"compressors": [GzipCodec()]},
                "v3-blosc": {"compressors": [BloscCodec()]}, "v3-sharded": {"shards": (64, 64, 3)},
@@ -134,7 +134,7 @@ def test_an_npz_kernel_claiming_a_huge_array_is_exit_2_unallocated(tmp_path, mon
 
 
 def test_an_npz_kernel_still_reads_as_np_load_does(tmp_path):
-    from imfilt.kernels import load_kernels
+    from imfilt.ops.kernels import load_kernels
 
     weight = np.random.default_rng(2).random((2, 3, 5, 4))
     np.savez(tmp_path / "layer.npz", weight=weight, bias=np.array([0.5, -1.0]))
@@ -159,7 +159,7 @@ def test_a_text_kernel_of_millions_of_lines_is_refused_before_it_is_split(tmp_pa
 
 def test_a_large_text_kernel_parses_in_seconds(tmp_path):
     """A 3000x3000 text kernel took 19 s to parse, token by token; numpy's reader takes ~2 s."""
-    from imfilt.kernels import load_kernels
+    from imfilt.ops.kernels import load_kernels
 
     weights = np.random.default_rng(3).integers(-9, 10, (3000, 3000))
     np.savetxt(tmp_path / "k.txt", weights, fmt="%d")
@@ -176,7 +176,7 @@ def test_a_large_text_kernel_parses_in_seconds(tmp_path):
 ])
 def test_a_text_kernel_that_numpy_cannot_read_is_still_told_where(tmp_path, text, message):
     from imfilt.errors import KernelError
-    from imfilt.kernels import load_kernels
+    from imfilt.ops.kernels import load_kernels
 
     (tmp_path / "k.txt").write_text(text)
     with pytest.raises(KernelError) as raised:

@@ -18,7 +18,7 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
+from imfilt.cli.main import app
 
 runner = CliRunner()
 
@@ -334,7 +334,7 @@ def test_an_internal_error_is_one_line_and_a_traceback_with_debug(rgb, tmp_path,
     def planted_bug(*args, **kwargs):
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr("imfilt.batch.plan", planted_bug)
+    monkeypatch.setattr("imfilt.cli.batch.plan", planted_bug)
     path, _ = rgb
     result = imfilt("apply", path, "-k", "box", "-o", tmp_path / "o.png")
     assert result.exit_code == 1
@@ -367,7 +367,7 @@ def test_from_file_reads_one_path_a_line(rgb, tmp_path):
 ])
 def test_jobs_default_and_never_more_than_the_cores_or_inputs(requested, inputs, cores, streamed, workers):
     """Jobs at once: default the cores, or 1 where an input streams; at most the cores and the inputs."""
-    from imfilt.batch import worker_count
+    from imfilt.cli.batch import worker_count
 
     assert worker_count(requested, inputs, cores, streamed) == workers
 
@@ -401,7 +401,7 @@ def test_bad_imfilt_fft_is_exit_2_even_after_an_engine_was_made(rgb, tmp_path, m
 
 def test_engine_auto_takes_the_gpu_only_for_measured_wins(rgb, tmp_path):
     """auto: the GPU only for FFT work on images of 4096x4096 and more (docs/gpu.md), and only if present."""
-    from imfilt.engine import GPU_MIN_PIXELS, auto_engine, gpu_engine, prefers_gpu
+    from imfilt.engine.engine import GPU_MIN_PIXELS, auto_engine, gpu_engine, prefers_gpu
     from imfilt.errors import EngineUnavailable
 
     assert prefers_gpu("fft", GPU_MIN_PIXELS) and not prefers_gpu("fft", GPU_MIN_PIXELS - 1)

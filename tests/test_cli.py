@@ -11,8 +11,8 @@ import scipy.ndimage as ndi
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.io import read_image
+from imfilt.cli.main import app
+from imfilt.image.io import read_image
 
 runner = CliRunner()
 
@@ -67,7 +67,7 @@ def test_valid_size_and_npy_output(small_rgb, tmp_path):
 
 def test_16bit_input_gives_16bit_output(tmp_path):
     values = np.random.default_rng(0).integers(0, 65536, (8, 8, 3)).astype(np.uint16)
-    from imfilt.io import write_image
+    from imfilt.image.io import write_image
 
     write_image(tmp_path / "deep.png", values / 65535.0, depth=16)
     assert imfilt("apply", tmp_path / "deep.png", "-k", "identity", "-o", tmp_path / "o.png").exit_code == 0
@@ -191,7 +191,7 @@ def test_binary_output_is_never_written_to_a_terminal(small_rgb):
 
 def test_start_up_imports_neither_dask_nor_scipy_signal(small_rgb, tmp_path):
     """Dask is imported only with --scheduler; scipy.signal (~0.8 s) never on the CLI's path."""
-    code = ("import sys; from typer.testing import CliRunner; from imfilt.cli import app; "
+    code = ("import sys; from typer.testing import CliRunner; from imfilt.cli.main import app; "
             f"r = CliRunner().invoke(app, ['apply', {str(small_rgb)!r}, '-k', 'gaussian:sigma=9', '-o', {str(tmp_path / 'o.png')!r}]); "
             "print(r.exit_code, 'distributed' in sys.modules, 'dask' in sys.modules, 'scipy.signal' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -211,7 +211,7 @@ def test_bad_output_naming_is_refused_up_front(small_rgb, tmp_path, args, messag
 
 
 def test_16bit_input_to_jpeg_is_written_at_8_bits(tmp_path):
-    from imfilt.io import write_image
+    from imfilt.image.io import write_image
 
     write_image(tmp_path / "deep.png", np.full((4, 4, 3), 0.5, np.float32), depth=16)
     assert imfilt("apply", tmp_path / "deep.png", "-k", "box", "-o", tmp_path / "o.jpg").exit_code == 0

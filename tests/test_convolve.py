@@ -12,15 +12,15 @@ from hypothesis import strategies as st
 
 import imfilt
 from conftest import ndimage_cpu_engine
-from imfilt.convolution import MODES, choose_method, rank_one_factors, resolve_method
-from imfilt import cvfilters, ndfilters
-from imfilt.engine import cpu_engine
+from imfilt.ops.convolution import MODES, choose_method, rank_one_factors, resolve_method
+from imfilt.engine import cvfilters, ndfilters
+from imfilt.engine.engine import cpu_engine
 from imfilt.errors import UsageError
-from imfilt.io import Loaded
-from imfilt.kernels import Kernel, builtin, load_kernel
-from imfilt.ops import Apply
+from imfilt.image.io import Loaded
+from imfilt.ops.kernels import Kernel, builtin, load_kernel
+from imfilt.ops.operations import Apply
 
-convolve_module = importlib.import_module("imfilt.convolution")
+convolve_module = importlib.import_module("imfilt.ops.convolution")
 
 SCIPY_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
 NP_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}

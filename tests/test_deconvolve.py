@@ -11,10 +11,10 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.deconvolve import EPSILON, richardson_lucy, wiener
+from imfilt.cli.main import app
+from imfilt.ops.deconvolve import EPSILON, richardson_lucy, wiener
 from imfilt.errors import UsageError
-from imfilt.kernels import gaussian
+from imfilt.ops.kernels import gaussian
 
 skimage_restoration = pytest.importorskip("skimage.restoration")
 runner = CliRunner()
@@ -158,7 +158,7 @@ def test_errors_are_exit_2_and_write_nothing(small_rgb, tmp_path, args, message)
 
 
 def test_library_refuses_a_magnitude_kernel():
-    from imfilt.kernels import load_kernel
+    from imfilt.ops.kernels import load_kernel
 
     with pytest.raises(UsageError, match="gradient magnitude"):
         wiener(np.zeros((8, 8)), load_kernel("sobel"))

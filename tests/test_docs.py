@@ -29,7 +29,7 @@ def test_the_cli_reference_is_what_the_app_generates():
 
 
 def test_the_cli_reference_has_every_command():
-    from imfilt.cli import app
+    from imfilt.cli.main import app
     import typer.main
 
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
@@ -78,7 +78,7 @@ def test_the_version_is_one_version():
     from typer.testing import CliRunner
 
     import imfilt
-    from imfilt.cli import app
+    from imfilt.cli.main import app
 
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert imfilt.__version__ == version

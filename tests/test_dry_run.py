@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.kernels import load_kernel
-from imfilt.ops import Apply
+from imfilt.cli.main import app
+from imfilt.ops.kernels import load_kernel
+from imfilt.ops.operations import Apply
 
 runner = CliRunner()
 

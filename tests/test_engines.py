@@ -7,8 +7,8 @@ import pytest
 import scipy.ndimage as ndi
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.kernels import load_kernel
+from imfilt.cli.main import app
+from imfilt.ops.kernels import load_kernel
 
 runner = CliRunner()
 # --memory 100K streams a 70x90 RGB image in windows (and its FFTs in stripes); 2G holds it whole

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.batch import worker_count
-from imfilt.cli import app
-from imfilt.io import read_image
+from imfilt.cli.batch import worker_count
+from imfilt.cli.main import app
+from imfilt.image.io import read_image
 
 runner = CliRunner()
 BIN = Path(sys.executable).parent
@@ -189,8 +189,8 @@ def test_mask_out_with_stem_for_several_inputs_and_on_its_own_checks(work):
 
 
 def test_relative_mask_out_is_made_absolute_for_dask_workers(work):
-    from imfilt.frequency import Lowpass
-    from imfilt.pipeline import Settings, plan
+    from imfilt.ops.frequency import Lowpass
+    from imfilt.run.pipeline import Settings, plan
 
     jobs = plan(["a.png"], [Lowpass(3)], Settings(), out="lp.png", extras={"mask": "m2.png"}, absolute=True)
     (output,) = jobs[0].outputs
@@ -459,7 +459,7 @@ def test_an_array_with_more_channels_than_opencv_takes_is_filtered(tmp_path):
     takes at most 512 channels at once: it was an internal error), equal to scipy's per plane."""
     import scipy.ndimage as ndi
 
-    from imfilt.io import load
+    from imfilt.image.io import load
 
     array = np.random.default_rng(0).random((3, 60, 700), dtype=np.float32)
     np.save(tmp_path / "chw.npy", array)

@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import imfilt
-from imfilt.cli import app
+from imfilt.cli.main import app
 
 runner = CliRunner()
 
@@ -139,7 +139,7 @@ def test_pyfftw_backend_gives_the_same_numbers(chelsea, tmp_path, monkeypatch):
     """pyfftw registered as scipy.fft's backend: same results, and its plans are kept as wisdom."""
     import atexit
 
-    from imfilt.engine import cpu_engine, save_fftw_wisdom
+    from imfilt.engine.engine import cpu_engine, save_fftw_wisdom
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     fftw = cpu_engine(None, "pyfftw")

@@ -32,7 +32,7 @@ _DRIVER = """
 import contextlib, io, json, resource, sys, time
 limit = int(sys.argv[1]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from imfilt.cli import app
+from imfilt.cli.main import app
 results = []
 for args in json.load(open(sys.argv[2])):
     err, start = io.StringIO(), time.monotonic()

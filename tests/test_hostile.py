@@ -24,9 +24,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import imfilt as lib
-from imfilt.cli import app
+from imfilt.cli.main import app
 from imfilt.errors import KernelError
-from imfilt.kernels import Kernel, load_kernels
+from imfilt.ops.kernels import Kernel, load_kernels
 import bombs
 from limits import run_limited
 
@@ -507,7 +507,7 @@ def test_a_result_lost_with_its_worker_is_a_lost_cluster_not_a_wait_for_ever(tmp
     """A job was done, then its worker was killed before the run fetched its result: distributed
     waits for the job to run again, and with no worker left the run hung (a CI run timed out)."""
     from distributed import Client
-    import imfilt.distributed as on_dask
+    import imfilt.run.distributed as on_dask
     from imfilt.errors import LostCluster
 
     monkeypatch.setattr(on_dask, "NO_WORKERS_WAIT", 2)
@@ -542,7 +542,7 @@ def test_losing_the_scheduler_mid_run_is_one_line_and_exit_1(tmp_path):
 def test_losing_the_last_worker_mid_run_is_one_line_and_exit_1(tmp_path):
     """With its only worker killed (no nanny to restart it), the run waited forever: distributed
     keeps the jobs for a worker that never comes. Now NO_WORKERS_WAIT seconds, then one line."""
-    from imfilt.distributed import NO_WORKERS_WAIT
+    from imfilt.run.distributed import NO_WORKERS_WAIT
 
     with _cluster_mid_run(tmp_path, ["--no-nanny"]) as (_, worker, run, address):
         worker.kill()

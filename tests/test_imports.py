@@ -31,7 +31,7 @@ def test_importtime_lists_what_is_imported():
 
 def test_version_imports_no_library_at_all():
     """`imfilt --version` answers before the app is built: not even numpy or typer (0.03 s against 0.36 s)."""
-    assert imported("import sys; sys.argv = ['imfilt', '--version']; from imfilt.cli import main; main()") & (
+    assert imported("import sys; sys.argv = ['imfilt', '--version']; from imfilt.cli.main import main; main()") & (
         HEAVY | {"numpy", "typer", "rich", "cv2", "PIL"}) == set()
 
 
@@ -40,7 +40,7 @@ def test_version_is_the_apps_own():
     from typer.testing import CliRunner
 
     from imfilt import __version__
-    from imfilt.cli import app
+    from imfilt.cli.main import app
 
     fast = subprocess.run([sys.executable, "-m", "imfilt", "--version"], capture_output=True, text=True)
     assert fast.stdout == CliRunner().invoke(app, ["--version"]).stdout == f"imfilt {__version__}\n"
@@ -53,14 +53,14 @@ def test_the_library_is_imported_as_used():
 
     for name in imfilt.__all__:
         assert getattr(imfilt, name).__name__ == name
-    import imfilt.convolution  # the module that defines convolve does not take its name
+    import imfilt.ops.convolution  # the module that defines convolve does not take its name
 
     assert callable(imfilt.convolve) and not hasattr(imfilt.convolve, "__file__")
 
 
 def test_cli_start_imports_no_heavy_library():
-    """import imfilt.cli (what `imfilt --version` and --help run) imports none of the heavy libraries."""
-    assert imported("import imfilt.cli") & HEAVY == set()
+    """import imfilt.cli.main (what `imfilt --version` and --help run) imports none of the heavy libraries."""
+    assert imported("import imfilt.cli.main") & HEAVY == set()
 
 
 @pytest.mark.parametrize("args, allowed", [
@@ -72,7 +72,7 @@ def test_command_imports_only_what_it_uses(tmp_path, small_rgb, args, allowed):
     """A whole CLI call on a PNG imports a heavy library only where its work needs it."""
     (tmp_path / "in.png").write_bytes(small_rgb.read_bytes())
     (tmp_path / "out").mkdir()
-    code = f"import sys; from imfilt.cli import app; sys.argv = ['imfilt'] + {args!r}; app()"
+    code = f"import sys; from imfilt.cli.main import app; sys.argv = ['imfilt'] + {args!r}; app()"
     assert imported(code, cwd=tmp_path) & HEAVY == allowed
 
 
@@ -89,15 +89,28 @@ def test_import_contracts_hold():
 
 
 def test_every_module_has_a_layer():
-    """A new module is placed in pyproject.toml's layers contract: one left out would be checked by nothing."""
+    """A new module is placed in pyproject.toml's layers contracts: one left out would be checked by nothing.
+
+    The first contract orders the subpackages (imfilt/cli, run, image, ops, engine) and the base modules at the top
+    level; the second orders the modules inside each subpackage.
+    """
     import re
     import tomllib
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    layers = next(c for c in config if c["type"] == "layers")["layers"]
-    placed = {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
-    modules = {p.stem for p in (root / "imfilt").glob("*.py") if not p.stem.startswith("__")}
-    assert modules - placed == set(), "add these to [tool.importlinter] layers in pyproject.toml"
-    assert placed - modules == set(), "these layers name no module"
+    outer, inner = (c["layers"] for c in config if c["type"] == "layers")
+
+    def names(layers):
+        return {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+
+    package = root / "imfilt"
+    subpackages = {p.parent.name for p in package.glob("*/__init__.py")}
+    top = {p.stem for p in package.glob("*.py") if not p.stem.startswith("__")}
+    assert (subpackages | top) - names(outer) == set(), "add these to the first [tool.importlinter] layers in pyproject.toml"
+    assert names(outer) - (subpackages | top) == set(), "these layers name no module or subpackage"
+    inside = {f"imfilt.{sub}.{p.stem}" for sub in subpackages for p in (package / sub).glob("*.py")
+              if not p.stem.startswith("__")}
+    assert inside - names(inner) == set(), "add these to the second [tool.importlinter] layers in pyproject.toml"
+    assert names(inner) - inside == set(), "these layers name no module"

@@ -9,7 +9,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from imfilt.errors import InputError
-from imfilt.io import atomic_write, load, read_image, to_storage, write_image
+from imfilt.image.io import atomic_write, load, read_image, to_storage, write_image
 
 
 def test_rgb_png_reads_to_float_in_unit_range(small_rgb):
@@ -191,7 +191,7 @@ def test_png_writer_round_trips_through_an_independent_decoder(dtype, channels):
     """imfilt's PNG writer, read back by pypng (which unfilters and inflates on its own)."""
     import png as pypng
 
-    from imfilt.png import encode_png
+    from imfilt.image.png import encode_png
 
     values = np.random.default_rng(channels).integers(0, np.iinfo(dtype).max + 1, (13, 17, channels)).astype(dtype)
     buffer = io.BytesIO()
@@ -204,7 +204,7 @@ def test_png_writer_round_trips_through_an_independent_decoder(dtype, channels):
 
 def test_png_bytes_do_not_depend_on_the_thread_count():
     """Several deflate blocks (a 1500x1500 RGB image is ~6.75 MB of scanlines): same bytes on 1 or 2 threads."""
-    from imfilt.png import encode_png
+    from imfilt.image.png import encode_png
 
     values = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3)).astype(np.uint8)
     one, two = io.BytesIO(), io.BytesIO()

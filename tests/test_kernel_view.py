@@ -9,9 +9,9 @@ import scipy.ndimage as ndi
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.kernel_view import diverging_colours
-from imfilt.kernels import BUILTINS, load_kernel, load_kernels
+from imfilt.cli.main import app
+from imfilt.ops.kernel_view import diverging_colours
+from imfilt.ops.kernels import BUILTINS, load_kernel, load_kernels
 
 MOTION_BLUR = str(Path(__file__).resolve().parent.parent / "kernels" / "motion-blur.txt")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from imfilt.errors import KernelError
-from imfilt.kernels import BUILTINS, Kernel, load_kernel, load_kernels
+from imfilt.ops.kernels import BUILTINS, Kernel, load_kernel, load_kernels
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 

@@ -13,9 +13,9 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
+from imfilt.cli.main import app
 from imfilt.errors import InputError, UsageError
-from imfilt.learn import _normal_equations, _patches_of, learn_kernel, parse_kernel_size
+from imfilt.ops.learn import _normal_equations, _patches_of, learn_kernel, parse_kernel_size
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -183,9 +183,9 @@ def test_the_cli_leaves_out_what_an_8_bit_target_clipped(tmp_path, crop):
 @pytest.mark.parametrize("flat_check", [0, 1 << 30])
 def test_left_out_flat_patches_are_summed_without_their_patch(monkeypatch, engine, flat_check):
     """Saturated regions (patches of one value) left out: the same G and b as every patch's product."""
-    import imfilt.learn
+    import imfilt.ops.learn
 
-    monkeypatch.setattr(imfilt.learn, "FLAT_CHECK", flat_check)
+    monkeypatch.setattr(imfilt.ops.learn, "FLAT_CHECK", flat_check)
     rng = np.random.default_rng(8)
     padded = rng.random((2, 26, 31))
     padded[0, 3:15, 4:20], padded[1, 10:26, 0:12] = 1.0, 0.0  # flat: patches inside them hold one value

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
+from imfilt.cli.main import app
 from imfilt.errors import UsageError
-from imfilt.match import find_peaks, match_template
+from imfilt.ops.match import find_peaks, match_template
 
 runner = CliRunner()
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
+from imfilt.cli.main import app
 from imfilt.montage import SEPARATOR, layout
 
 runner = CliRunner()

@@ -14,8 +14,8 @@ import scipy.ndimage as ndi
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.orientation import orientation_plane, orientations
+from imfilt.cli.main import app
+from imfilt.ops.orientation import orientation_plane, orientations
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 runner = CliRunner()

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imfilt import tiled, tiled_fft
-from imfilt.batch import progress_weights
-from imfilt.engine import cpu_engine
-from imfilt.frequency import Lowpass, Spectrum
-from imfilt.kernels import load_kernel
-from imfilt.ops import Apply
-from imfilt.pipeline import Job, Output, Settings
+from imfilt.run import tiled, tiled_fft
+from imfilt.cli.batch import progress_weights
+from imfilt.engine.engine import cpu_engine
+from imfilt.ops.frequency import Lowpass, Spectrum
+from imfilt.ops.kernels import load_kernel
+from imfilt.ops.operations import Apply
+from imfilt.run.pipeline import Job, Output, Settings
 from limits import pattern_tiff
 
 BIN = Path(sys.executable).parent

@@ -15,7 +15,7 @@ from PIL import Image
 
 import imfilt
 from imfilt.errors import InputError
-from imfilt.io import atomic_write, write_image
+from imfilt.image.io import atomic_write, write_image
 
 RNG = np.random.default_rng(21)
 PIXELS = RNG.integers(0, 256, (9, 13, 4)).astype(np.uint8)  # stored values, and what they mean:
@@ -195,7 +195,7 @@ def test_a_forked_child_can_use_the_engine_its_parent_used():
     """os.fork (multiprocessing's fork start method): the parent's thread pool has no threads in the child."""
     import signal
 
-    from imfilt.engine import cpu_engine
+    from imfilt.engine.engine import cpu_engine
 
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")

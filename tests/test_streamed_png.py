@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imfilt.io import load, write_image
-from imfilt.png import PngStream, encode_png
-from imfilt.tiles import Plan, write_tiles
+from imfilt.image.io import load, write_image
+from imfilt.image.png import PngStream, encode_png
+from imfilt.image.tiles import Plan, write_tiles
 from limits import run_limited
 
 
@@ -102,7 +102,7 @@ def test_write_tiles_png_failure_leaves_nothing(tmp_path):
 def _run(*args):
     from typer.testing import CliRunner
 
-    from imfilt.cli import app
+    from imfilt.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -237,7 +237,7 @@ KINDS = ["grey", "la", "rgb", "rgba", "palette", "grey-key", "grey16", "la16", "
 @pytest.mark.parametrize("kind", KINDS)
 def test_decoded_rows_equal_the_whole_image_decode(tmp_path, kind):
     """libvips's rows = io.load's pixels (Pillow, OpenCV, pypng), read in bands and wrap-mapped windows."""
-    from imfilt.tiles import extend_index, open_source
+    from imfilt.image.tiles import extend_index, open_source
 
     path = tmp_path / ("in.jpg" if kind.startswith("jpeg") else "in.png")
     _save(path, kind)
@@ -384,7 +384,7 @@ def test_png_to_png_runs_under_a_hard_address_space_limit(tmp_path):
     streamed = limited("64M", tmp_path / "streamed.png")
     assert streamed.returncode == 0 and streamed.stderr == "", streamed.stderr
     assert (tmp_path / "fits.png").read_bytes() == (tmp_path / "streamed.png").read_bytes()
-    from imfilt.tiles import open_source
+    from imfilt.image.tiles import open_source
 
     got, pixels = open_source(str(tmp_path / "streamed.png")), open_source(str(source))
     for top, left in ((0, 0), (2345, 3987), (5990, 5990)):  # rows in order: the decoder goes top to bottom
@@ -401,7 +401,7 @@ def test_png_to_png_runs_under_a_hard_address_space_limit(tmp_path):
 def test_image_shape_reads_headers_past_pillows_own_limit(tmp_path, monkeypatch):
     """--max-pixels decides, not Pillow's bomb limit (which made the shape unknown, so a huge PNG
     with --max-pixels raised was decoded whole); a palette counts as the RGBA it decodes to."""
-    from imfilt.tiles import image_shape
+    from imfilt.image.tiles import image_shape
 
     Image.fromarray(_photo()).save(tmp_path / "rgb.png")
     Image.fromarray(_photo()).quantize(16).save(tmp_path / "palette.png")

@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 
 from dataclasses import replace
 
-from imfilt import ndfilters
-from imfilt.engine import cpu_engine
-from imfilt.io import Loaded, unit_pixels
-from imfilt.kernels import Kernel, load_kernel
-from imfilt.ops import Apply
-from imfilt.tiled import apply_windows
-from imfilt.tiles import Source
+from imfilt.engine import ndfilters
+from imfilt.engine.engine import cpu_engine
+from imfilt.image.io import Loaded, unit_pixels
+from imfilt.ops.kernels import Kernel, load_kernel
+from imfilt.ops.operations import Apply
+from imfilt.run.tiled import apply_windows
+from imfilt.image.tiles import Source
 from limits import interrupted, pattern_tiff, run_limited
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
@@ -48,7 +48,7 @@ def kernels(draw):
         weights = np.outer(column, row)
         if not np.any(weights):
             weights[0, 0] = 1.0
-        from imfilt.convolution import rank_one_factors
+        from imfilt.ops.convolution import rank_one_factors
 
         method = "separable" if rank_one_factors(weights) is not None else "direct"
         return Kernel("rank1", weights), draw(st.sampled_from([method, "direct"]))
@@ -142,7 +142,7 @@ def big_tiff(tmp_path):
 def _run(*args):
     from typer.testing import CliRunner
 
-    from imfilt.cli import app
+    from imfilt.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -163,7 +163,7 @@ def test_cli_tiled_equals_in_memory(big_tiff, tmp_path, args, suffix, memory):
     level by one."""
     import json
 
-    from imfilt.io import load
+    from imfilt.image.io import load
 
     if suffix == ".npy" and "--depth" in args:
         args = args[: args.index("--depth")] + args[args.index("--depth") + 2 :]  # .npy holds float32 only
@@ -185,7 +185,7 @@ def test_cli_tiled_equals_in_memory(big_tiff, tmp_path, args, suffix, memory):
 
 @pytest.mark.parametrize("dtype,channels", [(np.uint16, 4), (np.uint8, 2), (np.float32, 1)])
 def test_cli_tiled_alpha_and_depths(tmp_path, dtype, channels):
-    from imfilt.io import load
+    from imfilt.image.io import load
 
     rng = np.random.default_rng(5)
     top = 1 if dtype == np.float32 else np.iinfo(dtype).max
@@ -279,10 +279,10 @@ def _whole_op(op, image):
 @pytest.mark.parametrize("channels", [1, 4])
 def test_out_of_core_fft_equals_in_memory_bit_for_bit(tmp_path, height, width, channels):
     """Odd and even H and W, every profile, high- and band-pass, hann, phase, alpha, --gray."""
-    from imfilt.frequency import Lowpass, Spectrum
-    from imfilt.pipeline import Output
-    from imfilt.tiled_fft import run
-    from imfilt.tiles import open_source
+    from imfilt.ops.frequency import Lowpass, Spectrum
+    from imfilt.run.pipeline import Output
+    from imfilt.run.tiled_fft import run
+    from imfilt.image.tiles import open_source
 
     image = np.random.default_rng(height * width).random((height, width, channels)).astype(np.float32)
     np.save(tmp_path / "in.npy", image)
@@ -308,10 +308,10 @@ def test_out_of_core_fft_refuses_without_scratch_space(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from imfilt.errors import InputError
-    from imfilt.frequency import Spectrum
-    from imfilt.pipeline import Output
-    from imfilt.tiled_fft import run
-    from imfilt.tiles import open_source
+    from imfilt.ops.frequency import Spectrum
+    from imfilt.run.pipeline import Output
+    from imfilt.run.tiled_fft import run
+    from imfilt.image.tiles import open_source
 
     np.save(tmp_path / "in.npy", np.zeros((16, 16, 3), np.float32))
     usage = namedtuple("usage", "total used free")
@@ -327,7 +327,7 @@ def test_out_of_core_fft_refuses_without_scratch_space(tmp_path, monkeypatch):
     ["lowpass", "--radius", "9"], ["lowpass", "--radius", "7", "--highpass", "--profile", "gaussian"],
 ])
 def test_cli_out_of_core_fft_equals_in_memory(big_tiff, tmp_path, args):
-    from imfilt.io import load
+    from imfilt.image.io import load
 
     for name, memory in (("tiled", "100K"), ("whole", "2G")):
         result = _run(*args, big_tiff, "-o", tmp_path / f"{name}.tif", "--memory", memory)
@@ -390,7 +390,7 @@ def test_alpha_keep_is_carried_exactly_with_large_kernels(kernel):
 def test_carried_channel_is_the_delta_convolution(size, mode, correlate):
     """Apply._carry indexes what convolving with a centred delta gives (scipy's, exact): every
     size, mode and parity of the kernel."""
-    from imfilt.convolution import convolve
+    from imfilt.ops.convolution import convolve
 
     rng = np.random.default_rng(5)
     plane = rng.random((9, 11, 1)).astype(np.float32)

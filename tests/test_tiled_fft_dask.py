@@ -15,7 +15,7 @@ SMALL = "100K"
 @given(st.integers(1, 5000), st.integers(1, 600), st.integers(1, 12))
 def test_stripes_cover_the_range_in_whole_units(length, unit, count):
     """Each task's part starts on a chunk and is whole chunks (but the last): no two share one."""
-    from imfilt.distributed import stripes
+    from imfilt.run.distributed import stripes
 
     parts = stripes(length, unit, count)
     assert parts[0].start == 0 and parts[-1].stop == length
@@ -31,7 +31,7 @@ def test_stripes_cover_the_range_in_whole_units(length, unit, count):
 @pytest.mark.parametrize("memory", [1, 4000, 100_000, 2**25 - 1, 2**25, 2**31])
 def test_scratch_chunks_fit_the_budget(memory):
     """512x512 from 32 MiB up (the default budget's chunks), smaller below, never under 16."""
-    from imfilt.tiled_fft import _chunk_side
+    from imfilt.run.tiled_fft import _chunk_side
 
     side = _chunk_side(memory)
     assert side in (16, 32, 64, 128, 256, 512)
@@ -53,7 +53,7 @@ def cluster():
 def _run(*args):
     from typer.testing import CliRunner
 
-    from imfilt.cli import app
+    from imfilt.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -79,7 +79,7 @@ CASES = [
 
 @pytest.mark.parametrize("height,width", [(70, 101), (75, 96)])
 def test_fft_on_dask_is_byte_identical_to_local_and_to_in_memory(cluster, tmp_path, height, width):
-    from imfilt.io import load
+    from imfilt.image.io import load
 
     source = _rgb_tiff(tmp_path / "big.tif", height, width)
     runs = {"remote": ["--memory", SMALL, "--scheduler", cluster.scheduler_address],

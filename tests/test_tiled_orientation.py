@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import tifffile
 
-from imfilt import ndfilters
-from imfilt.engine import cpu_engine
-from imfilt.frequency import Lowpass, Spectrum
-from imfilt.io import load
-from imfilt.kernels import Kernel
-from imfilt.ops import Apply
-from imfilt.pipeline import Output
-from imfilt.tiled import apply_windows
-from imfilt.tiled_fft import run as run_fft
-from imfilt.tiles import image_shape, open_source
+from imfilt.engine import ndfilters
+from imfilt.engine.engine import cpu_engine
+from imfilt.ops.frequency import Lowpass, Spectrum
+from imfilt.image.io import load
+from imfilt.ops.kernels import Kernel
+from imfilt.ops.operations import Apply
+from imfilt.run.pipeline import Output
+from imfilt.run.tiled import apply_windows
+from imfilt.run.tiled_fft import run as run_fft
+from imfilt.image.tiles import image_shape, open_source
 
 # The TIFF 6.0 table (tag 274): where the stored 0th row and 0th column are in the image as shown,
 # and the numpy turn that shows it
@@ -103,7 +103,7 @@ def test_out_of_core_fft_equals_whole_for_every_orientation(tmp_path, orientatio
 def test_cli_streams_a_turned_tiff_as_it_reads_it_whole(tmp_path, orientation):
     from typer.testing import CliRunner
 
-    from imfilt.cli import app
+    from imfilt.cli.main import app
 
     path = _tiff(tmp_path / "o.tif", _stored(np.uint8, (40, 70, 3)), orientation, tile=(16, 16))
     for name, memory in (("tiled", "100K"), ("whole", "2G")):

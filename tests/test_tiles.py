@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imfilt.errors import InputError
-from imfilt.io import load
-from imfilt.tiles import PAD_MODES, Plan, extend_index, open_source, write_tiles
+from imfilt.image.io import load
+from imfilt.image.tiles import PAD_MODES, Plan, extend_index, open_source, write_tiles
 
 MODES = list(PAD_MODES)
 SCIPY_MODE = {"reflect": "reflect", "mirror": "mirror", "nearest": "nearest", "wrap": "grid-wrap", "constant": "constant"}
@@ -152,7 +152,7 @@ def test_plan_covers_the_output_once():
 
 
 def test_window_for_prefers_whole_rows_and_bounds_both_dimensions_past_them():
-    from imfilt.tiles import window_for
+    from imfilt.image.tiles import window_for
 
     # 2 GiB at 192 bytes a pixel: a 20000-wide band of 256 rows (with a 31-pixel halo) fits
     assert window_for(2**31, 192, 31, 20000) == (256, 20000)

@@ -14,8 +14,8 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from imfilt.cli import app
-from imfilt.io import load
+from imfilt.cli.main import app
+from imfilt.image.io import load
 from limits import interrupted
 
 BIN = Path(sys.executable).parent
@@ -341,9 +341,9 @@ def test_dry_run_reads_a_stores_shape(work):
 
 def test_after_a_signal_the_partial_folder_of_a_store_is_removed(work):
     """What a signal cut off between a store's temporary folder and its clean-up goes too."""
-    from imfilt.ops import Apply
-    from imfilt.kernels import load_kernel
-    from imfilt.pipeline import Settings, plan, remove_partial_files
+    from imfilt.ops.operations import Apply
+    from imfilt.ops.kernels import load_kernel
+    from imfilt.run.pipeline import Settings, plan, remove_partial_files
 
     jobs = plan(["a.png"], [Apply(load_kernel("box"))], Settings(), out="o.zarr")
     partial = work / ".o.zarr.x1y2.part" / "o.zarr" / "0"
@@ -356,7 +356,7 @@ def test_after_a_signal_the_partial_folder_of_a_store_is_removed(work):
 def test_an_ome_dataset_read_directly_keeps_its_axes(tmp_path):
     """The array "0" of imfilt's own OME-Zarr output is (C, H, W) with dimension names c, y, x:
     read directly it is the same image (it was read as 3 rows of 200 columns with H channels)."""
-    from imfilt.io import load
+    from imfilt.image.io import load
 
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(tmp_path / "a.png")

@@ -15,14 +15,14 @@ import typer
 
 from .batch import Batch, Engine, app, batch_command, choice_enum, err, run
 from .commands import Boundary, Normalize, Scale
-from .deconvolve import METHODS, Deconvolve
-from .engine import auto_engine, get_engine
-from .errors import InputError, UsageError, shown
-from .io import atomic_write, load
-from .kernel_view import facts, kernel_file
-from .kernels import Kernel, distinct_names, is_kernel_file, load_kernels
-from .learn import check_pair, clipped, learn_kernel, parse_kernel_size
-from .ops import luminance
+from ..ops.deconvolve import METHODS, Deconvolve
+from ..engine.engine import auto_engine, get_engine
+from ..errors import InputError, UsageError, shown
+from ..image.io import atomic_write, load
+from ..ops.kernel_view import facts, kernel_file
+from ..ops.kernels import Kernel, distinct_names, is_kernel_file, load_kernels
+from ..ops.learn import check_pair, clipped, learn_kernel, parse_kernel_size
+from ..ops.operations import luminance
 
 DeconvolveMethod = choice_enum("DeconvolveMethod", METHODS)
 LEARNED_FORMATS = ("txt", "mat", "npy")  # one 2-D kernel

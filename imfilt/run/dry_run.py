@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, UsageError, one_line, shown
-from .omezarr import is_store
-from . import montage
+from ..errors import InputError, UsageError, one_line, shown
+from ..image.omezarr import is_store
+from .. import montage
 from .pipeline import json_line
 from .tiled import BANDED_MEMORY, apply_window, check_tiled_output
-from .tiles import image_shape, open_source
+from ..image.tiles import image_shape, open_source
 
 # Peak memory of Python and the libraries, above which each operation says its own (peak_bytes),
 # from the max RSS of `imfilt` runs (GNU time -f %M)

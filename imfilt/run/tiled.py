@@ -21,12 +21,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .ahead import Ahead
+from ..ahead import Ahead
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
-from .errors import InputError, UsageError, shown
-from .io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
-from .ops import Apply, Result
-from .tiles import Plan, Source, extend_index, one_heap_arena, open_source, window_for, write_tiles
+from ..errors import InputError, UsageError, shown
+from ..image.io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
+from ..ops.operations import Apply, Result
+from ..image.tiles import Plan, Source, extend_index, one_heap_arena, open_source, window_for, write_tiles
 
 DEFAULT_MEMORY = "2G"
 # Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo
@@ -211,7 +211,7 @@ def _stripe(stripe: slice, *, source_path: str, op: Apply, window, scratch: str)
     """One Dask task: the windows of a stripe of rows, written to the scratch (whole chunks)."""
     import zarr
 
-    from .engine import get_engine
+    from ..engine.engine import get_engine
 
     array = zarr.open_array(scratch, mode="r+")
     source = open_source(source_path)

@@ -5,12 +5,12 @@ from typing import Annotated, Optional
 import typer
 
 from .batch import Batch, app, batch_command, choice_enum, run
-from .convolution import METHODS, MODES, SIZES
-from .frequency import PROFILES, WINDOWS, Lowpass, Spectrum
-from .io import SCALES
-from .kernels import NORMALIZE, distinct_names, is_kernel_file, load_kernels
-from .ops import ALPHA_MODES, Apply
-from .orientation import OrientedSpectrum
+from ..ops.convolution import METHODS, MODES, SIZES
+from ..ops.frequency import PROFILES, WINDOWS, Lowpass, Spectrum
+from ..image.io import SCALES
+from ..ops.kernels import NORMALIZE, distinct_names, is_kernel_file, load_kernels
+from ..ops.operations import ALPHA_MODES, Apply
+from ..ops.orientation import OrientedSpectrum
 
 # The choices come from the library, so a value is named once.
 Boundary = choice_enum("Boundary", MODES)

@@ -22,14 +22,14 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from . import __version__
-from .engine import ENGINES, get_engine
-from .errors import Interrupted, LostCluster, UsageError, one_line, shown
-from .files import read_at_most
-from .io import DEPTHS, check_stdout_format, most_bytes, pillow_limit
-from .pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
+from .. import __version__
+from ..engine.engine import ENGINES, get_engine
+from ..errors import Interrupted, LostCluster, UsageError, one_line, shown
+from ..files import read_at_most
+from ..image.io import DEPTHS, check_stdout_format, most_bytes, pillow_limit
+from ..run.pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
                        json_line, output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
-from .tiled import DEFAULT_MEMORY, parse_size
+from ..run.tiled import DEFAULT_MEMORY, parse_size
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -241,7 +241,7 @@ def plan_batch(batch: Batch, ops: list, scale: str = "auto", split_channels: boo
     stdin_to_stdout = output is None and items == ["-"] and out_dir is None
     _check_streams(batch, pipes="-" in items or output == "-" or stdin_to_stdout)
     if batch.scheduler:
-        from .distributed import check_address
+        from ..run.distributed import check_address
 
         check_address(batch.scheduler)
     if stdin_to_stdout:
@@ -302,7 +302,7 @@ def run(batch: Batch, ops: list, scale: str = "auto", split_channels: bool = Fal
     jobs, expanded, workers = plan_batch(batch, ops, scale, split_channels, extras, reads, montage)
     prepare_folders(jobs, make=not batch.dry_run)  # the dry run checks the places, and makes none
     if batch.dry_run:
-        from .dry_run import describe, print_plan
+        from ..run.dry_run import describe, print_plan
 
         records, summary = describe(jobs, expanded, workers, batch.scheduler, "auto" if batch.engine.value == "auto" else get_engine(batch.engine.value).name)
         raise typer.Exit(print_plan(records, summary, batch.json))

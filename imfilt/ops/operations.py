@@ -14,11 +14,11 @@ from typing import Protocol
 
 import numpy as np
 
-from .boundary import extend_index
+from ..boundary import extend_index
 from .convolution import (MODES, SIZES, check_channels, check_method, convolve, correlate_planes, rank_one_factors,
                           resolve_method)
-from .engine import Engine, cpu_engine
-from .errors import UsageError, check_choice
+from ..engine.engine import Engine, cpu_engine
+from ..errors import UsageError, check_choice
 from .kernels import Kernel
 
 ALPHA_MODES = ("premultiply", "keep", "drop")

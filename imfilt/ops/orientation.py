@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .engine import Engine, get_engine
+from ..engine.engine import Engine, get_engine
 from .frequency import Spectrum
-from .ops import Image, Result, luminance, split_alpha
+from .operations import Image, Result, luminance, split_alpha
 
 BIN = 0.25  # degrees per bin of the angle density
 NOISE_FLOOR = 3.0  # power up to this many times a ring's mean noise power counts as noise

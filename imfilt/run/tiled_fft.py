@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
-from .engine import get_engine
-from .errors import InputError, shown
-from .frequency import Lowpass, Spectrum
-from .io import Loaded, remove_tree, temp_prefix
-from .ops import Result, luminance, split_alpha
-from .tiles import Plan, Source, one_heap_arena, open_source, write_tiles
+from ..engine.engine import get_engine
+from ..errors import InputError, shown
+from ..ops.frequency import Lowpass, Spectrum
+from ..image.io import Loaded, remove_tree, temp_prefix
+from ..ops.operations import Result, luminance, split_alpha
+from ..image.tiles import Plan, Source, one_heap_arena, open_source, write_tiles
 from .tiled import TILE, Progress, progress_part, write_result
 
 # The shares of the work in the progress a run reports: the row pass, the column pass, and
@@ -274,7 +274,7 @@ def _mask_mean(op: Lowpass, height: int, width: int, band: int) -> float:
 
 
 def _write_mask(op: Lowpass, path: str, height: int, width: int, tile: int) -> None:
-    from .io import fitting_depth, to_storage
+    from ..image.io import fitting_depth, to_storage
 
     suffix = Path(path).suffix.lower()
     depth = fitting_depth(8, suffix)

@@ -5,9 +5,9 @@ from typing import Annotated, Optional
 import typer
 
 from .batch import Batch, app, batch_command, choice_enum, run
-from .errors import InputError, UsageError
-from .io import load
-from .match import MATCH_SIZES, Match
+from ..errors import InputError, UsageError
+from ..image.io import load
+from ..ops.match import MATCH_SIZES, Match
 
 MatchSize = choice_enum("MatchSize", MATCH_SIZES)
 

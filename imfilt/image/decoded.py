@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError, shown
+from ..errors import InputError, shown
 from .io import check_frames, open_header
 
 

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .convolution import rank_one_factors, resolve_method
-from .engine import cpu_engine
-from .errors import UsageError
+from ..engine.engine import cpu_engine
+from ..errors import UsageError
 from .kernels import BUILTINS, Kernel, builtin
 
 KERNEL_FORMATS = ("txt", "mat", "npy", "npz")

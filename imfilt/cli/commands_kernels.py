@@ -9,10 +9,10 @@ import typer
 
 from .batch import app, choice_enum, say
 from .commands import Normalize
-from .errors import InputError, UsageError, shown
-from .io import atomic_write
-from .kernel_view import KERNEL_FORMATS, builtin_rows, facts, format_number, kernel_file, matrix_text, oriented, picture
-from .kernels import load_kernels
+from ..errors import InputError, UsageError, shown
+from ..image.io import atomic_write
+from ..ops.kernel_view import KERNEL_FORMATS, builtin_rows, facts, format_number, kernel_file, matrix_text, oriented, picture
+from ..ops.kernels import load_kernels
 
 KernelFormat = choice_enum("KernelFormat", KERNEL_FORMATS)
 kernels_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None)

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .convolution import MODES, correlate_planes, pad_planes, resolve_method
-from .engine import Engine, cpu_engine, get_engine
-from .errors import UsageError, check_choice
+from ..engine.engine import Engine, cpu_engine, get_engine
+from ..errors import UsageError, check_choice
 from .kernels import Kernel
-from .ops import Image, Result, luminance, split_alpha
+from .operations import Image, Result, luminance, split_alpha
 
 METHODS = ("wiener", "richardson-lucy")
 EPSILON = 1e-12  # K(x) below this: the ratio y / K(x) is taken as 0 (as scikit-image's filter_epsilon)

@@ -16,8 +16,8 @@ import functools
 
 import numpy as np
 
-from .engine import Engine, get_engine
-from .errors import UsageError, check_choice
+from ..engine.engine import Engine, get_engine
+from ..errors import UsageError, check_choice
 from .kernels import Kernel
 
 MODES = ("reflect", "mirror", "nearest", "wrap", "constant")

@@ -20,8 +20,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import InputError, shown
-from .inflate import TooLarge, decode_chunk
+from ..errors import InputError, shown
+from ..inflate import TooLarge, decode_chunk
 
 STORE_FILES = ("zarr.json", ".zarray", ".zgroup")  # zarr v3's metadata, and v2's
 CHUNK = 256  # chunk side of a whole image written as zarr (the tiled path passes its tile)

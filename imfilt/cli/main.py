@@ -5,7 +5,7 @@
 
 import sys
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["app", "main"]
 
@@ -25,7 +25,7 @@ def _app():
     return app
 
 
-def __getattr__(name: str):  # `from imfilt.cli import app`: the app, built on first use
+def __getattr__(name: str):  # `from imfilt.cli.main import app`: the app, built on first use
     if name == "app":
         return _app()
-    raise AttributeError(f"module 'imfilt.cli' has no attribute {name!r}")
+    raise AttributeError(f"module 'imfilt.cli.main' has no attribute {name!r}")

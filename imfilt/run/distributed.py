@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from .errors import LostCluster, Stopped, UsageError
+from ..errors import LostCluster, Stopped, UsageError
 
 # What dask.distributed accepts as a scheduler address: [tcp|tls|ucx|inproc|ws|wss://]host:port
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(\[[0-9A-Fa-f:]+\]|[^\s/:\[\]]+):(\d{1,5})$")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .convolution import MODES, pad_planes
-from .engine import Engine, get_engine
-from .errors import InputError, UsageError, check_choice, check_image
+from ..engine.engine import Engine, get_engine
+from ..errors import InputError, UsageError, check_choice, check_image
 
 MAX_TAPS = 4096  # a 64x64 kernel: the normal equations are (taps x taps)
 _CHUNK = 1 << 15  # left-out samples turned into patches at a time (15x15: 59 MB)

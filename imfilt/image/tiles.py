@@ -21,11 +21,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .ahead import in_parallel
-from .boundary import extend_index
-from .errors import ImfiltError, InputError, shown
-from .files import npy_header, open_regular
-from .inflate import bound_tifffile
+from ..ahead import in_parallel
+from ..boundary import extend_index
+from ..errors import ImfiltError, InputError, shown
+from ..files import npy_header, open_regular
+from ..inflate import bound_tifffile
 from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
                  tiff_frames, tiff_orientation)
 from .omezarr import open_image, write_ome_zarr

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import EngineUnavailable, check_image
+from ..errors import EngineUnavailable, check_image
 
 ENGINES = ("auto", "cpu", "gpu")
 FFT_BACKENDS = ("scipy", "pyfftw")

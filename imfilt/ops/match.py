@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Engine, get_engine
-from .errors import UsageError, check_choice, check_image
-from .ops import Image, Result, luminance, split_alpha
+from ..engine.engine import Engine, get_engine
+from ..errors import UsageError, check_choice, check_image
+from .operations import Image, Result, luminance, split_alpha
 
 MATCH_SIZES = ("valid", "same")
 # A window whose root-mean-square deviation is below this (in [0, 1] units: far below one 16-bit

@@ -24,13 +24,13 @@ import numpy as np
 
 from . import tiled, tiled_fft
 from .distributed import check_stop, on_dask_worker
-from .engine import auto_engine, get_engine
-from .errors import InputError, Interrupted, Stopped, UsageError, shown
-from .files import take_abandoned
-from .io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
+from ..engine.engine import auto_engine, get_engine
+from ..errors import InputError, Interrupted, Stopped, UsageError, shown
+from ..files import take_abandoned
+from ..image.io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
                  fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
-from .omezarr import is_store
-from .tiles import image_shape
+from ..image.omezarr import is_store
+from ..image.tiles import image_shape
 
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
@@ -58,7 +58,7 @@ class Settings:
 @dataclass(frozen=True)
 class Output:
     path: str  # "-" for standard output
-    op: Any  # an operation from imfilt.ops / imfilt.frequency
+    op: Any  # an operation of imfilt.ops (operations.py, frequency.py, ...)
     skip: bool = False  # all its files exist and --skip-existing
     extras: tuple[tuple[str, str], ...] = ()  # secondary files: (name in Result.extras, path), e.g. the mask
 
@@ -565,7 +565,7 @@ class _Sheet:
     """
 
     def __init__(self, job: Job, output: Output, loaded: Loaded):
-        from . import montage
+        from .. import montage
 
         self.job, self.output, self.montage = job, output, montage
         height, width = loaded.pixels.shape[:2]

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from zlib_ng import zlib_ng  # SIMD CRC-32: checking a 34 MB PNG's chunks takes a few ms
 
-from .errors import InputError, UsageError, check_choice, check_image, shown
-from .files import file_size, hold, npy_header, open_regular
-from .inflate import bound_tifffile, bounded_png, png_data_fits
+from ..errors import InputError, UsageError, check_choice, check_image, shown
+from ..files import file_size, hold, npy_header, open_regular
+from ..inflate import bound_tifffile, bounded_png, png_data_fits
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
 

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError, KernelError, shown
-from .files import file_size, npy_header, open_regular
+from ..errors import InputError, KernelError, shown
+from ..files import file_size, npy_header, open_regular
 
 NORMALIZE = ("none", "sum", "softmax")
 F32_MAX = float(np.finfo(np.float32).max)

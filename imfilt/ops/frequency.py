@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Engine, get_engine
-from .errors import UsageError, check_choice, check_image
-from .ops import Image, Result, luminance, split_alpha
+from ..engine.engine import Engine, get_engine
+from ..errors import UsageError, check_choice, check_image
+from .operations import Image, Result, luminance, split_alpha
 
 PROFILES = ("ideal", "gaussian", "butterworth")
 WINDOWS = ("none", "hann")
