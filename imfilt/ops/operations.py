@@ -9,7 +9,7 @@ record. Operations import nothing of the image layer (io, tiles): the runner han
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -126,6 +126,42 @@ class Apply:
         samples = shape[0] * shape[1] * shape[2]
         per_sample = {"direct": 13, "separable": 15, "fft": 24}[self.resolved_method]
         return (per_sample + 10 * (len(self.kernel.parts) - 1)) * samples
+
+    # --- what the windows runner (tiled.py) asks -------------------------------------------
+
+    @property
+    def reach(self) -> int:
+        """How far one output position reads, at most, along either axis (the window's halo)."""
+        return max(self.kernel.shape)
+
+    def window_reads(self, start: int, stop: int, n: int, axis: int) -> tuple[np.ndarray, slice]:
+        """Input indices that output positions start..stop-1 read along ``axis`` (0: rows, 1:
+        columns) of an image n long, and which part of the window's result to keep.
+
+        Output o reads the input from o - before to o + after. The window is cut at the image's true
+        edges, where the operation extends the image itself as it does whole (with one reach of
+        margin, so reflections near an edge find their rows); wrap reaches across the image, so its
+        halo is index-mapped.
+        """
+        k = self.kernel.shape[axis]
+        before = {"valid": 0, "full": k - 1}.get(self.size, k // 2 if self.correlate else k - 1 - k // 2)
+        after = k - 1 - before
+        if self.mode == "wrap" and self.size != "valid":
+            keep = slice(before, before + stop - start) if self.size == "same" else slice(None)
+            return extend_index(start - before, stop + after, n, "wrap"), keep
+        margin = max(before, after) + 1
+        low, high = max(0, start - before - margin), min(n, stop + after + margin)
+        return np.arange(low, high), slice(start - low, stop - low)
+
+    def for_windows(self) -> Apply:
+        """The operation each window runs: --method auto resolved once for the image, never per
+        window. wrap's halo is index-mapped, so the window holds all the kernel reaches: "same"
+        runs as the whole image's padded copy runs (with a border never read), "full" as its
+        "valid" part."""
+        op = replace(self, method=self.resolved_method)
+        if self.mode == "wrap" and self.size != "valid":
+            op = replace(op, mode="nearest") if self.size == "same" else replace(op, size="valid")
+        return op
 
     @property
     def work(self) -> str:

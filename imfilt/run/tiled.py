@@ -1,12 +1,12 @@
 """Running an operation on an image larger than memory, window by window (see tiles.py).
 
-Each output window reads the input it depends on: the window plus the kernel's reach (the
-halo), cut at the image's true edges so that the operation extends the image there exactly as
-it does whole. Direct and separable results are bit-identical to the whole-image result (FFT
+Each output window reads the input it depends on, as the operation says (``window_reads``):
+for an apply, the window plus the kernel's reach (the halo), cut at the image's true edges so
+that the operation extends the image there exactly as it does whole. Direct and separable results are bit-identical to the whole-image result (FFT
 within float32 rounding): with scipy.ndimage's filters for any window, with OpenCV's (whose
 vector loops round by position in a row) for windows of whole rows, which tiles.window_for
 chooses whenever a band at least 16 rows high fits the budget. ``wrap`` reaches across the
-image, so its halo is read by index mapping instead (tiles.extend_index). (Mapping
+image, so its halo is read by index mapping instead (boundary.extend_index). (Mapping
 ``constant`` the same way would not be exact: scipy's cval is a double, and premultiplied alpha
 and --gray would see the cval before filtering rather than after.)
 """
@@ -25,8 +25,8 @@ from ..ahead import Ahead
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from ..errors import InputError, UsageError, shown
 from ..image.io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
-from ..ops.operations import Apply, Result
-from ..image.tiles import Plan, Source, extend_index, one_heap_arena, open_source, window_for, write_tiles
+from ..ops.operations import Result
+from ..image.tiles import Plan, Source, one_heap_arena, open_source, window_for, write_tiles
 
 DEFAULT_MEMORY = "2G"
 # Working memory of the whole-image path, in float32 copies of the image: a 4096x4096 RGB photo
@@ -86,46 +86,25 @@ def check_tiled_output(source: str, output, split_channels: bool) -> None:
 # --- windows of an apply -------------------------------------------------------------------
 
 
-def _axis_reads(op: Apply, start: int, stop: int, n: int, k: int) -> tuple[np.ndarray, slice]:
-    """Input indices that output positions start..stop-1 read along one axis, and which to keep.
-
-    Output o reads the input from o - before to o + after. The window is cut at the image's true
-    edges, where the operation extends the image itself as it does whole (with one reach of
-    margin, so reflections near an edge find their rows); wrap reaches across the image, so its
-    halo is index-mapped.
-    """
-    before = {"valid": 0, "full": k - 1}.get(op.size, k // 2 if op.correlate else k - 1 - k // 2)
-    after = k - 1 - before
-    if op.mode == "wrap" and op.size != "valid":
-        keep = slice(before, before + stop - start) if op.size == "same" else slice(None)
-        return extend_index(start - before, stop + after, n, "wrap"), keep
-    margin = max(before, after) + 1
-    low, high = max(0, start - before - margin), min(n, stop + after + margin)
-    return np.arange(low, high), slice(start - low, stop - low)
-
-
-def apply_window(op: Apply, shape: tuple[int, int, int], memory: int) -> tuple[int, int]:
-    """The output window a streamed apply of an (H, W, C) image takes in ``memory``."""
+def apply_window(op, shape: tuple[int, int, int], memory: int) -> tuple[int, int]:
+    """The output window a streamed operation (``runner = "windows"``) of an (H, W, C) image takes in ``memory``."""
     width = op.output_shape(*shape[:2])[1]
-    return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, max(op.kernel.shape), width, TILE)
+    return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, op.reach, width, TILE)
 
 
-def apply_windows(op: Apply, source: Source, engine, window: tuple[int, int],
+def apply_windows(op, source: Source, engine, window: tuple[int, int],
                   stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, Result]]:
-    """(rows, columns, result) for each output window of ``op`` in row-major order (in ``stripe``'s rows)."""
+    """(rows, columns, result) for each output window of ``op`` in row-major order (in ``stripe``'s rows).
+
+    The operation says what each window reads (``window_reads``), what runs on it
+    (``for_windows``), and its constant's value (``cval``)."""
     height, width, _ = source.shape
-    kh, kw = op.kernel.shape
-    # --method auto is resolved once for the image, never per window. wrap's halo is index-mapped,
-    # so the window holds all the kernel reaches: "same" runs as the whole image's padded copy
-    # runs (with a border never read), "full" as its "valid" part
-    window_op = replace(op, method=op.resolved_method)
-    if op.mode == "wrap" and op.size != "valid":
-        window_op = replace(window_op, mode="nearest") if op.size == "same" else replace(window_op, size="valid")
+    window_op = op.for_windows()
 
     def reads():
         for rows, cols in Plan(*op.output_shape(height, width), window).windows(stripe, stop=check_stop):
-            row_index, keep_rows = _axis_reads(op, rows.start, rows.stop, height, kh)
-            col_index, keep_cols = _axis_reads(op, cols.start, cols.stop, width, kw)
+            row_index, keep_rows = op.window_reads(rows.start, rows.stop, height, 0)
+            col_index, keep_cols = op.window_reads(cols.start, cols.stop, width, 1)
             yield rows, cols, keep_rows, keep_cols, source.pieces(row_index, col_index)
 
     with Ahead(reads()) as read:  # the next window is read (decoded) on a thread while this one is filtered
@@ -170,7 +149,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
 # --- the windows of one image on a Dask cluster -------------------------------------------
 
 
-def _on_dask(source_path: str, op: Apply, path: str, shape, window, engine) -> tuple[Path, Result] | None:
+def _on_dask(source_path: str, op, path: str, shape, window, engine) -> tuple[Path, Result] | None:
     """On a Dask worker: stripes of windows go to the cluster and write float32 results into a
     zarr scratch beside the output, each task whole chunks (so no two write one chunk).
 
@@ -207,7 +186,7 @@ def _read_back(scratch: tuple[Path, Result], shape, window) -> Iterator[tuple[sl
         yield rows, cols, replace(first, pixels=array[rows, cols])
 
 
-def _stripe(stripe: slice, *, source_path: str, op: Apply, window, scratch: str) -> None:
+def _stripe(stripe: slice, *, source_path: str, op, window, scratch: str) -> None:
     """One Dask task: the windows of a stripe of rows, written to the scratch (whole chunks)."""
     import zarr
 
