@@ -380,17 +380,17 @@ def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[in
 
     extras = {"extrasamples": ("unassalpha",)} if alpha else {}
     nbytes = height * width * channels * np.dtype(dtype).itemsize
-    # tiles deflated here, on two threads, by zlib-ng at level 2: 1.4-1.5x zlib's level 1 on one
-    # core at the same size or smaller (a Sobel map, a Gaussian blur); tifffile writes the bytes
+    # tiles deflated here, on two threads, by ISA-L at level 1: 4-8x zlib-ng's level 2 at the same
+    # size (an 8000x8000 Sobel map: 565 MB/s against 72, 0.827 of the raw bytes against 0.830)
     tifffile.imwrite(path, in_parallel(_deflate_tile, tiles()), shape=shape if channels > 1 else shape[:2],
                      dtype=dtype, tile=tile, photometric="minisblack" if channels <= 2 else "rgb",
                      planarconfig="contig", bigtiff=nbytes > BIGTIFF_BYTES, compression="zlib", **extras)
 
 
 def _deflate_tile(data: bytes) -> bytes:
-    from zlib_ng import zlib_ng
+    from isal import isal_zlib
 
-    return zlib_ng.compress(data, 2)
+    return isal_zlib.compress(data, 1)
 
 
 # --- memory --------------------------------------------------------------------------------
