@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU engine's proof, in one run on a machine with an NVIDIA GPU and no network (issue 17):
-# set-up from the wheels in .whl/ (`../shared/gpu/prepare-wheels.sh msgspec google-crc32c "typing-extensions>=4.14"
-# packaging pyyaml`: zarr 3.4 needs the first two, and the script's own list lacks them), the device, the GPU test cases,
+# set-up from the wheels in .whl/ (`../shared/gpu/prepare-wheels.sh msgspec google-crc32c isal "typing-extensions>=4.14"
+# packaging pyyaml`: zarr 3.4 needs the first two, png.py isal, and the script's own list lacks them), the device, the GPU test cases,
 # the benchmark, then the rest of the suite; every log goes to LOGDIR. Never stops at a failure;
 # each part has a time limit so the whole fits in ~8 minutes (the benchmark at 4096² only: the
 # 16384² rows take another ~3 min; run benchmarks/gpu.py --sizes 16384 on its own for them).
