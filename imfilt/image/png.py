@@ -56,7 +56,7 @@ def _bytes(stored: np.ndarray) -> np.ndarray:
 
 
 def encode_png(stored: np.ndarray, out: BinaryIO, threads: int = 1, level: int = 1) -> None:
-    """Write (H, W, C) uint8 or uint16 values as a PNG; ``threads`` deflate its row blocks."""
+    """Write (H, W, C) uint8 or uint16 values as a PNG; ``threads`` deflate its row blocks at ISA-L's ``level`` (0-3)."""
     stream = PngStream(out, stored.shape, stored.dtype, threads, level)
     stream.write(stored)
     stream.close()
