@@ -4,6 +4,7 @@
     python benchmarks/corpus.py -o benchmarks/corpus-main.sha256   # ... into a file
     python benchmarks/corpus.py --compare benchmarks/corpus-main.sha256   # exit 1 if any output differs
     python benchmarks/corpus.py --only lowpass --keep /tmp/corpus  # some cases; keep the files to look at
+    (then benchmarks/corpus_pixels.py compares the pixels of two kept runs whose bytes differ)
 
 A change that should keep every pixel (a refactor of the pixel path, a lighter start) runs
 ``--compare`` against the manifest committed from main: each line names an output by its case and
