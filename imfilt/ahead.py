@@ -14,7 +14,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -101,3 +101,87 @@ def in_parallel(work: Callable[[T], R], items: Iterable[T], threads: int = 2, de
         finally:
             for future in pending:
                 future.cancel()
+
+
+class _Abandoned(BaseException):
+    """Raised in a consumer's iterator when the items it was fed stopped (an error, a signal)."""
+
+
+def fan_out(items: Iterable[Sequence[T]], consumers: Sequence[Callable[[Iterator[T]], None]]) -> None:
+    """Part k of each item to ``consumers[k]``, which pulls its parts from an iterator (a writer
+    such as tiles.write_tiles), all at once: one consumer runs on this thread, several on a
+    thread each, fed at most one part ahead; several outputs of one input so share one decode.
+
+    A consumer's error stops the items and is raised here once every consumer has ended. An
+    error of the items, or Ctrl-C, ends every consumer (its iterator raises) before it is
+    raised, so a writer has removed its temporary file, or renamed a finished one, by then.
+    """
+    if len(consumers) == 1:
+        consumers[0](item[0] for item in items)
+        return
+    boxes = [queue.Queue(maxsize=1) for _ in consumers]
+    abandon, errors = threading.Event(), [None] * len(consumers)
+
+    def parts(box: queue.Queue) -> Iterator[T]:
+        while True:
+            try:
+                part = box.get(timeout=_POLL)
+            except queue.Empty:
+                if abandon.is_set():
+                    raise _Abandoned from None
+                continue
+            if part is _DONE:
+                return
+            yield part
+
+    def consume(k: int) -> None:
+        try:
+            consumers[k](parts(boxes[k]))
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised by the caller's thread, below
+            errors[k] = exc
+            abandon.set()
+
+    threads = [threading.Thread(target=consume, args=(k,), name="imfilt-sink", daemon=True) for k in range(len(consumers))]
+    for thread in threads:
+        thread.start()
+
+    def put(k: int, part) -> None:
+        while threads[k].is_alive():  # one that stopped asking (a TIFF writer after its last tile) is given nothing more
+            if abandon.is_set():
+                raise _Abandoned
+            try:
+                boxes[k].put(part, timeout=_POLL)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        for item in items:
+            for k, part in enumerate(item):
+                put(k, part)
+        for k in range(len(consumers)):
+            put(k, _DONE)
+        _join(threads)
+    except BaseException as exc:
+        abandon.set()
+        _join(threads)
+        if not isinstance(exc, _Abandoned):
+            raise
+    error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    """Wait for every thread, even when a signal interrupts the wait (its exception comes after)."""
+    interrupted = None
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except BaseException as exc:  # noqa: BLE001 - Ctrl-C: the writers finish or clean up first
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted

@@ -1,4 +1,5 @@
-"""One apply output of an image that fits goes through the streamed runner in bands (pipeline._bands_pay):
+"""An apply output of an image that fits goes through the streamed runner in bands (pipeline._bands_pay;
+several outputs at once: test_shared_decode.py):
 the same bytes as the whole-image path, which still decides every input that does not stream."""
 
 import json
@@ -10,7 +11,6 @@ from PIL import Image
 
 from imfilt.run import pipeline
 from imfilt.ahead import Ahead
-from imfilt.ops.operations import Apply
 from test_streamed_png import _png16, _photo, _refused, _run, _tiff
 
 ASYM = "5x3: 1,2,0,-1,3, 0,4,1,0,-2, -1,0,2,5,1"
@@ -115,30 +115,6 @@ def test_the_json_record_is_the_whole_image_one(tmp_path, both):
         record.pop("seconds")
         record.pop("output")
     assert records[0] == records[1]
-
-
-def test_only_one_apply_output_into_a_file_that_streams_goes_in_bands(tmp_path, monkeypatch):
-    """Several outputs (each would decode again), standard output, TIFF (streamed TIFFs are tiled), zarr
-    (zstd compressed chunks written in bands to other bytes) stay whole."""
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
-    source = _input(tmp_path, "png")
-    settings = pipeline.Settings()
-
-    def bands(*names):
-        outputs = [pipeline.Output(name, Apply(_kernel("box"))) for name in names]
-        return pipeline._bands_pay(str(source), (210, 202, 3), outputs, True, settings)
-
-    assert bands("o.png") and bands("o.npy")
-    assert not bands("a.png", "b.png") and not bands("o.tif") and not bands("o.zarr") and not bands("-")
-    assert not bands("o.jpg")
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 210 * 202 + 1)
-    assert not bands("o.png")  # below the size where bands pay
-
-
-def _kernel(name):
-    from imfilt.ops.kernels import load_kernel
-
-    return load_kernel(name)
 
 
 # --- Ahead: the thread under each step -------------------------------------------------------

@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import InputError, UsageError, one_line, shown
 from ..image.omezarr import is_store
 from .. import montage
-from .pipeline import json_line
-from .tiled import BANDED_MEMORY, apply_window, check_tiled_output
+from .pipeline import json_line, together
+from .tiled import BANDED_MEMORY, check_tiled_output, shared_window
 from ..image.tiles import image_shape, open_source
 
 # Peak memory of Python and the libraries, above which each operation says its own (peak_bytes),
@@ -86,17 +86,19 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
         streams = {}
         if not error and job.tiled and job.montage and not job.montage.skip:
             error = "too large for memory (see --memory), and --montage needs the maps of images that fit in memory"
+        todo = [o for o in job.outputs if not o.skip]
         if not error and job.tiled:
             try:
-                streams = {o.path: streamed(job, o, shape, scheduler) for o in job.outputs if not o.skip}
+                shared = not scheduler and together(todo, shape, job.settings.memory)
+                streams = {o.path: streamed(job, o, shape, scheduler, todo if shared else [o]) for o in todo}
             except (InputError, UsageError) as exc:  # the run fails this input, and goes on with the rest
                 error = str(exc).removeprefix(f"{shown(job.source)}: ")
         if error:
             records.append({"input": job.source, "refused": error})
             continue
         if job.banded and shape:  # it fits, but goes in bands (the run reads it whole where its file does not stream)
-            streams = {o.path: {"window": list(apply_window(o.op, shape, BANDED_MEMORY)), "banded": True}
-                       for o in job.outputs if not o.skip}
+            window = shared_window([o.op for o in todo], shape, BANDED_MEMORY * len(todo))
+            streams = {o.path: {"window": list(window), "banded": True} for o in todo}
         for output in job.all_outputs:
             method, why = method_and_why(output.op) if output is not job.montage else (
                 "montage", f"the {len(job.outputs)} maps above in a near-square grid")
@@ -110,7 +112,7 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
             peak = (STREAMED_BASE_BYTES + job.settings.memory if job.tiled
-                    else STREAMED_BASE_BYTES + BANDED_MEMORY if job.banded  # an input that does not stream runs whole
+                    else STREAMED_BASE_BYTES + BANDED_MEMORY * len(todo) if job.banded  # an input that does not stream runs whole
                     else peak_bytes(shape, [o.op for o in job.outputs]))
             if job.montage and not job.montage.skip and not job.tiled:
                 peak += montage_bytes(shape, [o.op for o in job.outputs])
@@ -124,8 +126,9 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
     return records, summary
 
 
-def streamed(job, output, shape, scheduler: str | None) -> dict:
-    """How a job too large for memory streams this output; an InputError where the run would fail.
+def streamed(job, output, shape, scheduler: str | None, sharing: list) -> dict:
+    """How a job too large for memory streams this output (``sharing``: the outputs
+    that share its decode, itself included); an InputError where the run would fail.
 
     The run's own checks: the output's format, the input opened for tiles (its header only),
     and for spectrum and lowpass the free space where the scratch goes.
@@ -137,7 +140,7 @@ def streamed(job, output, shape, scheduler: str | None) -> dict:
     open_source(job.source).close()
     facts = {"memory_bytes": memory}
     if output.op.runner == "windows":
-        return {**facts, "window": list(apply_window(output.op, shape, memory))}
+        return {**facts, "window": list(shared_window([o.op for o in sharing], shape, memory))}
     band, block, _ = tiled_fft.passes(shape, output.op, memory)
     folder, needed, free = tiled_fft.scratch_space(shape, output.op, output.path, job.settings.temp_dir, bool(scheduler))
     if needed > free and not scheduler:  # a cluster's workers write it on their own storage

@@ -280,14 +280,15 @@ def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, setting
 
     A whole-image job touches several fresh float32 copies of the image, and on these machines
     new memory is time (~630 MB/s to fault in): bands of rows, reused, decoded, filtered and
-    encoded at once, are faster from about a megapixel (docs/performance.md). One apply output
-    into a file that streams; the rest stays whole (several outputs would each decode again).
+    encoded at once, are faster from about a megapixel (docs/performance.md). Apply outputs into
+    files that stream, several sharing one decode (together); the rest stays whole.
     """
     if source == "-" or not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
         return False
     todo = [o for o in outputs if not o.skip]
-    return (len(todo) == 1 and todo[0].op.runner == "windows" and not todo[0].extras and not settings.split_channels
-            and Path(todo[0].path).suffix.lower() in BANDED_OUTPUTS)
+    return (len(todo) > 0 and all(o.op.runner == "windows" and not o.extras and Path(o.path).suffix.lower() in
+                                  BANDED_OUTPUTS for o in todo)
+            and not settings.split_channels and (len(todo) == 1 or together(todo, shape, settings.memory)))
 
 
 # the streamed files whose bytes are those of the whole-image writers (a streamed TIFF is tiled; a
@@ -495,19 +496,22 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
                              "of images that fit in memory")
         for output in todo:
             tiled.check_tiled_output(job.source, output, settings.split_channels)
-        height, width, _ = image_shape(job.source) or (0, 0, 0)
+        shape = image_shape(job.source) or (0, 0, 0)
+        height, width, _ = shape
         try:
             check_pixels(width, height, settings.max_pixels or pillow_limit())
         except InputError as exc:
             raise InputError(f"{shown(job.source)}: {exc}") from None
-        for i, output in enumerate(todo):  # not shielded from signals: a streamed output can take minutes
-            part = tiled.progress_part(progress, i / len(todo), 1 / len(todo))
-            _tiled_output(job, output, _engine_for(settings, output.op, height * width), records, part)
+        chunks = [todo[i : i + MAX_TOGETHER] for i in range(0, len(todo), MAX_TOGETHER)]
+        groups = [group for chunk in chunks for group in ([chunk] if together(chunk, shape, settings.memory)
+                                                          else [[o] for o in chunk])]
+        for i, group in enumerate(groups):  # not shielded from signals: a streamed output can take minutes
+            part = tiled.progress_part(progress, i / len(groups), 1 / len(groups))
+            _streamed(job, group, records, part)
         return records
     if job.banded and not on_dask_worker():
         try:
-            _tiled_output(job, todo[0], _engine_for(settings, todo[0].op, job.shape[0] * job.shape[1]), records,
-                          progress, whole=True)
+            _streamed(job, todo, records, progress, whole=True)
             return records
         except InputError:
             pass  # what does not stream (an interlaced PNG, a planar TIFF) or fails: the whole-image path decides
@@ -594,27 +598,51 @@ class _Sheet:
         return record
 
 
-def _tiled_output(job: Job, output: Output, engine, records: list[dict], progress: tiled.Progress | None = None,
-                  whole: bool = False) -> None:
-    """One output streamed window by window, its record added to ``records``; ``whole``: an
-    image that fits, recorded as a whole one is."""
-    start = time.perf_counter()
-    run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[output.op.runner]
-    # an image that fits goes in bands of a fixed budget: larger ones only take more memory
-    memory = min(job.settings.memory, tiled.BANDED_MEMORY) if whole else job.settings.memory
-    before = _identity(output.path)
-    record = _record(job, output)
+# At most this many outputs share one decode: each is written on a thread of its own
+MAX_TOGETHER = 8
+
+
+def together(outputs: list[Output], shape: tuple[int, int, int], memory: int) -> bool:
+    """Whether several streamed outputs of one input share one decode (tiled.run_outputs): apply
+    outputs of one size, not on Dask (there each output's windows are the cluster's tasks)."""
+    if not 1 < len(outputs) <= MAX_TOGETHER or on_dask_worker():
+        return False
     try:
-        facts = run_output(job.source, output, depth=job.settings.depth, scale=job.settings.scale, memory=memory,
-                           engine=engine, temp_dir=job.settings.temp_dir, progress=progress)
-        record.update({k: v for k, v in facts.items() if not whole or k not in ("tiled", "window")},
-                      engine=engine.name, seconds=round(time.perf_counter() - start, 4))
-        records.append(record)
+        return tiled.shared_window([o.op for o in outputs], shape, memory) is not None
+    except UsageError:  # a kernel that does not fit: each output fails on its own
+        return False
+
+
+def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: tiled.Progress | None = None,
+              whole: bool = False) -> None:
+    """Outputs streamed window by window, their records added to ``records``: one alone, or
+    several from one decode (together); ``whole``: an image that fits, recorded as a whole one is."""
+    settings, start = job.settings, time.perf_counter()
+    # an image that fits goes in bands of a fixed budget per output: larger ones only take more memory
+    memory = min(settings.memory, tiled.BANDED_MEMORY * len(outputs)) if whole else settings.memory
+    pixels = (job.shape[0] * job.shape[1]) if job.shape else 0
+    engines = [_engine_for(settings, output.op, pixels) for output in outputs]
+    before = [_identity(output.path) for output in outputs]
+    made = [_record(job, output) for output in outputs]
+    try:
+        if len(outputs) > 1:
+            facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
+                                      engines=engines, progress=progress)
+        else:
+            run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
+            facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,
+                                engine=engines[0], temp_dir=settings.temp_dir, progress=progress)]
+        seconds = round(time.perf_counter() - start, 4)  # outputs made together: the time they took together
+        for record, fact, engine in zip(made, facts, engines):
+            record.update({k: v for k, v in fact.items() if not whole or k not in ("tiled", "window")},
+                          engine=engine.name, seconds=seconds)
+            records.append(record)
     except KeyboardInterrupt:
         # a signal is not held for a streamed output (it can take minutes): one that came after
-        # the output was renamed into place, before it was counted, still counts it
-        if all(r is not record for r in records) and _identity(output.path) != before:
-            records.append(record)
+        # an output was renamed into place, before it was counted, still counts it
+        for record, output, was in zip(made, outputs, before):
+            if all(r is not record for r in records) and _identity(output.path) != was:
+                records.append(record)
         raise
 
 

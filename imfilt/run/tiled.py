@@ -13,6 +13,7 @@ and --gray would see the cval before filtering rather than after.)
 
 from __future__ import annotations
 
+import itertools
 import re
 from contextlib import closing
 from dataclasses import replace
@@ -21,7 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..ahead import Ahead
+from ..ahead import Ahead, fan_out
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from ..errors import InputError, UsageError, shown
 from ..image.io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
@@ -92,29 +93,76 @@ def apply_window(op, shape: tuple[int, int, int], memory: int) -> tuple[int, int
     return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, op.reach, width, TILE)
 
 
-def apply_windows(op, source: Source, engine, window: tuple[int, int],
-                  stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, Result]]:
-    """(rows, columns, result) for each output window of ``op`` in row-major order (in ``stripe``'s rows).
+def shared_window(ops: list, shape: tuple[int, int, int], memory: int) -> tuple[int, int] | None:
+    """The one window of several apply outputs of an image, which then share one decode, each
+    taking its share of ``memory``; None where they cannot share (another runner, or another
+    output size). A kernel that does not fit the image raises UsageError, as output_shape does."""
+    if any(op.runner != "windows" for op in ops) or len({op.output_shape(*shape[:2]) for op in ops}) > 1:
+        return None
+    windows = [apply_window(op, shape, memory // len(ops)) for op in ops]
+    return min(w[0] for w in windows), min(w[1] for w in windows)
 
-    The operation says what each window reads (``window_reads``), what runs on it
-    (``for_windows``), and its constant's value (``cval``)."""
+
+def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, int],
+                   stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, list[Result]]]:
+    """(rows, columns, a result per operation) for each output window in row-major order (in
+    ``stripe``'s rows); the operations have one output shape.
+
+    Each operation says what a window reads (``window_reads``), what runs on it
+    (``for_windows``), and its constant's value (``cval``). The input of a window is read
+    (decoded) and converted once, for the operation that reaches furthest; the others see the
+    part of it they read (one Loaded for those that read the same part, as a bank's maps do:
+    they share its planes), or read their own where it is not a part of it.
+    """
     height, width, _ = source.shape
-    window_op = op.for_windows()
+    window_ops = [op.for_windows() for op in ops]
+    widest = max(range(len(ops)), key=lambda k: ops[k].reach)
 
     def reads():
-        for rows, cols in Plan(*op.output_shape(height, width), window).windows(stripe, stop=check_stop):
-            row_index, keep_rows = op.window_reads(rows.start, rows.stop, height, 0)
-            col_index, keep_cols = op.window_reads(cols.start, cols.stop, width, 1)
-            yield rows, cols, keep_rows, keep_cols, source.pieces(row_index, col_index)
+        for rows, cols in Plan(*ops[0].output_shape(height, width), window).windows(stripe, stop=check_stop):
+            spans = [(op.window_reads(rows.start, rows.stop, height, 0), op.window_reads(cols.start, cols.stop, width, 1))
+                     for op in ops]
+            (row_index, _), (col_index, _) = spans[widest]
+            parts = []
+            for op, ((rows_k, keep_rows), (cols_k, keep_cols)) in zip(ops, spans):
+                at = (_within(rows_k, row_index), _within(cols_k, col_index)) if op.cval == ops[widest].cval else (None,)
+                own = None if None not in at else source.pieces(rows_k, cols_k)
+                parts.append((keep_rows, keep_cols, at, own))
+            yield rows, cols, source.pieces(row_index, col_index), parts
 
     with Ahead(reads()) as read:  # the next window is read (decoded) on a thread while this one is filtered
-        for rows, cols, keep_rows, keep_cols, pieces in read:
-            pixels = source.as_float(pieces, cval=op.cval)
-            result = window_op.run(Loaded(pixels, source.depth, source.alpha), engine)
-            yield rows, cols, replace(result, pixels=result.pixels[keep_rows, keep_cols])
+        for rows, cols, pieces, parts in read:
+            pixels = source.as_float(pieces, cval=ops[widest].cval)
+            loaded: dict[tuple, Loaded] = {}
+            results = []
+            for op, window_op, engine, (keep_rows, keep_cols, at, own) in zip(ops, window_ops, engines, parts):
+                if own is not None:
+                    image = Loaded(source.as_float(own, cval=op.cval), source.depth, source.alpha)
+                else:
+                    key = (at[0].start, at[0].stop, at[1].start, at[1].stop)
+                    image = loaded.setdefault(key, Loaded(pixels[at], source.depth, source.alpha))
+                result = window_op.run(image, engine)
+                results.append(replace(result, pixels=result.pixels[keep_rows, keep_cols]))
+            yield rows, cols, results
 
 
-# --- a whole tiled output ------------------------------------------------------------------
+def _within(inner: np.ndarray, outer: np.ndarray) -> slice | None:
+    """Where the indices ``inner`` are a run of consecutive entries of ``outer``, if they are."""
+    for at in np.flatnonzero(outer == inner[0]):
+        if np.array_equal(outer[at : at + len(inner)], inner):
+            return slice(int(at), int(at) + len(inner))
+    return None
+
+
+def apply_windows(op, source: Source, engine, window: tuple[int, int],
+                  stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, Result]]:
+    """(rows, columns, result) for each output window of one operation (shared_windows)."""
+    with closing(shared_windows([op], source, [engine], window, stripe)) as windows:
+        for rows, cols, (result,) in windows:
+            yield rows, cols, result
+
+
+# --- whole tiled outputs -------------------------------------------------------------------
 
 
 def run_output(source_path: str, output, *, depth: int | None, scale: str, memory: int, engine,
@@ -124,24 +172,41 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
     An apply; spectrum and lowpass go through tiled_fft.run_output (which builds on this module).
     ``progress(fraction)`` is told as windows are written.
     """
-    one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
+    if not on_dask_worker():
+        return run_outputs(source_path, [output], depth=depth, scale=scale, memory=memory, engines=[engine],
+                           progress=progress)[0]
+    one_heap_arena()
     source = open_source(source_path)
     try:
         op = output.op
         shape = op.output_shape(*source.shape[:2])
         window = apply_window(op, source.shape, memory)
-        if window[1] == source.shape[1]:
-            source.in_bands(memory)
         scratch = _on_dask(source_path, op, output.path, shape, window, engine)
         try:
-            make_windows = (lambda: _read_back(scratch, shape, window)) if scratch else (
-                lambda: apply_windows(op, source, engine, window))
-            facts = write_result(output.path, shape, make_windows, window[0], source_depth=source.depth,
-                                 depth=depth, scale=scale, progress=progress)
+            facts = write_result(output.path, shape, lambda: _read_back(scratch, shape, window), window[0],
+                                 source_depth=source.depth, depth=depth, scale=scale, progress=progress)
             return {**facts, "window": list(window)}
         finally:
-            if scratch:
-                remove_tree(scratch[0])
+            remove_tree(scratch[0])
+    finally:
+        source.close()
+
+
+def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: str, memory: int, engines: list,
+                progress: Progress | None = None) -> list[dict]:
+    """Several apply outputs of one source with one output shape (shared_window), streamed window
+    by window from one decode, each into its files; facts for --json, one per output."""
+    one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
+    source = open_source(source_path)
+    try:
+        ops = [output.op for output in outputs]
+        window = shared_window(ops, source.shape, memory)
+        if window[1] == source.shape[1]:
+            source.in_bands(memory)
+        shape = ops[0].output_shape(*source.shape[:2])
+        facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window),
+                              window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress)
+        return [{**f, "window": list(window)} for f in facts]
     finally:
         source.close()
 
@@ -203,47 +268,64 @@ def _stripe(stripe: slice, *, source_path: str, op, window, scratch: str) -> Non
 
 def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int, depth: int | None, scale: str,
                  bounds: tuple[float, float] | None = None, progress: Progress | None = None) -> dict:
-    """Write the windows that ``make_windows()`` yields (rows, cols, Result) as ``write_image`` would.
+    """write_results for one output: ``make_windows()`` yields (rows, cols, Result)."""
+
+    def windows():
+        with closing(make_windows()) as each:
+            for rows, cols, result in each:
+                yield rows, cols, [result]
+
+    return write_results([path], shape, windows, tile, source_depth=source_depth, depth=depth, scale=scale,
+                         bounds=bounds, progress=progress)[0]
+
+
+def write_results(paths: list[str], shape, make_windows, tile: int, *, source_depth: int, depth: int | None,
+                  scale: str, bounds: tuple[float, float] | None = None, progress: Progress | None = None) -> list[dict]:
+    """Write the windows that ``make_windows()`` yields (rows, cols, a Result per path), each
+    output as ``write_image`` would; facts for --json, one per path.
 
     ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of the whole
     result: ``bounds`` when known, else a first pass over the windows finds them.
     ``progress(fraction)`` is told the share of the output's pixels done, over both passes.
     """
-    suffix = Path(path).suffix.lower()
-    depth = depth or fitting_depth(source_depth, suffix)
+    suffixes = [Path(path).suffix.lower() for path in paths]
+    depths = [depth or fitting_depth(source_depth, suffix) for suffix in suffixes]
     area = shape[0] * shape[1]
     with closing(make_windows()) as windows:  # closed whatever happens: its reading thread ends here
-        rows, cols, first = next(windows)  # what the result is (channels, alpha, auto scale) before writing
-        scale = first.auto_scale if scale == "auto" else scale
-        writing = progress
-        if scale in ("stretch", "peak") and bounds is None and depth != 32 and suffix != ".npy":
-            # two passes over the windows, each half of the work
+        rows, cols, firsts = next(windows)  # what each result is (channels, alpha, auto scale) before writing
+        scales = [first.auto_scale if scale == "auto" else scale for first in firsts]
+        stretched = [s in ("stretch", "peak") and d != 32 and x != ".npy" for s, d, x in zip(scales, depths, suffixes)]
+        found, writing = [bounds] * len(paths), progress
+        if any(stretched) and bounds is None:  # two passes over the windows, each half of the work
             with closing(make_windows()) as again:
-                bounds = _colour_bounds(_counted(again, area, progress_part(progress, 0, 0.5)), first.alpha)
+                found = _colour_bounds(_counted(again, area, progress_part(progress, 0, 0.5)), firsts)
             writing = progress_part(progress, 0.5, 0.5)
         counted = _counted(windows, area, writing, done=_area(rows, cols))
 
-        def stored(result: Result) -> np.ndarray:
-            if suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
+        def stored(k: int, result: Result) -> np.ndarray:
+            if suffixes[k] == ".npy":  # .npy holds the float32 values themselves, as write_image
                 return result.pixels
-            if depth == 32 or scale not in ("stretch", "peak"):
-                return to_storage(result.pixels, depth, scale, result.alpha)
+            if not stretched[k]:
+                return to_storage(result.pixels, depths[k], scales[k], result.alpha)
             pixels = result.pixels.copy()
             colour = pixels[..., :-1] if result.alpha else pixels
             # io's map for the whole image, from the minimum and maximum that the first pass found
-            colour[...] = SCALERS[scale](np.array(bounds, dtype=np.float32))(colour)
-            return to_storage(pixels, depth, "clip", result.alpha)
+            colour[...] = SCALERS[scales[k]](np.array(found[k], dtype=np.float32))(colour)
+            return to_storage(pixels, depths[k], "clip", result.alpha)
 
         def blocks():
-            yield rows, cols, stored(first)
-            for r, c, result in counted:
-                yield r, c, stored(result)
+            for r, c, results in itertools.chain([(rows, cols, firsts)], counted):
+                yield [(r, c, stored(k, result)) for k, result in enumerate(results)]
 
-        channels = first.pixels.shape[2]
-        dtype = np.float32 if suffix == ".npy" or depth == 32 else np.uint8 if depth == 8 else np.uint16
-        with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded here
-            write_tiles(path, (shape[0], shape[1], channels), dtype, ready, tile=(tile, tile), alpha=first.alpha)
-    return {**first.facts, "shape": [shape[0], shape[1], channels], "tiled": True}
+        def writer(k: int):
+            channels = firsts[k].pixels.shape[2]
+            dtype = np.float32 if suffixes[k] == ".npy" or depths[k] == 32 else np.uint8 if depths[k] == 8 else np.uint16
+            return lambda parts: write_tiles(paths[k], (shape[0], shape[1], channels), dtype, parts, tile=(tile, tile),
+                                             alpha=firsts[k].alpha)
+
+        with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded
+            fan_out(ready, [writer(k) for k in range(len(paths))])
+    return [{**first.facts, "shape": [shape[0], shape[1], first.pixels.shape[2]], "tiled": True} for first in firsts]
 
 
 def _counted(windows: Iterator, area: int, progress: Progress | None, done: int = 0) -> Iterator:
@@ -262,10 +344,11 @@ def _area(rows: slice, cols: slice) -> int:
     return (rows.stop - rows.start) * (cols.stop - cols.start)
 
 
-def _colour_bounds(windows, alpha: bool) -> tuple[float, float]:
-    """--scale stretch: the first pass finds the minimum and maximum over the whole image."""
-    low, high = np.inf, -np.inf
-    for _, _, result in windows:
-        colour = result.pixels[..., :-1] if alpha else result.pixels
-        low, high = min(low, float(colour.min())), max(high, float(colour.max()))
-    return low, high
+def _colour_bounds(windows, firsts: list[Result]) -> list[tuple[float, float]]:
+    """--scale stretch: the first pass finds each result's minimum and maximum over the whole image."""
+    low, high = [np.inf] * len(firsts), [-np.inf] * len(firsts)
+    for _, _, results in windows:
+        for k, (first, result) in enumerate(zip(firsts, results)):
+            colour = result.pixels[..., :-1] if first.alpha else result.pixels
+            low[k], high[k] = min(low[k], float(colour.min())), max(high[k], float(colour.max()))
+    return list(zip(low, high))
