@@ -8,6 +8,7 @@ convolve   each method vs per-channel scipy.ndimage.convolve in float64, 2048x20
 crossover  direct vs separable vs FFT by kernel size: where --method auto switches
 png        Pillow's PNG encoder settings on a 4096x4096 photo-like image
 cli        one CLI call per op on a 4096x4096 photo-like PNG vs the vips CLI, with peak RSS
+outputs    three maps of that PNG: one imfilt call (one decode) vs a call per kernel vs the three vips commands
 frequency  spectrum and lowpass on 4096x4096 RGB vs numpy.fft in float64; scipy vs pyfftw
 batch      100 photos of 640x480 and 40 smaller ones: the default (threads), -j 1, -j 2 (processes),
            xargs -P2 vips gaussblur
@@ -248,6 +249,34 @@ def bench_cli() -> None:
     shutil.rmtree(folder)
 
 
+def bench_outputs() -> None:
+    """Three maps of one 4096x4096 photo-like PNG: one imfilt call (one decode), three imfilt calls,
+    and the three vips commands, alternating, with peak RSS."""
+    folder = Path(tempfile.mkdtemp())
+    source = folder / "big.png"
+    Image.fromarray(np.rint(photo_like(4096) * 255).astype(np.uint8)).save(source, compress_level=1)
+    (folder / "box.mat").write_text("3 3 9 0\n1 1 1\n1 1 1\n1 1 1\n")
+    imfilt_cmd = [sys.executable, "-m", "imfilt", "apply", str(source), "--out-dir", str(folder / "out"), "--overwrite", "-q"]
+    kernels = ["sobel", "gaussian:sigma=2", "box"]
+    peers = [["sobel", str(source), str(folder / "v1.png")], ["gaussblur", str(source), str(folder / "v2.png"), "2"],
+             ["conv", str(source), str(folder / "v3.png"), str(folder / "box.mat")]]
+    one_call = imfilt_cmd + [arg for k in kernels for arg in ("-k", k)]
+    three_calls = ["sh", "-c", " && ".join(" ".join(imfilt_cmd + ["-k", k]) for k in kernels)]
+    commands = [one_call, three_calls]
+    vips = shutil.which("vips")
+    if vips:
+        commands.append(["sh", "-c", " && ".join(" ".join([vips] + args) for args in peers)])
+    measured = alternating_commands(commands, repeat=5)
+    names = ["imfilt apply -k sobel -k gaussian:sigma=2 -k box (one call)", "imfilt apply, one call per kernel",
+             "vips sobel; vips gaussblur 2; vips conv (box)"]
+    base = measured[-1][0] if vips else None
+    rows = [[name, seconds, f"{rss / 2**20:.0f} MiB" if rss else "-", f"{seconds / base:.2f}x" if base else "-"]
+            for name, (seconds, rss) in zip(names, measured)]
+    table("three maps of a 4096x4096 RGB PNG, seconds (median of 5, alternating) and the largest peak RSS of one process",
+          ["commands", "seconds", "peak RSS", "against vips"], rows)
+    shutil.rmtree(folder)
+
+
 def bench_frequency() -> None:
     image = photo_like(4096)
     x64 = image.astype(np.float64)
@@ -464,7 +493,7 @@ def bench_layer(size: int = 4096, by_hand_maps: int = 8) -> None:
 
 
 SECTIONS = {"inprocess": bench_inprocess, "convolve": bench_convolve, "crossover": bench_crossover, "png": bench_png, "cli": bench_cli,
-            "frequency": bench_frequency, "batch": bench_batch, "match": bench_match, "streampng": bench_streampng,
+            "outputs": bench_outputs, "frequency": bench_frequency, "batch": bench_batch, "match": bench_match, "streampng": bench_streampng,
             "layer": bench_layer}
 
 if __name__ == "__main__":

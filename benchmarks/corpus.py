@@ -167,6 +167,8 @@ def cases() -> list[tuple[str, list[str], dict]]:
     case("tiled-apply-zarr-input", ["apply", "in/chelsea.zarr", "-o", "@chelsea.zarr", "-k", "box"] + tiny)
     case("tiled-apply-jpeg-input", ["apply", "in/rocket.jpg", "-o", "@rocket.png", "-k", "box"] + tiny)
     case("tiled-apply-rgb16", ["apply", "in/rgb16.png", "-o", "@rgb16.png", "-k", "gaussian:sigma=2"] + tiny)
+    case("tiled-apply-three-tif", ["apply", c, "--out-dir", "@", "--name", "{stem}.{op}.tif", "-k", "box", "-k", "sobel",
+                                   "-k", ASYM, "--boundary", "wrap"] + tiny)  # one decode, one window for the three
     # one output of a megapixel image: streamed in bands though it fits (pipeline._bands_pay)
     b = "in/big.png"
     for name, kernel in [("box", "box"), ("sobel", "sobel"), ("gaussian", "gaussian:sigma=2"), ("box31", "box:size=31"),
@@ -186,6 +188,11 @@ def cases() -> list[tuple[str, list[str], dict]]:
     for ext in ["tif", "npy", "zarr"]:
         case(f"banded-out-{ext}", ["apply", b, "-o", f"@big.{ext}", "-k", "gaussian:sigma=2"])
     case("banded-depth-16", ["apply", b, "-o", "@big.png", "--depth", "16", "-k", "gaussian:sigma=2"])
+    # several outputs of a megapixel image: streamed together from one decode (pipeline.together)
+    case("banded-three", ["apply", b, "--out-dir", "@", "-k", "box", "-k", "sobel", "-k", ASYM, "--json"])
+    case("banded-three-npy", ["apply", b, "--out-dir", "@", "--name", "{stem}.{op}.npy", "-k", "gaussian:sigma=2",
+                              "-k", EVEN, "--boundary", "constant", "--cval", "0.25"])
+    case("banded-bank", ["apply", b, "--out-dir", "@", "-k", "in/bank.npy"])
     for name in ["big.jpg", "big.tif", "big.npy", "big16.png"]:
         case(f"banded-in-{name}", ["apply", f"in/{name}", "-o", "@out.png", "-k", "sharpen", "--json"])
     # spectrum

@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("size", type=int, nargs="?", default=20000)
     parser.add_argument("--folder", default="/tmp/imfilt-huge")
-    parser.add_argument("--only", help="comma-separated case names (first words: gaussian,sobel,31x31,spectrum,lowpass)")
+    parser.add_argument("--only", help="comma-separated case names (first words: gaussian,sobel,31x31,spectrum,both,lowpass)")
     parser.add_argument("--skip-vips", action="store_true")
     parser.add_argument("--skip-imfilt", action="store_true")
     parser.add_argument("--cap", type=int, default=20, help="address-space cap in GiB for every command (0: none)")
@@ -87,6 +87,11 @@ def main() -> None:
          ["vips", "conv", str(image), out("v.dense.tif") + vips_tiff, str(folder / "dense31.mat"), "--precision", "float"]),
         ("spectrum", imfilt + ["spectrum", str(image), "--temp-dir", str(folder), "-o", out("i.spectrum.tif")],
          ["vips", "spectrum", str(image), out("v.spectrum.tif") + vips_tiff]),
+        # two maps of one image: one imfilt call decodes the input once for both
+        ("both sobel and gaussian sigma=3", imfilt + ["apply", str(image), "-k", "sobel", "-k", "gaussian:sigma=3",
+                                                      "--out-dir", out("both"), "--name", "{stem}.{op}.tif"],
+         ["sh", "-c", f"vips sobel {image} {out('v.sobel.tif')}{vips_tiff} && "
+                      f"vips gaussblur {image} {out('v.gauss.tif')}{vips_tiff} 3"]),
         ("lowpass R=100", imfilt + ["lowpass", str(image), "--radius", "100", "--temp-dir", str(folder), "-o", out("i.low.tif")],
          None),
     ]
