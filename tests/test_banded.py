@@ -29,8 +29,8 @@ def both(tmp_path, monkeypatch):
     both CLI results, and both outputs' bytes (None where nothing was written)."""
 
     streamed = []  # each call of the streamed runner: the banded run must go through it, the whole one not
-    run_output = pipeline.tiled.run_output
-    monkeypatch.setattr(pipeline.tiled, "run_output", lambda *a, **k: streamed.append(a[0]) or run_output(*a, **k))
+    run_outputs = pipeline.tiled.run_outputs
+    monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(a[0]) or run_outputs(*a, **k))
 
     def run(source, suffix, *options):
         results, outputs = [], []
@@ -84,7 +84,7 @@ def test_banded_png_equals_the_whole_image_path(tmp_path, both, options):
 
 
 @pytest.mark.parametrize("kind", ["rgba.png", "grey.png", "16.png", "jpg", "tif", "npy"])
-@pytest.mark.parametrize("suffix", [".png", ".npy"])
+@pytest.mark.parametrize("suffix", [".png", ".npy", ".tif"])
 def test_banded_inputs_and_outputs_equal_the_whole_image_path(tmp_path, both, kind, suffix):
     (bands, whole), (mine, theirs) = both(_input(tmp_path, kind), suffix, "-k", "gaussian:sigma=2", "--alpha", "keep")
     assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr

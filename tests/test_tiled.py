@@ -235,7 +235,8 @@ def test_cli_bad_memory_is_usage_error(big_tiff, tmp_path):
 
 def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
     """6000x6000 RGB (432 MB as float32) under RLIMIT_AS = 500 MB: the whole-image path fails there
-    (so the limit binds), the tiled one passes and gives the right pixels."""
+    (so the limit binds: a BMP output, which does not stream), the tiled one passes and gives the
+    right pixels, and so does the banded one of an image that fits --memory (a TIFF output)."""
     import scipy.ndimage as ndi
     import tifffile
 
@@ -244,8 +245,10 @@ def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
     def limited(memory, output):
         return run_limited(500, "apply", source, "-k", "box", "-o", output, "--memory", memory)[0]
 
-    whole = limited("100G", tmp_path / "whole.tif")
+    whole = limited("100G", tmp_path / "whole.bmp")
     assert whole.returncode == 1 and "not enough memory" in whole.stderr, whole.stderr
+    banded = limited("100G", tmp_path / "banded.tif")
+    assert banded.returncode == 0, banded.stderr
     tiled = limited("64M", tmp_path / "tiled.tif")
     assert tiled.returncode == 0, tiled.stderr
     out = tifffile.imread(tmp_path / "tiled.tif", aszarr=True)
@@ -265,6 +268,7 @@ def test_tiled_job_runs_under_a_hard_address_space_limit(tmp_path):
         got = out[top : top + 10, left : left + 10]
         # OpenCV's filters equal scipy's to float32 rounding: a pixel may round the other way
         assert np.abs(got.astype(int) - expected[r : r + got.shape[0], c : c + got.shape[1]]).max() <= 1
+    assert np.array_equal(tifffile.imread(tmp_path / "banded.tif"), out[:])  # bands of whole rows: the same pixels
 
 
 # --- spectrum and lowpass out of core ---

@@ -1,8 +1,8 @@
 """Reading and writing images: float32 (H, W, C) in [0, 1] inside, integers only at the edges.
 
-Pillow reads and writes most formats; 16-bit colour PNG goes through pypng and 16-bit or float
-colour TIFF through tifffile, since Pillow holds neither; zarr stores (folders) through omezarr.py.
-Every write is atomic.
+Pillow reads and writes most formats; PNG is written by png.py and TIFF by tiff.py (deflated
+strips, the bytes of a streamed one), deep TIFFs read through tifffile; zarr stores (folders)
+through omezarr.py. Every write is atomic.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..files import file_size, hold, npy_header, open_regular
 from ..inflate import bound_tifffile, bounded_png, png_data_fits
 from .omezarr import is_store, open_image, write_ome_zarr
 from .png import encode_png
+from .tiff import strips, write_tiff
 
 SCALES = ("auto", "clip", "abs", "stretch", "offset")
 DEPTHS = (8, 16, 32)
@@ -485,8 +486,10 @@ def encode(stored: np.ndarray, suffix: str, alpha: bool, out: BinaryIO, threads:
         np.save(out, stored)
     elif kind == "PNG":
         encode_png(stored, out, threads)
-    elif kind == "TIFF" and (stored.dtype != np.uint8 or stored.shape[2] not in (1, 3, 4)):
-        _encode_tifffile(stored, alpha, out)
+    elif kind == "TIFF":
+        buffer = io.BytesIO()  # tifffile seeks: standard output cannot
+        write_tiff(buffer, stored.shape, stored.dtype, strips([stored], stored.shape, stored.dtype), alpha=alpha)
+        out.write(buffer.getbuffer())
     else:
         _encode_pillow(stored, kind, alpha, out)
 
@@ -497,17 +500,6 @@ def _encode_pillow(stored: np.ndarray, kind: str, alpha: bool, out: BinaryIO) ->
         stored, channels = stored[..., :-1], channels - 1
     image = Image.fromarray(stored[..., 0] if channels == 1 else np.ascontiguousarray(stored))
     image.save(out, format=kind, **SAVE_OPTIONS.get(kind, {}))
-
-
-def _encode_tifffile(stored: np.ndarray, alpha: bool, out: BinaryIO) -> None:
-    import tifffile
-
-    photometric = "rgb" if stored.shape[2] in (3, 4) else "minisblack"
-    extras = {"extrasamples": ("unassalpha",)} if alpha and stored.shape[2] in (2, 4) else {}
-    buffer = io.BytesIO()  # tifffile wants a named file or a BytesIO, not a bare descriptor
-    tifffile.imwrite(buffer, stored[..., 0] if stored.shape[2] == 1 else stored, photometric=photometric,
-                     planarconfig="contig", compression="zlib", compressionargs={"level": 1}, **extras)
-    out.write(buffer.getbuffer())
 
 
 def fitting_depth(depth: int, suffix: str) -> int:

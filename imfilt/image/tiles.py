@@ -8,7 +8,7 @@
   ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
-  (Big)TIFF through tifffile's tile iterator, a ``.npy`` through a memory map, an OME-Zarr image,
+  (Big)TIFF, or one in strips from bands of whole rows (tiff.py), a ``.npy`` through a memory map, an OME-Zarr image,
   or a PNG band by band (png.PngStream); atomically, as every output.
 - ``Plan`` cuts an output into windows bounded in both dimensions.
 """
@@ -21,7 +21,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..ahead import in_parallel
 from ..boundary import extend_index
 from ..errors import ImfiltError, InputError, shown
 from ..files import npy_header, open_regular
@@ -34,7 +33,6 @@ from .omezarr import open_image, write_ome_zarr
 PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 TILED_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")  # what a tiled job reads and writes
 _MAXVAL = {8: 255.0, 16: 65535.0, 32: 1.0}
-BIGTIFF_BYTES = 2**31  # above this a TIFF needs 64-bit offsets (which Pillow cannot read)
 
 
 # --- index maps ----------------------------------------------------------------------------
@@ -309,9 +307,10 @@ Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C
 
 
 def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
-                tile: tuple[int, int], alpha: bool = False) -> None:
+                tile: tuple[int, int], alpha: bool = False, strips: bool = False) -> None:
     """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy, OME-Zarr or PNG.
 
+    A TIFF is tiled, or in strips where ``strips`` (the blocks are then bands of whole rows).
     Written next to the target and renamed, as every output: a failure leaves nothing behind.
     """
     suffix = Path(path).suffix.lower()
@@ -322,7 +321,7 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
     elif suffix == ".png":
         replace_beside(path, lambda tmp: _write_png(tmp, shape, dtype, blocks))
     else:
-        replace_beside(path, lambda tmp: _write_tiff(tmp, shape, dtype, blocks, tile, alpha))
+        replace_beside(path, lambda tmp: _write_tiff(tmp, shape, dtype, blocks, tile, alpha, strips))
 
 
 def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
@@ -365,35 +364,15 @@ def _write_png(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
         stream.close()
 
 
-def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool) -> None:
-    import tifffile
+def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool,
+                strips: bool) -> None:
+    from . import tiff
 
-    height, width, channels = shape
-
-    def tiles():  # blocks are whole tile rows cut into windows: split each into the TIFF's tiles
-        for _, cols, block in blocks:
-            for left in range(0, block.shape[1], tile[1]):
-                piece = np.zeros(tile + (channels,), dtype=dtype)
-                part = block[:, left : left + tile[1]]
-                piece[: part.shape[0], : part.shape[1]] = part
-                yield piece.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes()  # as tifffile stores it
-
-    extras = {"extrasamples": ("unassalpha",)} if alpha else {}
-    nbytes = height * width * channels * np.dtype(dtype).itemsize
-    # tiles deflated here, on two threads, by ISA-L at level 1: 4-8x zlib-ng's level 2 at the same
-    # size (an 8000x8000 Sobel map: 565 MB/s against 72, 0.827 of the raw bytes against 0.830)
-    tifffile.imwrite(path, in_parallel(_deflate_tile, tiles()), shape=shape if channels > 1 else shape[:2],
-                     dtype=dtype, tile=tile, photometric="minisblack" if channels <= 2 else "rgb",
-                     planarconfig="contig", bigtiff=nbytes > BIGTIFF_BYTES, compression="zlib", **extras)
-
-
-def _deflate_tile(data: bytes) -> bytes:
-    from isal import isal_zlib
-
-    # a compressor of its own per tile: isal_zlib.compress on two threads at once gave bytes that
-    # varied from run to run (3 runs in 40 of one case, the same pixels); compressobj's did not (0 in 40)
-    compressor = isal_zlib.compressobj(1)
-    return compressor.compress(data) + compressor.flush()
+    pixels = (block for _, _, block in blocks)
+    if strips:  # blocks are whole rows: the strips of the whole-image writer (io.encode), the same bytes
+        tiff.write_tiff(path, shape, dtype, tiff.strips(pixels, shape, dtype), alpha=alpha)
+    else:  # blocks are whole rows of tiles cut into windows
+        tiff.write_tiff(path, shape, dtype, tiff.tiles(pixels, tile, shape[2], dtype), alpha=alpha, tile=tile)
 
 
 # --- memory --------------------------------------------------------------------------------

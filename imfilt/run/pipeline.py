@@ -291,9 +291,9 @@ def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, setting
             and not settings.split_channels and (len(todo) == 1 or together(todo, shape, settings.memory)))
 
 
-# the streamed files whose bytes are those of the whole-image writers (a streamed TIFF is tiled; a
-# zarr store written in bands held the same values, but zstd compressed its chunks to other bytes)
-BANDED_OUTPUTS = (".png", ".npy")
+# the streamed files whose bytes are those of the whole-image writers (a zarr store written in
+# bands held the same values, but zstd compressed its chunks to other bytes)
+BANDED_OUTPUTS = (".png", ".npy", ".tif", ".tiff")
 
 
 BANDED_PIXELS = 1 << 20
@@ -625,9 +625,9 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
     before = [_identity(output.path) for output in outputs]
     made = [_record(job, output) for output in outputs]
     try:
-        if len(outputs) > 1:
+        if len(outputs) > 1 or whole:
             facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
-                                      engines=engines, progress=progress)
+                                      engines=engines, progress=progress, whole=whole)
         else:
             run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
             facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,
