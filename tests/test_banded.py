@@ -91,6 +91,20 @@ def test_banded_inputs_and_outputs_equal_the_whole_image_path(tmp_path, both, ki
     assert mine == theirs
 
 
+@pytest.mark.parametrize("fmt", ["png", "tif", "npy"])
+def test_banded_standard_output_is_the_whole_image_path_s_bytes(tmp_path, monkeypatch, fmt):
+    """`-o -` streams in bands too: the file is made in memory (its encoded bytes only), then written."""
+    streamed = []
+    run_outputs = pipeline.tiled.run_outputs
+    monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(a[0]) or run_outputs(*a, **k))
+    source, results = _input(tmp_path, "png"), []
+    for threshold in (1, 1 << 62):
+        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        results.append(_run("apply", source, "-k", "gaussian:sigma=2", "--boundary", "wrap", "-o", "-", "--format", fmt))
+    assert [r.exit_code for r in results] == [0, 0] and len(streamed) == 1, results[0].stderr + results[1].stderr
+    assert results[0].stdout_bytes == results[1].stdout_bytes and len(results[0].stdout_bytes) > 1000
+
+
 @pytest.mark.parametrize("name", ["progressive.jpg", "interlaced.png", "cmyk.jpg", "rotated.jpg", "a.webp", "a.bmp"])
 def test_inputs_that_do_not_stream_run_whole(tmp_path, both, name):
     """What the streamed runner refuses (as it refuses them above --memory) runs on the whole-image path."""

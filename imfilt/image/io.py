@@ -609,7 +609,7 @@ def _finish_zarr_writes(timeout: float = 10.0) -> None:
         pass
 
 
-def _write_stdout(data: bytes) -> None:
+def write_stdout(data: bytes) -> None:
     """All of data to standard output: an unbuffered stream may take only part of a write."""
     out = sys.stdout.buffer
     view = memoryview(data)
@@ -654,6 +654,6 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
     elif str(target) == "-":
         buffer = io.BytesIO()  # encode fully first: a failed encode writes nothing
         encode(stored, suffix, alpha, buffer, threads)
-        _write_stdout(buffer.getvalue())
+        write_stdout(buffer.getvalue())
     else:
         atomic_write(target, lambda f: encode(stored, suffix, alpha, f, threads))

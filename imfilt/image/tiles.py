@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from ..errors import ImfiltError, InputError, shown
 from ..files import npy_header, open_regular
 from ..inflate import bound_tifffile
 from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
-                 tiff_frames, tiff_orientation)
+                 tiff_frames, tiff_orientation, write_stdout)
 from .omezarr import open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
@@ -307,27 +309,40 @@ Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C
 
 
 def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
-                tile: tuple[int, int], alpha: bool = False, strips: bool = False) -> None:
+                tile: tuple[int, int], alpha: bool = False, strips: bool = False, suffix: str | None = None) -> None:
     """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy, OME-Zarr or PNG.
 
     A TIFF is tiled, or in strips where ``strips`` (the blocks are then bands of whole rows).
     Written next to the target and renamed, as every output: a failure leaves nothing behind.
+    ``path`` "-" is standard output, in the format ``suffix`` names: the file is made in memory
+    (its encoded bytes only), then written.
     """
-    suffix = Path(path).suffix.lower()
+    suffix = suffix or Path(path).suffix.lower()
     if suffix == ".npy":
-        replace_beside(path, lambda tmp: _write_npy(tmp, shape, dtype, blocks))
+        write = lambda target: _write_npy(target, shape, dtype, blocks)  # noqa: E731
     elif suffix == ".zarr":
-        replace_beside(path, lambda tmp: write_ome_zarr(tmp, shape, dtype, blocks, tile))
+        write = lambda target: write_ome_zarr(target, shape, dtype, blocks, tile)  # noqa: E731
     elif suffix == ".png":
-        replace_beside(path, lambda tmp: _write_png(tmp, shape, dtype, blocks))
+        write = lambda target: _write_png(target, shape, dtype, blocks)  # noqa: E731
     else:
-        replace_beside(path, lambda tmp: _write_tiff(tmp, shape, dtype, blocks, tile, alpha, strips))
+        write = lambda target: _write_tiff(target, shape, dtype, blocks, tile, alpha, strips)  # noqa: E731
+    if path == "-":
+        buffer = io.BytesIO()
+        write(buffer)
+        write_stdout(buffer.getbuffer())
+    else:
+        replace_beside(path, write)
 
 
-def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
+def _opened(target: str | BinaryIO):
+    """A file to write: ``target`` opened, or as it is when it is one already (standard output's buffer)."""
+    return open(target, "wb") if isinstance(target, str) else contextlib.nullcontext(target)
+
+
+def _write_npy(target: str | BinaryIO, shape, dtype, blocks: Iterator[Block]) -> None:
     """Row by row with plain writes: a memory map's dirty pages would count as our memory."""
     dtype = np.dtype(dtype)
-    with open(path, "wb") as f:
+    with _opened(target) as f:
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
         try:  # the header np.save writes (io.encode's), so streamed and whole .npy files are the same bytes
             np.lib.format.write_array_header_1_0(f, header)
@@ -342,14 +357,14 @@ def _write_npy(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
                 f.write(row.tobytes())
 
 
-def _write_png(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
+def _write_png(target: str | BinaryIO, shape, dtype, blocks: Iterator[Block]) -> None:
     """A row of windows is joined into one band and encoded: one band in memory, not the image.
 
     png.PngStream cuts its deflate blocks where encode_png does: the same bytes as a whole write.
     """
     from .png import PngStream
 
-    with open(path, "wb") as f:
+    with _opened(target) as f:
         # deflate on this thread: each extra thread reserves a malloc arena (64 MB of address
         # space), which broke a 500 MB RLIMIT_AS run
         stream = PngStream(f, shape, dtype, threads=1)
@@ -364,15 +379,15 @@ def _write_png(path: str, shape, dtype, blocks: Iterator[Block]) -> None:
         stream.close()
 
 
-def _write_tiff(path: str, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool,
+def _write_tiff(target: str | BinaryIO, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool,
                 strips: bool) -> None:
     from . import tiff
 
     pixels = (block for _, _, block in blocks)
     if strips:  # blocks are whole rows: the strips of the whole-image writer (io.encode), the same bytes
-        tiff.write_tiff(path, shape, dtype, tiff.strips(pixels, shape, dtype), alpha=alpha)
+        tiff.write_tiff(target, shape, dtype, tiff.strips(pixels, shape, dtype), alpha=alpha)
     else:  # blocks are whole rows of tiles cut into windows
-        tiff.write_tiff(path, shape, dtype, tiff.tiles(pixels, tile, shape[2], dtype), alpha=alpha, tile=tile)
+        tiff.write_tiff(target, shape, dtype, tiff.tiles(pixels, tile, shape[2], dtype), alpha=alpha, tile=tile)
 
 
 # --- memory --------------------------------------------------------------------------------

@@ -286,7 +286,8 @@ def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, setting
     if source == "-" or not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
         return False
     todo = [o for o in outputs if not o.skip]
-    return (len(todo) > 0 and all(o.op.runner == "windows" and not o.extras and Path(o.path).suffix.lower() in
+    return (len(todo) > 0 and all(o.op.runner == "windows" and not o.extras and
+                                  (settings.stdout_suffix if o.path == "-" else Path(o.path).suffix.lower()) in
                                   BANDED_OUTPUTS for o in todo)
             and not settings.split_channels and (len(todo) == 1 or together(todo, shape, settings.memory)))
 
@@ -627,7 +628,8 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
     try:
         if len(outputs) > 1 or whole:
             facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
-                                      engines=engines, progress=progress, whole=whole)
+                                      engines=engines, progress=progress, whole=whole,
+                                      stdout_suffix=settings.stdout_suffix)
         else:
             run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
             facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,
@@ -648,6 +650,8 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
 
 def _identity(path: str) -> tuple[int, int] | None:
     """What tells a file renamed over ``path`` from the one that was there (os.replace makes a new inode)."""
+    if path == "-":
+        return None  # standard output
     try:
         status = os.stat(path)
     except OSError:

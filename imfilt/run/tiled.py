@@ -193,10 +193,11 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
 
 
 def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: str, memory: int, engines: list,
-                progress: Progress | None = None, whole: bool = False) -> list[dict]:
+                progress: Progress | None = None, whole: bool = False, stdout_suffix: str = ".png") -> list[dict]:
     """Apply outputs of one source with one output shape (shared_window), streamed window by
     window from one decode, each into its files; facts for --json, one per output. ``whole``: an
-    image that fits, whose TIFF outputs are then in strips, as whole-image ones are."""
+    image that fits, whose TIFF outputs are then in strips, as whole-image ones are. Standard
+    output ("-") is written in the format ``stdout_suffix`` names."""
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
     source = open_source(source_path)
     try:
@@ -207,7 +208,7 @@ def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: st
         shape = ops[0].output_shape(*source.shape[:2])
         facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window),
                               window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
-                              strips=whole and window[1] == source.shape[1])
+                              strips=whole and window[1] == source.shape[1], stdout_suffix=stdout_suffix)
         return [{**f, "window": list(window)} for f in facts]
     finally:
         source.close()
@@ -283,7 +284,7 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
 
 def write_results(paths: list[str], shape, make_windows, tile: int, *, source_depth: int, depth: int | None,
                   scale: str, bounds: tuple[float, float] | None = None, progress: Progress | None = None,
-                  strips: bool = False) -> list[dict]:
+                  strips: bool = False, stdout_suffix: str = ".png") -> list[dict]:
     """Write the windows that ``make_windows()`` yields (rows, cols, a Result per path), each
     output as ``write_image`` would; facts for --json, one per path. A TIFF is tiled, or in
     strips where ``strips`` (the windows are then bands of whole rows).
@@ -292,7 +293,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
     result: ``bounds`` when known, else a first pass over the windows finds them.
     ``progress(fraction)`` is told the share of the output's pixels done, over both passes.
     """
-    suffixes = [Path(path).suffix.lower() for path in paths]
+    suffixes = [stdout_suffix if path == "-" else Path(path).suffix.lower() for path in paths]
     depths = [depth or fitting_depth(source_depth, suffix) for suffix in suffixes]
     area = shape[0] * shape[1]
     with closing(make_windows()) as windows:  # closed whatever happens: its reading thread ends here
@@ -325,7 +326,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
             channels = firsts[k].pixels.shape[2]
             dtype = np.float32 if suffixes[k] == ".npy" or depths[k] == 32 else np.uint8 if depths[k] == 8 else np.uint16
             return lambda parts: write_tiles(paths[k], (shape[0], shape[1], channels), dtype, parts, tile=(tile, tile),
-                                             alpha=firsts[k].alpha, strips=strips)
+                                             alpha=firsts[k].alpha, strips=strips, suffix=suffixes[k])
 
         with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded
             fan_out(ready, [writer(k) for k in range(len(paths))])
