@@ -195,6 +195,8 @@ def cases() -> list[tuple[str, list[str], dict]]:
     case("banded-bank", ["apply", b, "--out-dir", "@", "-k", "in/bank.npy"])
     for fmt in ["png", "tif", "npy"]:  # standard output streams in bands too (made in memory, then written)
         case(f"banded-stdout-{fmt}", ["apply", b, "-o", "-", "--format", fmt, "-k", "gaussian:sigma=2"])
+    for name in ["big.png", "big.jpg", "big.tif"]:  # standard input: PNG and JPEG in bands from its bytes, TIFF whole
+        case(f"banded-stdin-{name}", ["apply", "-", "-o", "-", "-k", ASYM], stdin=f"in/{name}")
     for name in ["big.jpg", "big.tif", "big.npy", "big16.png"]:
         case(f"banded-in-{name}", ["apply", f"in/{name}", "-o", "@out.png", "-k", "sharpen", "--json"])
     # spectrum

@@ -29,6 +29,7 @@ class Ahead(Iterator[T]):
         self.items = iter(items)
         self.box: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
+        self.ended = threading.Event()  # the thread has left ``items`` (_wait's, not join's, word on it)
         self.finished = False
         self.worker = threading.Thread(target=self._produce, name="imfilt-ahead", daemon=True)
         self.worker.start()
@@ -50,6 +51,8 @@ class Ahead(Iterator[T]):
         except BaseException as exc:  # noqa: BLE001 - handed to the reader, who raises it
             self._put((None, exc))
             return
+        finally:
+            self.ended.set()
         self._put((_DONE, None))
 
     def __next__(self) -> T:
@@ -71,7 +74,7 @@ class Ahead(Iterator[T]):
         self.finished = True
         self.stop.set()
         if threading.current_thread() is not self.worker:
-            self.worker.join()
+            _wait([self.ended])
             close = getattr(self.items, "close", None)
             if close is not None:  # a generator's finally blocks run now, on the reader's thread
                 close()
@@ -120,6 +123,7 @@ def fan_out(items: Iterable[Sequence[T]], consumers: Sequence[Callable[[Iterator
         consumers[0](item[0] for item in items)
         return
     boxes = [queue.Queue(maxsize=1) for _ in consumers]
+    ended = [threading.Event() for _ in consumers]  # set as each consumer returns
     abandon, errors = threading.Event(), [None] * len(consumers)
 
     def parts(box: queue.Queue) -> Iterator[T]:
@@ -142,13 +146,11 @@ def fan_out(items: Iterable[Sequence[T]], consumers: Sequence[Callable[[Iterator
         except BaseException as exc:  # noqa: BLE001 - raised by the caller's thread, below
             errors[k] = exc
             abandon.set()
-
-    threads = [threading.Thread(target=consume, args=(k,), name="imfilt-sink", daemon=True) for k in range(len(consumers))]
-    for thread in threads:
-        thread.start()
+        finally:
+            ended[k].set()
 
     def put(k: int, part) -> None:
-        while threads[k].is_alive():  # one that stopped asking (a TIFF writer after its last tile) is given nothing more
+        while not ended[k].is_set():  # one that stopped asking (a TIFF writer after its last tile) is given nothing more
             if abandon.is_set():
                 raise _Abandoned
             try:
@@ -157,16 +159,20 @@ def fan_out(items: Iterable[Sequence[T]], consumers: Sequence[Callable[[Iterator
             except queue.Full:
                 continue
 
+    started: list[threading.Event] = []  # what to wait for: a Ctrl-C may come before every writer started
     try:
+        for k in range(len(consumers)):
+            threading.Thread(target=consume, args=(k,), name="imfilt-sink", daemon=True).start()
+            started.append(ended[k])
         for item in items:
             for k, part in enumerate(item):
                 put(k, part)
         for k in range(len(consumers)):
             put(k, _DONE)
-        _join(threads)
+        _wait(started)
     except BaseException as exc:
         abandon.set()
-        _join(threads)
+        _wait(started)
         if not isinstance(exc, _Abandoned):
             raise
     error = next((e for e in errors if e is not None), None)
@@ -174,13 +180,15 @@ def fan_out(items: Iterable[Sequence[T]], consumers: Sequence[Callable[[Iterator
         raise error
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    """Wait for every thread, even when a signal interrupts the wait (its exception comes after)."""
+def _wait(events: list[threading.Event]) -> None:
+    """Wait until every event is set, even when a signal interrupts the wait (its exception comes
+    after). Not Thread.join: on Python 3.11 a Ctrl-C inside join() makes is_alive() say False of a
+    thread that still runs, and a writer would be cut off in the middle of its file."""
     interrupted = None
-    for thread in threads:
-        while thread.is_alive():
+    for event in events:
+        while not event.is_set():
             try:
-                thread.join()
+                event.wait()
             except BaseException as exc:  # noqa: BLE001 - Ctrl-C: the writers finish or clean up first
                 interrupted = exc
     if interrupted is not None:

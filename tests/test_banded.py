@@ -105,6 +105,40 @@ def test_banded_standard_output_is_the_whole_image_path_s_bytes(tmp_path, monkey
     assert results[0].stdout_bytes == results[1].stdout_bytes and len(results[0].stdout_bytes) > 1000
 
 
+@pytest.mark.parametrize("kind", ["png", "jpg", "16.png", "rgba.png", "tif"])
+def test_banded_standard_input_is_the_whole_image_path_s_bytes(tmp_path, monkeypatch, kind):
+    """`apply - -o -`: a PNG or JPEG on standard input is decoded in bands from its bytes; a TIFF
+    (not read in bands from standard input) goes the whole way. The same bytes either way."""
+    from typer.testing import CliRunner
+
+    from imfilt.cli.main import app
+
+    streamed = []
+    open_source = pipeline.tiled.open_source
+    monkeypatch.setattr(pipeline.tiled, "open_source", lambda *a: streamed.append(a) or open_source(*a))
+    data, results = _input(tmp_path, kind).read_bytes(), []
+    for threshold in (1, 1 << 62):
+        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        results.append(CliRunner().invoke(app, ["apply", "-", "-k", ASYM, "-o", "-"], input=data))
+    assert [r.exit_code for r in results] == [0, 0], results[0].stderr + results[1].stderr
+    assert results[0].stdout_bytes == results[1].stdout_bytes and results[0].stderr == ""
+    assert streamed == [("-", data)]  # tried in bands, from the bytes read, in the first run only
+
+
+def test_a_truncated_png_on_standard_input_fails_as_on_the_whole_image_path(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from imfilt.cli.main import app
+
+    data = _input(tmp_path, "png").read_bytes()
+    results = []
+    for threshold in (1, 1 << 62):
+        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        results.append(CliRunner().invoke(app, ["apply", "-", "-k", "box", "-o", "-"], input=data[: len(data) // 2]))
+    assert [r.exit_code for r in results] == [1, 1] and results[0].stderr == results[1].stderr
+    assert results[0].stdout_bytes == b"" and "<stdin>" in results[0].stderr
+
+
 @pytest.mark.parametrize("name", ["progressive.jpg", "interlaced.png", "cmyk.jpg", "rotated.jpg", "a.webp", "a.bmp"])
 def test_inputs_that_do_not_stream_run_whole(tmp_path, both, name):
     """What the streamed runner refuses (as it refuses them above --memory) runs on the whole-image path."""

@@ -18,6 +18,8 @@ far edge); a read above both decodes again from the top.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
 from ..errors import InputError, shown
@@ -31,10 +33,13 @@ CHUNK = 64
 
 
 class DecodedRows:
-    """An (H, W, C) array-like over a PNG or JPEG: ``rows[a:b, cols]`` decodes rows in order."""
+    """An (H, W, C) array-like over a PNG or JPEG: ``rows[a:b, cols]`` decodes rows in order.
 
-    def __init__(self, path: str):
-        self.path = path
+    ``source`` is a path, or the file's bytes (standard input's)."""
+
+    def __init__(self, source: str | bytes):
+        self.source = source
+        self.path = "<stdin>" if isinstance(source, bytes) else source
         self._open()
         self.shape = (self.image.height, self.image.width, self.image.bands)
         self.dtype = np.dtype(np.uint16 if self.image.format == "ushort" else np.uint8)
@@ -44,7 +49,10 @@ class DecodedRows:
         import pyvips
 
         # fail: a truncated or damaged file is an error, as in the whole-image path, not grey rows
-        self.image = pyvips.Image.new_from_file(self.path, access="sequential", fail=True)
+        if isinstance(self.source, bytes):
+            self.image = pyvips.Image.new_from_buffer(self.source, "", access="sequential", fail=True)
+        else:
+            self.image = pyvips.Image.new_from_file(self.source, access="sequential", fail=True)
         self.next = 0  # the next row libvips decodes: a multiple of CHUNK (or the height)
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
@@ -78,9 +86,10 @@ class DecodedRows:
         return rows.reshape(stop - start, *self.shape[1:])
 
 
-def open_decoded(path: str) -> tuple[DecodedRows, int]:
-    """The rows of a PNG or JPEG and their bit depth; an InputError says what cannot stream."""
-    with open_header(path) as header:
+def open_decoded(source: str | bytes) -> tuple[DecodedRows, int]:
+    """The rows of a PNG or JPEG (a path, or its bytes) and their bit depth; an InputError says what cannot stream."""
+    path = "<stdin>" if isinstance(source, bytes) else source
+    with open_header(io.BytesIO(source) if isinstance(source, bytes) else source) as header:
         if header.format != "MPO":  # as io.load: an animation is never cut to its first frame
             try:
                 check_frames(getattr(header, "n_frames", 1))
@@ -91,7 +100,7 @@ def open_decoded(path: str) -> tuple[DecodedRows, int]:
     except (ImportError, OSError) as exc:  # pyvips is a dependency, but its libvips may fail to load
         raise InputError(f"{shown(path)}: PNG and JPEG images larger than memory need pyvips ({exc})") from None
     try:
-        rows = DecodedRows(path)
+        rows = DecodedRows(source)
     except pyvips.Error as exc:
         raise InputError(f"{shown(path)}: truncated or corrupt image ({' '.join(str(exc).split())})") from None
     fields = set(rows.image.get_fields())

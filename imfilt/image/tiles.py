@@ -173,8 +173,16 @@ class ChunkRows:
         return self.kept[top]
 
 
-def open_source(path: str) -> Source:
-    """A lazy source for a TIFF, PNG, JPEG, .npy or zarr path; an InputError names what cannot stream."""
+def open_source(path: str, data: bytes | None = None) -> Source:
+    """A lazy source for a TIFF, PNG, JPEG, .npy or zarr path; an InputError names what cannot stream.
+
+    ``data``: the bytes of a PNG or JPEG read from standard input (``path`` "-")."""
+    if data is not None:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff":
+            from .decoded import open_decoded
+
+            return Source("<stdin>", *open_decoded(data))
+        raise InputError("<stdin>: only PNG and JPEG are read in bands from standard input")
     p = Path(path)
     try:
         if p.is_dir():
@@ -246,43 +254,50 @@ def _open_zarr(path: str) -> Source:
     return Source(path, image, depth_of(image.dtype))
 
 
-def image_shape(path: str) -> tuple[int, int, int] | None:
+def image_shape(path: str | bytes) -> tuple[int, int, int] | None:
     """(H, W, C) from the header alone: whether a job needs tiles at all.
 
     None when the format is not known or the header cannot be read (reading the image says
     why); an InputError naming the file when it can never be read as an image: missing, not a
     regular file, a .npy whose header is not an image's, several frames (as io.load and
     open_source refuse them).
-    The file is opened once.
+    The file is opened once; ``path`` may be the file's bytes (standard input's).
     """
+    if isinstance(path, bytes):
+        return _header_shape(io.BytesIO(path), "<stdin>")
     if Path(path).is_dir():
         try:
             return _checked(tuple(_open_zarr(path).shape))
         except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
             return None
     with open_regular(path) as f:
-        magic = f.read(8)
-        if magic[:6] == b"\x93NUMPY":
-            f.seek(0)
-            return _checked(_npy_image_header(path, f)[0])
-        f.seek(0)
-        try:
-            if magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-                import tifffile
+        return _header_shape(f, path)
 
-                with tifffile.TiffFile(f) as tiff:
-                    page = tiff.pages.first
-                    frames = tiff_frames(tiff)
-                    shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
-                    if ORIENTATIONS[tiff_orientation(page)][0]:  # as shown: turned a quarter
-                        shape = (shape[1], shape[0], shape[2])
-            else:
-                with open_header(f) as image:  # over Pillow's own pixel limit too: --max-pixels decides
-                    bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
-                    shape = (image.height, image.width, bands)
-                    frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)  # as io.load counts them
-        except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
-            return None
+
+def _header_shape(f, path: str) -> tuple[int, int, int] | None:
+    """image_shape of an open file (``path`` names it)."""
+    magic = f.read(8)
+    if magic[:6] == b"\x93NUMPY":
+        f.seek(0)
+        return _checked(_npy_image_header(path, f)[0])
+    f.seek(0)
+    try:
+        if magic[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+            import tifffile
+
+            with tifffile.TiffFile(f) as tiff:
+                page = tiff.pages.first
+                frames = tiff_frames(tiff)
+                shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
+                if ORIENTATIONS[tiff_orientation(page)][0]:  # as shown: turned a quarter
+                    shape = (shape[1], shape[0], shape[2])
+        else:
+            with open_header(f) as image:  # over Pillow's own pixel limit too: --max-pixels decides
+                bands = 4 if image.mode == "P" else len(image.getbands())  # a palette is decoded to RGB(A)
+                shape = (image.height, image.width, bands)
+                frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)  # as io.load counts them
+    except Exception:  # noqa: BLE001 - not an image: reading it gives the one-line error later
+        return None
     try:
         check_frames(frames)  # as io.load and open_source refuse them
     except InputError as exc:

@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import InputError, UsageError, one_line, shown
 from ..image.omezarr import is_store
 from .. import montage
-from .pipeline import json_line, together
-from .tiled import BANDED_MEMORY, check_tiled_output, shared_window
+from .pipeline import banded_memory, json_line, stream_groups
+from .tiled import check_tiled_output, shared_window
 from ..image.tiles import image_shape, open_source
 
 # Peak memory of Python and the libraries, above which each operation says its own (peak_bytes),
@@ -89,15 +89,15 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
         todo = [o for o in job.outputs if not o.skip]
         if not error and job.tiled:
             try:
-                shared = not scheduler and together(todo, shape, job.settings.memory)
-                streams = {o.path: streamed(job, o, shape, scheduler, todo if shared else [o]) for o in todo}
+                groups = stream_groups(todo, shape, job.settings.memory) if not scheduler else [[o] for o in todo]
+                streams = {o.path: streamed(job, o, shape, scheduler, group) for group in groups for o in group}
             except (InputError, UsageError) as exc:  # the run fails this input, and goes on with the rest
                 error = str(exc).removeprefix(f"{shown(job.source)}: ")
         if error:
             records.append({"input": job.source, "refused": error})
             continue
         if job.banded and shape:  # it fits, but goes in bands (the run reads it whole where its file does not stream)
-            window = shared_window([o.op for o in todo], shape, BANDED_MEMORY * len(todo))
+            window = shared_window([o.op for o in todo], shape, banded_memory(job.settings, len(todo)))
             streams = {o.path: {"window": list(window), "banded": True} for o in todo}
         for output in job.all_outputs:
             method, why = method_and_why(output.op) if output is not job.montage else (
@@ -112,7 +112,7 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
             peak = (STREAMED_BASE_BYTES + job.settings.memory if job.tiled
-                    else STREAMED_BASE_BYTES + BANDED_MEMORY * len(todo) if job.banded  # an input that does not stream runs whole
+                    else STREAMED_BASE_BYTES + banded_memory(job.settings, len(todo)) if job.banded  # an input that does not stream runs whole
                     else peak_bytes(shape, [o.op for o in job.outputs]))
             if job.montage and not job.montage.skip and not job.tiled:
                 peak += montage_bytes(shape, [o.op for o in job.outputs])

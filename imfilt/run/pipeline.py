@@ -267,7 +267,7 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
             outputs.append(replace(output, skip=skip))
         big = source != "-" and streams and tiled.needs_tiles(shape, settings.memory)
         picture = outputs.pop() if montage is not None else None
-        banded = not big and picture is None and _bands_pay(source, shape, outputs, streams, settings)
+        banded = not big and picture is None and _bands_pay(shape, outputs, streams, settings)
         jobs.append(Job(source, tuple(outputs), settings, tiled=big, banded=banded, montage=picture, refused=refused,
                         shape=shape))
     if not overwrite and not skip_existing:  # --skip-existing redoes an output whose files are partly there
@@ -275,21 +275,40 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     return jobs
 
 
-def _bands_pay(source: str, shape, outputs: list[Output], streams: bool, settings: Settings) -> bool:
+def _stdin_shape(data: bytes) -> tuple[int, int, int] | None:
+    try:
+        return image_shape(data)
+    except InputError:
+        return None  # several frames, say: reading it whole says so
+
+
+def _bands_pay(shape, outputs: list[Output], streams: bool, settings: Settings) -> bool:
     """Whether an image that fits in memory goes through the streamed runner all the same.
 
     A whole-image job touches several fresh float32 copies of the image, and on these machines
     new memory is time (~630 MB/s to fault in): bands of rows, reused, decoded, filtered and
     encoded at once, are faster from about a megapixel (docs/performance.md). Apply outputs into
-    files that stream, several sharing one decode (together); the rest stays whole.
+    files that stream, several sharing one decode (stream_groups), in bands of whole rows; the rest
+    stays whole.
     """
-    if source == "-" or not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
+    if not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
         return False
     todo = [o for o in outputs if not o.skip]
-    return (len(todo) > 0 and all(o.op.runner == "windows" and not o.extras and
-                                  (settings.stdout_suffix if o.path == "-" else Path(o.path).suffix.lower()) in
-                                  BANDED_OUTPUTS for o in todo)
-            and not settings.split_channels and (len(todo) == 1 or together(todo, shape, settings.memory)))
+    if not (0 < len(todo) <= MAX_TOGETHER and not settings.split_channels and all(
+            o.op.runner == "windows" and not o.extras and
+            (settings.stdout_suffix if o.path == "-" else Path(o.path).suffix.lower()) in BANDED_OUTPUTS for o in todo)):
+        return False
+    try:
+        window = tiled.shared_window([o.op for o in todo], shape, banded_memory(settings, len(todo)))
+        return window is not None and window[1] == todo[0].op.output_shape(*shape[:2])[1]
+    except UsageError:  # a kernel that does not fit: the whole-image path says so
+        return False
+
+
+def banded_memory(settings: Settings, outputs: int) -> int:
+    """The budget of an image that fits, streamed in bands: a fixed one per output (larger ones
+    only take more memory), within --memory."""
+    return min(settings.memory, tiled.BANDED_MEMORY * outputs)
 
 
 # the streamed files whose bytes are those of the whole-image writers (a zarr store written in
@@ -503,13 +522,14 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
             check_pixels(width, height, settings.max_pixels or pillow_limit())
         except InputError as exc:
             raise InputError(f"{shown(job.source)}: {exc}") from None
-        chunks = [todo[i : i + MAX_TOGETHER] for i in range(0, len(todo), MAX_TOGETHER)]
-        groups = [group for chunk in chunks for group in ([chunk] if together(chunk, shape, settings.memory)
-                                                          else [[o] for o in chunk])]
+        groups = stream_groups(todo, shape, settings.memory)
         for i, group in enumerate(groups):  # not shielded from signals: a streamed output can take minutes
             part = tiled.progress_part(progress, i / len(groups), 1 / len(groups))
             _streamed(job, group, records, part)
         return records
+    if job.source == "-" and job.data is not None and not montage:  # what planning could not know: its size
+        shape = _stdin_shape(job.data)
+        job = replace(job, shape=shape, banded=_bands_pay(shape, todo, True, settings))
     if job.banded and not on_dask_worker():
         try:
             _streamed(job, todo, records, progress, whole=True)
@@ -603,10 +623,16 @@ class _Sheet:
 MAX_TOGETHER = 8
 
 
-def together(outputs: list[Output], shape: tuple[int, int, int], memory: int) -> bool:
-    """Whether several streamed outputs of one input share one decode (tiled.run_outputs): apply
-    outputs of one size, not on Dask (there each output's windows are the cluster's tasks)."""
-    if not 1 < len(outputs) <= MAX_TOGETHER or on_dask_worker():
+def stream_groups(outputs: list[Output], shape: tuple[int, int, int], memory: int) -> list[list[Output]]:
+    """The outputs of a streamed job in the groups that run together: up to MAX_TOGETHER apply
+    outputs that share one window (tiled.shared_window) share one decode; the rest run one by
+    one, as on Dask (there each output's windows are the cluster's tasks)."""
+    chunks = [outputs[i : i + MAX_TOGETHER] for i in range(0, len(outputs), MAX_TOGETHER)]
+    return [group for chunk in chunks for group in ([chunk] if _together(chunk, shape, memory) else [[o] for o in chunk])]
+
+
+def _together(outputs: list[Output], shape: tuple[int, int, int], memory: int) -> bool:
+    if len(outputs) < 2 or on_dask_worker():
         return False
     try:
         return tiled.shared_window([o.op for o in outputs], shape, memory) is not None
@@ -617,10 +643,10 @@ def together(outputs: list[Output], shape: tuple[int, int, int], memory: int) ->
 def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: tiled.Progress | None = None,
               whole: bool = False) -> None:
     """Outputs streamed window by window, their records added to ``records``: one alone, or
-    several from one decode (together); ``whole``: an image that fits, recorded as a whole one is."""
+    several from one decode (stream_groups); ``whole``: an image that fits, recorded as a whole one is."""
     settings, start = job.settings, time.perf_counter()
     # an image that fits goes in bands of a fixed budget per output: larger ones only take more memory
-    memory = min(settings.memory, tiled.BANDED_MEMORY * len(outputs)) if whole else settings.memory
+    memory = banded_memory(settings, len(outputs)) if whole else settings.memory
     pixels = (job.shape[0] * job.shape[1]) if job.shape else 0
     engines = [_engine_for(settings, output.op, pixels) for output in outputs]
     before = [_identity(output.path) for output in outputs]
@@ -629,7 +655,7 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
         if len(outputs) > 1 or whole:
             facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
                                       engines=engines, progress=progress, whole=whole,
-                                      stdout_suffix=settings.stdout_suffix)
+                                      stdout_suffix=settings.stdout_suffix, data=job.data)
         else:
             run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
             facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,

@@ -94,13 +94,18 @@ def apply_window(op, shape: tuple[int, int, int], memory: int) -> tuple[int, int
 
 
 def shared_window(ops: list, shape: tuple[int, int, int], memory: int) -> tuple[int, int] | None:
-    """The one window of several apply outputs of an image, which then share one decode, each
-    taking its share of ``memory``; None where they cannot share (another runner, or another
-    output size). A kernel that does not fit the image raises UsageError, as output_shape does."""
+    """The one window of apply outputs of an image, which then share one decode, each taking its
+    share of ``memory``: a band of whole rows, the lowest of theirs. None where several cannot
+    share (another runner, another output size, or a band too high for one of them: windows
+    bounded in both dimensions would give up the whole-row results' bit-identity for all of
+    them). A kernel that does not fit the image raises UsageError, as output_shape does."""
     if any(op.runner != "windows" for op in ops) or len({op.output_shape(*shape[:2]) for op in ops}) > 1:
         return None
     windows = [apply_window(op, shape, memory // len(ops)) for op in ops]
-    return min(w[0] for w in windows), min(w[1] for w in windows)
+    width = ops[0].output_shape(*shape[:2])[1]
+    if len(ops) > 1 and any(w[1] < width for w in windows):
+        return None
+    return min(w[0] for w in windows), windows[0][1]
 
 
 def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, int],
@@ -193,13 +198,15 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
 
 
 def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: str, memory: int, engines: list,
-                progress: Progress | None = None, whole: bool = False, stdout_suffix: str = ".png") -> list[dict]:
+                progress: Progress | None = None, whole: bool = False, stdout_suffix: str = ".png",
+                data: bytes | None = None) -> list[dict]:
     """Apply outputs of one source with one output shape (shared_window), streamed window by
     window from one decode, each into its files; facts for --json, one per output. ``whole``: an
     image that fits, whose TIFF outputs are then in strips, as whole-image ones are. Standard
-    output ("-") is written in the format ``stdout_suffix`` names."""
+    output ("-") is written in the format ``stdout_suffix`` names; ``data`` is standard input's
+    image (``source_path`` "-")."""
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
-    source = open_source(source_path)
+    source = open_source(source_path, data)
     try:
         ops = [output.op for output in outputs]
         window = shared_window(ops, source.shape, memory)
@@ -296,15 +303,21 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
     suffixes = [stdout_suffix if path == "-" else Path(path).suffix.lower() for path in paths]
     depths = [depth or fitting_depth(source_depth, suffix) for suffix in suffixes]
     area = shape[0] * shape[1]
-    with closing(make_windows()) as windows:  # closed whatever happens: its reading thread ends here
+    windows = make_windows()
+    try:  # closed whatever happens (finally): its reading thread ends there
         rows, cols, firsts = next(windows)  # what each result is (channels, alpha, auto scale) before writing
         scales = [first.auto_scale if scale == "auto" else scale for first in firsts]
         stretched = [s in ("stretch", "peak") and d != 32 and x != ".npy" for s, d, x in zip(scales, depths, suffixes)]
         found, writing = [bounds] * len(paths), progress
         if any(stretched) and bounds is None:  # two passes over the windows, each half of the work
+            # the first windows' reader stops first: it would read ahead from the source the
+            # other pass reads (a PNG's rows decode in order: "out of order read" 1 run in 3)
+            windows.close()
             with closing(make_windows()) as again:
                 found = _colour_bounds(_counted(again, area, progress_part(progress, 0, 0.5)), firsts)
             writing = progress_part(progress, 0.5, 0.5)
+            windows = make_windows()
+            rows, cols, firsts = next(windows)
         counted = _counted(windows, area, writing, done=_area(rows, cols))
 
         def stored(k: int, result: Result) -> np.ndarray:
@@ -330,6 +343,8 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
 
         with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded
             fan_out(ready, [writer(k) for k in range(len(paths))])
+    finally:
+        windows.close()
     return [{**first.facts, "shape": [shape[0], shape[1], first.pixels.shape[2]], "tiled": True} for first in firsts]
 
 
