@@ -55,8 +55,16 @@ def spectrum_planes(engine: Engine, planes, *, window: str = "none", phase: bool
         taper = np.outer(np.hanning(height), np.hanning(width)).astype(np.float32)
         planes = planes * engine.asarray(taper)
     half = engine.fft.rfft2(planes, axes=(-2, -1))
-    values = xp.angle(half) if phase else xp.log1p(xp.abs(half))
+    if phase:
+        values = xp.angle(half)
+    else:
+        values = xp.abs(half)
+        xp.log1p(values, out=values)
+    # each step's input is let go before the next allocates (a 4096x4096 RGB spectrum peaked at
+    # 945 MiB when the coefficients, the half and the full plane were all held to the end)
+    del half
     full = _mirror_half(values, width, xp, negate=phase)
+    del values
     return engine.fft.fftshift(full, axes=(-2, -1))
 
 
@@ -126,7 +134,8 @@ def mask_planes(engine: Engine, planes, half_mask):
     height, width = planes.shape[-2:]
     coefficients = engine.fft.rfft2(planes, axes=(-2, -1))
     coefficients *= engine.asarray(half_mask)
-    return engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1))
+    # the coefficients are not needed again: the inverse may work in them (no copy of 201 MB for 4096² RGB)
+    return engine.fft.irfft2(coefficients, s=(height, width), axes=(-2, -1), overwrite_x=True)
 
 
 def lowpass(image: np.ndarray, radius: float, *, profile: str = "ideal", order: float = 2.0,
@@ -153,8 +162,9 @@ class Spectrum:
     inverse = False  # a picture of the coefficients, not transformed back
 
     def peak_bytes(self, shape: tuple[int, int, int]) -> int:
-        """Peak memory above Python's: 21 B per image sample (max RSS of runs on 2048x2048 RGB)."""
-        return 21 * shape[0] * shape[1] * shape[2]
+        """Peak memory above Python's: 15 B per image sample (max RSS of runs on 2048x2048 RGB; 21
+        before spectrum_planes let each step's input go)."""
+        return 15 * shape[0] * shape[1] * shape[2]
 
     def output_shape(self, height: int, width: int) -> tuple[int, int]:
         return height, width
