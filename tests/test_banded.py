@@ -84,7 +84,7 @@ def test_banded_png_equals_the_whole_image_path(tmp_path, both, options):
 
 
 @pytest.mark.parametrize("kind", ["rgba.png", "grey.png", "16.png", "jpg", "tif", "npy"])
-@pytest.mark.parametrize("suffix", [".png", ".npy", ".tif"])
+@pytest.mark.parametrize("suffix", [".png", ".npy", ".tif", ".zarr"])
 def test_banded_inputs_and_outputs_equal_the_whole_image_path(tmp_path, both, kind, suffix):
     (bands, whole), (mine, theirs) = both(_input(tmp_path, kind), suffix, "-k", "gaussian:sigma=2", "--alpha", "keep")
     assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr

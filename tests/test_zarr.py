@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -374,3 +376,25 @@ def test_skip_existing_does_not_take_a_plain_folder_for_a_finished_store(tmp_pat
     result = imfilt("apply", tmp_path / "a.png", "-k", "box", "-o", tmp_path / "out.zarr", "--skip-existing", "--json")
     assert result.exit_code == 1 and "is a folder, not a zarr store" in result.stderr
     assert list((tmp_path / "out.zarr").iterdir()) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(height=st.integers(1, 70), cuts=st.lists(st.integers(1, 69), max_size=5), step=st.sampled_from([7, 16, 64]))
+def test_bands_of_any_heights_write_the_whole_image_s_store(tmp_path_factory, height, cuts, step):
+    """An image that fits, streamed in bands, writes the store a whole write does, file for file
+    (omezarr._chunk_rows gathers the bands into whole rows of chunks, so each chunk is written
+    once, not read back and compressed again for each band that reaches into it)."""
+    from imfilt.image.omezarr import write_ome_zarr
+
+    folder = tmp_path_factory.mktemp("bands")
+    values = np.random.default_rng(height).integers(0, 255, (height, 9, 3)).astype(np.uint8)
+    bounds = [0, *sorted({c for c in cuts if c < height}), height]
+    bands = [(slice(a, b), slice(0, 9), values[a:b]) for a, b in zip(bounds, bounds[1:])]
+    write_ome_zarr(str(folder / "bands" / "img.zarr"), values.shape, values.dtype, iter(bands), (step, step))
+    write_ome_zarr(str(folder / "whole" / "img.zarr"), values.shape, values.dtype,
+                   [(slice(0, height), slice(0, 9), values)], (step, step))
+
+    def files(store):
+        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+    assert files(folder / "bands" / "img.zarr") == files(folder / "whole" / "img.zarr")

@@ -238,5 +238,27 @@ def write_ome_zarr(path: str, shape: tuple[int, int, int], dtype, blocks: Iterab
     chunks = (channels, min(tile[0], height), min(tile[1], width))
     array = group.create_array("0", shape=(channels, height, width), dtype=dtype, chunks=chunks,
                                dimension_names=("c", "y", "x"))
-    for rows, cols, block in blocks:
+    for rows, cols, block in _chunk_rows(blocks, chunks[1], width):
         array[:, rows, cols] = np.moveaxis(block, -1, 0)
+
+
+def _chunk_rows(blocks: Iterable[tuple[slice, slice, np.ndarray]], step: int, width: int):
+    """Bands of whole rows, in order, gathered into whole rows of chunks (``step`` high), so that
+    each chunk is written once, as a whole image's is (the same bytes); windows (the tiled
+    writers cut them on chunk boundaries) as they come."""
+    top, held = 0, []
+    for rows, cols, block in blocks:
+        if cols.start or cols.stop != width:
+            yield rows, cols, block
+            continue
+        if not held:
+            top = rows.start
+        held.append(block)
+        whole = (rows.stop - top) // step * step  # rows of whole chunks held (top is on a chunk boundary)
+        if whole:
+            band = np.concatenate(held) if len(held) > 1 else held[0]
+            yield slice(top, top + whole), slice(0, width), band[:whole]
+            top, held = top + whole, [band[whole:]] if len(band) > whole else []
+    if held:
+        band = np.concatenate(held) if len(held) > 1 else held[0]
+        yield slice(top, top + len(band)), slice(0, width), band

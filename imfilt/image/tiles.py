@@ -29,7 +29,7 @@ from ..files import npy_header, open_regular
 from ..inflate import bound_tifffile
 from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
                  tiff_frames, tiff_orientation, write_stdout)
-from .omezarr import open_image, write_ome_zarr
+from .omezarr import CHUNK, open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
 PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
@@ -324,10 +324,11 @@ Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C
 
 
 def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
-                tile: tuple[int, int], alpha: bool = False, strips: bool = False, suffix: str | None = None) -> None:
+                tile: tuple[int, int], alpha: bool = False, whole: bool = False, suffix: str | None = None) -> None:
     """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy, OME-Zarr or PNG.
 
-    A TIFF is tiled, or in strips where ``strips`` (the blocks are then bands of whole rows).
+    ``whole``: the blocks are bands of whole rows of an image that fits, written to the bytes the
+    whole-image writers give (a TIFF in strips, not tiled; zarr chunks of their side, not ``tile``).
     Written next to the target and renamed, as every output: a failure leaves nothing behind.
     ``path`` "-" is standard output, in the format ``suffix`` names: the file is made in memory
     (its encoded bytes only), then written.
@@ -336,11 +337,11 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
     if suffix == ".npy":
         write = lambda target: _write_npy(target, shape, dtype, blocks)  # noqa: E731
     elif suffix == ".zarr":
-        write = lambda target: write_ome_zarr(target, shape, dtype, blocks, tile)  # noqa: E731
+        write = lambda target: write_ome_zarr(target, shape, dtype, blocks, (CHUNK, CHUNK) if whole else tile)  # noqa: E731
     elif suffix == ".png":
         write = lambda target: _write_png(target, shape, dtype, blocks)  # noqa: E731
     else:
-        write = lambda target: _write_tiff(target, shape, dtype, blocks, tile, alpha, strips)  # noqa: E731
+        write = lambda target: _write_tiff(target, shape, dtype, blocks, tile, alpha, whole)  # noqa: E731
     if path == "-":
         buffer = io.BytesIO()
         write(buffer)

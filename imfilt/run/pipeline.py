@@ -311,9 +311,8 @@ def banded_memory(settings: Settings, outputs: int) -> int:
     return min(settings.memory, tiled.BANDED_MEMORY * outputs)
 
 
-# the streamed files whose bytes are those of the whole-image writers (a zarr store written in
-# bands held the same values, but zstd compressed its chunks to other bytes)
-BANDED_OUTPUTS = (".png", ".npy", ".tif", ".tiff")
+# the streamed files whose bytes are those of the whole-image writers (tiles.write_tiles's whole)
+BANDED_OUTPUTS = (".png", ".npy", ".tif", ".tiff", ".zarr")
 
 
 BANDED_PIXELS = 1 << 20

@@ -202,7 +202,7 @@ def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: st
                 data: bytes | None = None) -> list[dict]:
     """Apply outputs of one source with one output shape (shared_window), streamed window by
     window from one decode, each into its files; facts for --json, one per output. ``whole``: an
-    image that fits, whose TIFF outputs are then in strips, as whole-image ones are. Standard
+    image that fits, whose files are then the whole-image writers' bytes (write_tiles). Standard
     output ("-") is written in the format ``stdout_suffix`` names; ``data`` is standard input's
     image (``source_path`` "-")."""
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
@@ -215,7 +215,7 @@ def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: st
         shape = ops[0].output_shape(*source.shape[:2])
         facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window),
                               window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
-                              strips=whole and window[1] == source.shape[1], stdout_suffix=stdout_suffix)
+                              whole=whole and window[1] == source.shape[1], stdout_suffix=stdout_suffix)
         return [{**f, "window": list(window)} for f in facts]
     finally:
         source.close()
@@ -291,10 +291,10 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
 
 def write_results(paths: list[str], shape, make_windows, tile: int, *, source_depth: int, depth: int | None,
                   scale: str, bounds: tuple[float, float] | None = None, progress: Progress | None = None,
-                  strips: bool = False, stdout_suffix: str = ".png") -> list[dict]:
+                  whole: bool = False, stdout_suffix: str = ".png") -> list[dict]:
     """Write the windows that ``make_windows()`` yields (rows, cols, a Result per path), each
-    output as ``write_image`` would; facts for --json, one per path. A TIFF is tiled, or in
-    strips where ``strips`` (the windows are then bands of whole rows).
+    output as ``write_image`` would; facts for --json, one per path. ``whole``: the windows are
+    bands of whole rows of an image that fits, and the files are the whole-image writers' bytes.
 
     ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of the whole
     result: ``bounds`` when known, else a first pass over the windows finds them.
@@ -339,7 +339,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
             channels = firsts[k].pixels.shape[2]
             dtype = np.float32 if suffixes[k] == ".npy" or depths[k] == 32 else np.uint8 if depths[k] == 8 else np.uint16
             return lambda parts: write_tiles(paths[k], (shape[0], shape[1], channels), dtype, parts, tile=(tile, tile),
-                                             alpha=firsts[k].alpha, strips=strips, suffix=suffixes[k])
+                                             alpha=firsts[k].alpha, whole=whole, suffix=suffixes[k])
 
         with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded
             fan_out(ready, [writer(k) for k in range(len(paths))])
