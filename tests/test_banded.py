@@ -125,6 +125,52 @@ def test_banded_standard_input_is_the_whole_image_path_s_bytes(tmp_path, monkeyp
     assert streamed == [("-", data)]  # tried in bands, from the bytes read, in the first run only
 
 
+def test_a_depth_the_format_does_not_hold_is_refused_on_standard_output_as_whole(tmp_path, monkeypatch):
+    """`-o - --format png --depth 32` wrote an all-black PNG in bands (a review found it): the whole path refuses it."""
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    result = _run("apply", _input(tmp_path, "png"), "-k", "box", "-o", "-", "--format", "png", "--depth", "32")
+    assert result.exit_code == 1 and "holds 8/16-bit images, not 32" in result.stderr and result.stdout_bytes == b""
+
+
+def test_standard_input_over_the_pixel_limit_is_never_decoded_in_bands(tmp_path, monkeypatch):
+    """--max-pixels holds for standard input as for a file: a small file of many pixels (a
+    decompression bomb) fails with the whole path's one line, before any row is decoded."""
+    from typer.testing import CliRunner
+
+    from imfilt.cli.main import app
+
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    opened = []
+    monkeypatch.setattr(pipeline.tiled, "open_source", lambda *a: opened.append(a))
+    data = _input(tmp_path, "png").read_bytes()
+    result = CliRunner().invoke(app, ["apply", "-", "-k", "box", "-o", "-", "--max-pixels", "1000"], input=data)
+    assert result.exit_code == 1 and "<stdin>" in result.stderr and "1000" in result.stderr, result.stderr
+    assert result.stdout_bytes == b"" and opened == []
+
+
+def test_a_signal_while_standard_output_is_written_in_bands_waits_for_the_whole_file(tmp_path, monkeypatch):
+    """What went to standard output cannot be taken back: as on the whole-image path, a signal
+    waits until the file is written and counted (a review saw 64 KiB of a PNG, then '0 written')."""
+    import os
+    import signal
+
+    from imfilt.image import tiles
+
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    source = _input(tmp_path, "png")
+    expected = _run("apply", source, "-k", "sobel", "-o", "-").stdout_bytes
+    write_stdout = tiles.write_stdout
+
+    def signalled(data):
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C just as the file goes out
+        write_stdout(data)
+
+    monkeypatch.setattr(tiles, "write_stdout", signalled)
+    result = _run("apply", source, "-k", "sobel", "-o", "-")
+    assert result.exit_code == 130, result.stderr
+    assert result.stderr == "imfilt: interrupted; 1 written\n" and result.stdout_bytes == expected
+
+
 def test_a_truncated_png_on_standard_input_fails_as_on_the_whole_image_path(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

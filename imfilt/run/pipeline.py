@@ -7,6 +7,7 @@ outputs made from it; it is plain data, so it runs the same in a worker or on a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import glob
@@ -275,11 +276,16 @@ def plan(sources: list[str], ops: list, settings: Settings, *, out: str | None =
     return jobs
 
 
-def _stdin_shape(data: bytes) -> tuple[int, int, int] | None:
+def _stdin_shape(data: bytes, settings: Settings) -> tuple[int, int, int] | None:
+    """Standard input's (H, W, C) from its header; None where reading it whole has something to
+    say (several frames, over the pixel limit: a decompression bomb is never decoded in bands)."""
     try:
-        return image_shape(data)
+        shape = image_shape(data)
+        if shape is not None:
+            check_pixels(shape[1], shape[0], settings.max_pixels or pillow_limit())
+        return shape
     except InputError:
-        return None  # several frames, say: reading it whole says so
+        return None
 
 
 def _bands_pay(shape, outputs: list[Output], streams: bool, settings: Settings) -> bool:
@@ -295,14 +301,20 @@ def _bands_pay(shape, outputs: list[Output], streams: bool, settings: Settings) 
         return False
     todo = [o for o in outputs if not o.skip]
     if not (0 < len(todo) <= MAX_TOGETHER and not settings.split_channels and all(
-            o.op.runner == "windows" and not o.extras and
-            (settings.stdout_suffix if o.path == "-" else Path(o.path).suffix.lower()) in BANDED_OUTPUTS for o in todo)):
+            o.op.runner == "windows" and not o.extras and _streams_into(o.path, settings) for o in todo)):
         return False
     try:
         window = tiled.shared_window([o.op for o in todo], shape, banded_memory(settings, len(todo)))
         return window is not None and window[1] == todo[0].op.output_shape(*shape[:2])[1]
     except UsageError:  # a kernel that does not fit: the whole-image path says so
         return False
+
+
+def _streams_into(path: str, settings: Settings) -> bool:
+    """A file (or standard output) that bands write to the whole-image writers' bytes, in a depth
+    its format holds (else the whole-image path refuses it, as planning does a file's)."""
+    suffix = settings.stdout_suffix if path == "-" else Path(path).suffix.lower()
+    return suffix in BANDED_OUTPUTS and (suffix == ".npy" or settings.depth in (None, *FORMATS[suffix][1]))
 
 
 def banded_memory(settings: Settings, outputs: int) -> int:
@@ -527,7 +539,7 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
             _streamed(job, group, records, part)
         return records
     if job.source == "-" and job.data is not None and not montage:  # what planning could not know: its size
-        shape = _stdin_shape(job.data)
+        shape = _stdin_shape(job.data, settings)
         job = replace(job, shape=shape, banded=_bands_pay(shape, todo, True, settings))
     if job.banded and not on_dask_worker():
         try:
@@ -650,27 +662,31 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
     engines = [_engine_for(settings, output.op, pixels) for output in outputs]
     before = [_identity(output.path) for output in outputs]
     made = [_record(job, output) for output in outputs]
-    try:
-        if len(outputs) > 1 or whole:
-            facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
-                                      engines=engines, progress=progress, whole=whole,
-                                      stdout_suffix=settings.stdout_suffix, data=job.data)
-        else:
-            run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
-            facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,
-                                engine=engines[0], temp_dir=settings.temp_dir, progress=progress)]
-        seconds = round(time.perf_counter() - start, 4)  # outputs made together: the time they took together
-        for record, fact, engine in zip(made, facts, engines):
-            record.update({k: v for k, v in fact.items() if not whole or k not in ("tiled", "window")},
-                          engine=engine.name, seconds=seconds)
-            records.append(record)
-    except KeyboardInterrupt:
-        # a signal is not held for a streamed output (it can take minutes): one that came after
-        # an output was renamed into place, before it was counted, still counts it
-        for record, output, was in zip(made, outputs, before):
-            if all(r is not record for r in records) and _identity(output.path) != was:
+    # standard output cannot be taken back: a signal waits until it is written and counted, as on
+    # the whole-image path (a file is renamed into place whole, or not at all)
+    shield = WHILE_WRITING if any(output.path == "-" for output in outputs) else contextlib.nullcontext()
+    with shield:
+        try:
+            if len(outputs) > 1 or whole:
+                facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
+                                          engines=engines, progress=progress, whole=whole,
+                                          stdout_suffix=settings.stdout_suffix, data=job.data)
+            else:
+                run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
+                facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,
+                                    engine=engines[0], temp_dir=settings.temp_dir, progress=progress)]
+            seconds = round(time.perf_counter() - start, 4)  # outputs made together: the time they took together
+            for record, fact, engine in zip(made, facts, engines):
+                record.update({k: v for k, v in fact.items() if not whole or k not in ("tiled", "window")},
+                              engine=engine.name, seconds=seconds)
                 records.append(record)
-        raise
+        except KeyboardInterrupt:
+            # a signal is not held for a streamed output (it can take minutes): one that came after
+            # an output was renamed into place, before it was counted, still counts it
+            for record, output, was in zip(made, outputs, before):
+                if all(r is not record for r in records) and _identity(output.path) != was:
+                    records.append(record)
+            raise
 
 
 def _identity(path: str) -> tuple[int, int] | None:
