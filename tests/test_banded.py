@@ -185,6 +185,16 @@ def test_a_truncated_png_on_standard_input_fails_as_on_the_whole_image_path(tmp_
     assert results[0].stdout_bytes == b"" and "<stdin>" in results[0].stderr
 
 
+@pytest.mark.parametrize("size", ["valid", "full"])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_banded_outputs_of_another_size_equal_the_whole_image_path(tmp_path, both, size, suffix):
+    """--size valid or full: the bands are whole rows of the output, not of the input (a TIFF came
+    out tiled, not in strips, when the two widths were compared)."""
+    (bands, whole), (mine, theirs) = both(_input(tmp_path, "png"), suffix, "-k", ASYM, "--size", size)
+    assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr
+    assert mine == theirs
+
+
 @pytest.mark.parametrize("name", ["progressive.jpg", "interlaced.png", "cmyk.jpg", "rotated.jpg", "a.webp", "a.bmp"])
 def test_inputs_that_do_not_stream_run_whole(tmp_path, both, name):
     """What the streamed runner refuses (as it refuses them above --memory) runs on the whole-image path."""

@@ -210,12 +210,13 @@ def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: st
     try:
         ops = [output.op for output in outputs]
         window = shared_window(ops, source.shape, memory)
-        if window[1] == source.shape[1]:
-            source.in_bands(memory)
         shape = ops[0].output_shape(*source.shape[:2])
+        rows = window[1] == shape[1]  # bands of whole output rows (--size valid or full: not the input's width)
+        if rows:
+            source.in_bands(memory)
         facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window),
                               window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
-                              whole=whole and window[1] == source.shape[1], stdout_suffix=stdout_suffix)
+                              whole=whole and rows, stdout_suffix=stdout_suffix)
         return [{**f, "window": list(window)} for f in facts]
     finally:
         source.close()
