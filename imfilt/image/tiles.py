@@ -8,8 +8,9 @@
   ``Source.window(rows, cols)`` takes index arrays, so halos past the image's edges are read by
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
-  (Big)TIFF, or one in strips from bands of whole rows (tiff.py), a ``.npy`` through a memory map, an OME-Zarr image,
-  or a PNG band by band (png.PngStream); atomically, as every output.
+  (Big)TIFF, or one in strips from bands of whole rows (tiff.py), a ``.npy`` through a memory
+  map, an OME-Zarr image, or a PNG band by band (png.PngStream); atomically, as every output,
+  or to standard output.
 - ``Plan`` cuts an output into windows bounded in both dimensions.
 """
 
