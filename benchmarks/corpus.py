@@ -185,15 +185,16 @@ def cases() -> list[tuple[str, list[str], dict]]:
     case("banded-stretch", ["apply", b, "-o", "@big.png", "--scale", "stretch", "-k", "laplacian"])
     for alpha in ["premultiply", "keep", "drop"]:
         case(f"banded-alpha-{alpha}", ["apply", "in/big-rgba.png", "-o", "@big.png", "--alpha", alpha, "-k", "sobel"])
-    for ext in ["tif", "npy", "zarr"]:
+    for ext in ["tif", "npy", "zarr", "jpg", "webp", "bmp"]:  # JPEG, WebP, BMP: bands gathered, encoded once
         case(f"banded-out-{ext}", ["apply", b, "-o", f"@big.{ext}", "-k", "gaussian:sigma=2"])
+    case("banded-alpha-webp", ["apply", "in/big-rgba.png", "-o", "@big.webp", "--alpha", "keep", "-k", "sobel"])
     case("banded-depth-16", ["apply", b, "-o", "@big.png", "--depth", "16", "-k", "gaussian:sigma=2"])
     # several outputs of a megapixel image: streamed together from one decode (pipeline.together)
     case("banded-three", ["apply", b, "--out-dir", "@", "-k", "box", "-k", "sobel", "-k", ASYM, "--json"])
     case("banded-three-npy", ["apply", b, "--out-dir", "@", "--name", "{stem}.{op}.npy", "-k", "gaussian:sigma=2",
                               "-k", EVEN, "--boundary", "constant", "--cval", "0.25"])
     case("banded-bank", ["apply", b, "--out-dir", "@", "-k", "in/bank.npy"])
-    for fmt in ["png", "tif", "npy"]:  # standard output streams in bands too (made in memory, then written)
+    for fmt in ["png", "tif", "npy", "jpg"]:  # standard output streams in bands too (made in memory, then written)
         case(f"banded-stdout-{fmt}", ["apply", b, "-o", "-", "--format", fmt, "-k", "gaussian:sigma=2"])
     for name in ["big.png", "big.jpg", "big.tif"]:  # standard input: PNG and JPEG in bands from its bytes, TIFF whole
         case(f"banded-stdin-{name}", ["apply", "-", "-o", "-", "-k", ASYM], stdin=f"in/{name}")

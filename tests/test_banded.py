@@ -84,14 +84,14 @@ def test_banded_png_equals_the_whole_image_path(tmp_path, both, options):
 
 
 @pytest.mark.parametrize("kind", ["rgba.png", "grey.png", "16.png", "jpg", "tif", "npy"])
-@pytest.mark.parametrize("suffix", [".png", ".npy", ".tif", ".zarr"])
+@pytest.mark.parametrize("suffix", [".png", ".npy", ".tif", ".zarr", ".jpg", ".webp", ".bmp"])
 def test_banded_inputs_and_outputs_equal_the_whole_image_path(tmp_path, both, kind, suffix):
     (bands, whole), (mine, theirs) = both(_input(tmp_path, kind), suffix, "-k", "gaussian:sigma=2", "--alpha", "keep")
     assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr
     assert mine == theirs
 
 
-@pytest.mark.parametrize("fmt", ["png", "tif", "npy"])
+@pytest.mark.parametrize("fmt", ["png", "tif", "npy", "jpg", "webp", "bmp"])
 def test_banded_standard_output_is_the_whole_image_path_s_bytes(tmp_path, monkeypatch, fmt):
     """`-o -` streams in bands too: the file is made in memory (its encoded bytes only), then written."""
     streamed = []
@@ -123,6 +123,16 @@ def test_banded_standard_input_is_the_whole_image_path_s_bytes(tmp_path, monkeyp
     assert [r.exit_code for r in results] == [0, 0], results[0].stderr + results[1].stderr
     assert results[0].stdout_bytes == results[1].stdout_bytes and results[0].stderr == ""
     assert streamed == [("-", data)]  # tried in bands, from the bytes read, in the first run only
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".bmp", ".png"])
+def test_more_channels_than_the_format_holds_fail_as_on_the_whole_image_path(tmp_path, both, suffix):
+    """JPEG, WebP and BMP gather the bands and encode once; five channels are refused with the whole path's line."""
+    path = tmp_path / "five.npy"
+    np.save(path, np.random.default_rng(3).random((210, 202, 5), dtype=np.float32))
+    (bands, whole), (mine, theirs) = both(path, suffix, "-k", "box")
+    assert bands.exit_code == whole.exit_code == 1 and mine is theirs is None
+    assert bands.stderr.replace("bands", "whole") == whole.stderr and "holds at most 4 channels" in bands.stderr
 
 
 def test_a_depth_the_format_does_not_hold_is_refused_on_standard_output_as_whole(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@
   ``extend_index``, numpy.pad's extension of each boundary mode.
 - ``write_tiles(path, ...)`` writes blocks that arrive in row-major window order: a tiled
   (Big)TIFF, or one in strips from bands of whole rows (tiff.py), a ``.npy`` through a memory
-  map, an OME-Zarr image, or a PNG band by band (png.PngStream); atomically, as every output,
-  or to standard output.
+  map, an OME-Zarr image, or a PNG band by band (png.PngStream); JPEG, WebP and BMP gather
+  the bands and encode once; atomically, as every output, or to standard output.
 - ``Plan`` cuts an output into windows bounded in both dimensions.
 """
 
@@ -28,13 +28,14 @@ from ..boundary import extend_index
 from ..errors import ImfiltError, InputError, shown
 from ..files import npy_header, open_regular
 from ..inflate import bound_tifffile
-from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, open_header, orient, replace_beside,
+from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, encode, open_header, orient, replace_beside,
                  tiff_frames, tiff_orientation, write_stdout)
 from .omezarr import CHUNK, open_image, write_ome_zarr
 
 # imfilt's boundary modes as numpy.pad names them (the same table as convolve._PAD_MODE)
 PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 TILED_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")  # what a tiled job reads and writes
+ENCODED_WHOLE = (".jpg", ".jpeg", ".webp", ".bmp")  # sinks that gather the bands and encode once
 _MAXVAL = {8: 255.0, 16: 65535.0, 32: 1.0}
 
 
@@ -326,7 +327,8 @@ Block = tuple[slice, slice, np.ndarray]  # rows, columns, stored values (h, w, C
 
 def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[Block], *,
                 tile: tuple[int, int], alpha: bool = False, whole: bool = False, suffix: str | None = None) -> None:
-    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy, OME-Zarr or PNG.
+    """Write blocks arriving in row-major window order (each ``tile`` high) to a TIFF, .npy, OME-Zarr, PNG,
+    JPEG, WebP or BMP.
 
     ``whole``: the blocks are bands of whole rows of an image that fits, written to the bytes the
     whole-image writers give (a TIFF in strips, not tiled; zarr chunks of their side, not ``tile``).
@@ -335,12 +337,16 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
     (its encoded bytes only), then written.
     """
     suffix = suffix or Path(path).suffix.lower()
+    if suffix in (".png", *ENCODED_WHOLE) and shape[2] > 4:  # io.write_image's line
+        raise InputError(f"{shown(path)}: {suffix} holds at most 4 channels, this image has {shape[2]}; write .tif or .npy")
     if suffix == ".npy":
         write = lambda target: _write_npy(target, shape, dtype, blocks)  # noqa: E731
     elif suffix == ".zarr":
         write = lambda target: write_ome_zarr(target, shape, dtype, blocks, (CHUNK, CHUNK) if whole else tile)  # noqa: E731
     elif suffix == ".png":
         write = lambda target: _write_png(target, shape, dtype, blocks)  # noqa: E731
+    elif suffix in ENCODED_WHOLE:
+        write = lambda target: _write_encoded(target, shape, dtype, blocks, suffix, alpha)  # noqa: E731
     else:
         write = lambda target: _write_tiff(target, shape, dtype, blocks, tile, alpha, whole)  # noqa: E731
     if path == "-":
@@ -394,6 +400,16 @@ def _write_png(target: str | BinaryIO, shape, dtype, blocks: Iterator[Block]) ->
             band[:, cols] = block
         stream.write(band)
         stream.close()
+
+
+def _write_encoded(target: str | BinaryIO, shape, dtype, blocks: Iterator[Block], suffix: str, alpha: bool) -> None:
+    """JPEG, WebP and BMP encode the whole image at once: the blocks gather into its stored
+    integers (a quarter of float32's bytes), then io.encode writes the whole-image writers' bytes."""
+    stored = np.empty(shape, dtype=dtype)
+    for rows, cols, block in blocks:
+        stored[rows, cols] = block
+    with _opened(target) as f:
+        encode(stored, suffix, alpha, f)
 
 
 def _write_tiff(target: str | BinaryIO, shape, dtype, blocks: Iterator[Block], tile: tuple[int, int], alpha: bool,

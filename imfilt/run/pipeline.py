@@ -31,7 +31,7 @@ from ..files import take_abandoned
 from ..image.io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
                  fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from ..image.omezarr import is_store
-from ..image.tiles import image_shape
+from ..image.tiles import ENCODED_WHOLE, image_shape
 
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
@@ -324,7 +324,7 @@ def banded_memory(settings: Settings, outputs: int) -> int:
 
 
 # the streamed files whose bytes are those of the whole-image writers (tiles.write_tiles's whole)
-BANDED_OUTPUTS = (".png", ".npy", ".tif", ".tiff", ".zarr")
+BANDED_OUTPUTS = (".png", ".npy", ".tif", ".tiff", ".zarr", *ENCODED_WHOLE)
 
 
 BANDED_PIXELS = 1 << 20
