@@ -110,7 +110,7 @@ def test_a_png_is_decoded_once_for_all_its_outputs(tmp_path, monkeypatch):
 
 def test_which_outputs_go_in_bands_together(tmp_path, monkeypatch):
     """Apply outputs of one size into files that stream (or standard output as PNG), at most
-    MAX_TOGETHER of them; JPEG (encoded whole) stays whole."""
+    MAX_TOGETHER of them; JPEG, WebP and BMP gather their bands and encode once."""
     monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
 
     def bands(*names, kernels=("box", ASYM), size="same"):
@@ -118,7 +118,7 @@ def test_which_outputs_go_in_bands_together(tmp_path, monkeypatch):
         return pipeline._bands_pay((210, 202, 3), outputs, True, pipeline.Settings())
 
     assert bands("a.png", "b.png") and bands("a.png", "b.npy") and bands("a.png", "b.png", size="valid", kernels=("box",) * 2)
-    assert bands("a.png", "b.tif") and bands("a.png", "b.zarr") and bands("-") and not bands("a.jpg")
+    assert bands("a.png", "b.tif") and bands("a.png", "b.zarr") and bands("-") and bands("a.jpg", "b.webp", "c.bmp", kernels=("box",) * 3)
     assert not bands("a.png", "b.png", size="valid")  # 3x3 and 5x3 kernels: two output sizes
     many = [f"{i}.png" for i in range(pipeline.MAX_TOGETHER + 1)]
     assert bands(*many[:-1], kernels=["box"] * len(many)) and not bands(*many, kernels=["box"] * len(many))
