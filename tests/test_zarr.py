@@ -398,3 +398,27 @@ def test_bands_of_any_heights_write_the_whole_image_s_store(tmp_path_factory, he
         return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 
     assert files(folder / "bands" / "img.zarr") == files(folder / "whole" / "img.zarr")
+
+
+def test_writers_that_end_at_once_do_not_wait_for_each_other(tmp_path):
+    """Each writer, as it ends, waits for zarr's unfinished writes (io.remove_tree). Writers that
+    ended at once waited for each other's wait until its timeout (10 s for each output of a
+    --split-channels run, in a process where zarr had written before)."""
+    import sys
+    import threading
+    import time
+
+    import zarr
+
+    from imfilt.image import io
+
+    zarr.create_array(str(tmp_path / "a.zarr"), shape=(4, 4), dtype="f4")[...] = 1  # zarr's I/O loop runs
+    loop = sys.modules["zarr.core.sync"].loop[0]
+    loop.call_soon_threadsafe(time.sleep, 0.5)  # the loop busy: the writers' waits arrive on it together
+    threads = [threading.Thread(target=io._finish_zarr_writes, kwargs={"timeout": 20}) for _ in range(4)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert time.monotonic() - start < 10  # a deadlock check: it ends at once, or after the 20 s timeout

@@ -589,6 +589,9 @@ def remove_tree(folder) -> None:
         time.sleep(0.02)
 
 
+_FINISHING = "imfilt-finish-zarr-writes"
+
+
 def _finish_zarr_writes(timeout: float = 10.0) -> None:
     """Wait for the writes still running on zarr's I/O loop: an interrupted write of many chunks
     goes on there, and a chunk written after the folder's removal would make it anew."""
@@ -599,7 +602,9 @@ def _finish_zarr_writes(timeout: float = 10.0) -> None:
     import asyncio  # zarr has imported it already; the CLI's start-up does not need it
 
     async def the_others():
-        others = asyncio.all_tasks() - {asyncio.current_task()}
+        asyncio.current_task().set_name(_FINISHING)
+        # not another thread's wait (two writers ending at once waited for each other, 10 s)
+        others = {task for task in asyncio.all_tasks() if task.get_name() != _FINISHING}
         if others:
             await asyncio.wait(others, timeout=timeout)
 
