@@ -167,6 +167,8 @@ def cases() -> list[tuple[str, list[str], dict]]:
     case("tiled-apply-zarr-input", ["apply", "in/chelsea.zarr", "-o", "@chelsea.zarr", "-k", "box"] + tiny)
     case("tiled-apply-jpeg-input", ["apply", "in/rocket.jpg", "-o", "@rocket.png", "-k", "box"] + tiny)
     case("tiled-apply-rgb16", ["apply", "in/rgb16.png", "-o", "@rgb16.png", "-k", "gaussian:sigma=2"] + tiny)
+    case("tiled-apply-split", ["apply", c, "--out-dir", "@", "--split-channels", "--name", "{stem}.{op}.{channel}.tif",
+                               "-k", "laplacian", "--scale", "stretch"] + tiny)  # each channel its own stretch
     case("tiled-apply-three-tif", ["apply", c, "--out-dir", "@", "--name", "{stem}.{op}.tif", "-k", "box", "-k", "sobel",
                                    "-k", ASYM, "--boundary", "wrap"] + tiny)  # one decode, one window for the three
     # one output of a megapixel image: streamed in bands though it fits (pipeline._bands_pay)
@@ -194,6 +196,10 @@ def cases() -> list[tuple[str, list[str], dict]]:
     case("banded-three-npy", ["apply", b, "--out-dir", "@", "--name", "{stem}.{op}.npy", "-k", "gaussian:sigma=2",
                               "-k", EVEN, "--boundary", "constant", "--cval", "0.25"])
     case("banded-bank", ["apply", b, "--out-dir", "@", "-k", "in/bank.npy"])
+    case("banded-split", ["apply", b, "--out-dir", "@", "--split-channels", "-k", "sobel", "-k", "laplacian",
+                          "--scale", "stretch", "--json"])  # one grey file per channel, each its own stretch
+    case("banded-split-rgba-tif", ["apply", "in/big-rgba.png", "--out-dir", "@", "--split-channels", "--alpha", "keep",
+                                   "--name", "{stem}.{op}.{channel}.tif", "-k", "gaussian:sigma=2"])
     for fmt in ["png", "tif", "npy", "jpg"]:  # standard output streams in bands too (made in memory, then written)
         case(f"banded-stdout-{fmt}", ["apply", b, "-o", "-", "--format", fmt, "-k", "gaussian:sigma=2"])
     for name in ["big.png", "big.jpg", "big.tif"]:  # standard input: PNG and JPEG in bands from its bytes, TIFF whole

@@ -135,6 +135,34 @@ def test_more_channels_than_the_format_holds_fail_as_on_the_whole_image_path(tmp
     assert bands.stderr.replace("bands", "whole") == whole.stderr and "holds at most 4 channels" in bands.stderr
 
 
+SPLIT = [
+    ("png", ".png", ["-k", "sobel"]), ("png", ".png", ["-k", "laplacian", "--scale", "stretch"]),
+    ("png", ".tif", ["-k", "box", "-k", "sobel", "-k", ASYM]), ("rgba.png", ".png", ["-k", "sobel", "--alpha", "keep"]),
+    ("grey.png", ".npy", ["-k", "gaussian:sigma=2"]), ("16.png", ".png", ["-k", "laplacian", "--scale", "stretch"]),
+    ("png", ".jpg", ["-k", "box"]), ("png", ".zarr", ["-k", "sobel"]),
+]
+
+
+@pytest.mark.parametrize("kind, suffix, options", SPLIT, ids=lambda x: " ".join(x) if isinstance(x, list) else x)
+def test_split_channels_in_bands_equal_the_whole_image_path(tmp_path, monkeypatch, kind, suffix, options):
+    """--split-channels: each colour channel's file scaled on its own (stretch: its own bounds), alpha dropped."""
+    streamed = []
+    run_outputs = pipeline.tiled.run_outputs
+    monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(a[0]) or run_outputs(*a, **k))
+    source, outputs = _input(tmp_path, kind), []
+    for name, threshold in (("bands", 1), ("whole", 1 << 62)):
+        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        result = _run("apply", source, "--split-channels", "--name", "{op}.{channel}" + suffix, "--out-dir",
+                      tmp_path / name, "--json", *options)
+        assert result.exit_code == 0, result.stderr
+        outputs.append(({p.name: _files(p) for p in sorted((tmp_path / name).iterdir())}, result.stdout))
+    assert len(streamed) == 1
+    (mine, mine_json), (theirs, theirs_json) = outputs
+    assert mine == theirs and len(mine) == (1 if kind == "grey.png" else 3) * options.count("-k")
+    assert [{**json.loads(line), "seconds": 0, "output": 0} for line in mine_json.splitlines()] == \
+        [{**json.loads(line), "seconds": 0, "output": 0} for line in theirs_json.splitlines()]
+
+
 def test_a_depth_the_format_does_not_hold_is_refused_on_standard_output_as_whole(tmp_path, monkeypatch):
     """`-o - --format png --depth 32` wrote an all-black PNG in bands (a review found it): the whole path refuses it."""
     monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)

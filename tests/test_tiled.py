@@ -202,6 +202,24 @@ def test_cli_tiled_alpha_and_depths(tmp_path, dtype, channels):
     assert np.abs(got.pixels - expected.pixels).max() <= (1e-6 if got.depth == 32 else 1 / 255 + 1e-7)
 
 
+@pytest.mark.parametrize("args", [["-k", "sobel"], ["-k", "laplacian", "--scale", "stretch", "-k", "box"]])
+def test_cli_tiled_split_channels_equal_in_memory(big_tiff, tmp_path, args):
+    """A streamed apply writes one grey file per colour channel, each scaled on its own, as the
+    whole-image path does (bands of whole rows: the same values; a tiled TIFF, not strips)."""
+    from imfilt.image.io import load
+
+    runs = {}
+    for name, memory in (("tiled", "1500K"), ("whole", "2G")):
+        result = _run("apply", big_tiff, *args, "--split-channels", "--name", "{op}.{channel}.tif", "--out-dir",
+                      tmp_path / name, "--memory", memory, "--json")
+        assert result.exit_code == 0, result.stderr
+        assert ('"tiled"' in result.stdout) == (name == "tiled")
+        runs[name] = {p.name: load(str(p)) for p in sorted((tmp_path / name).iterdir())}
+    assert runs["tiled"].keys() == runs["whole"].keys() and len(runs["whole"]) == 3 * args.count("-k")
+    for name, whole in runs["whole"].items():
+        assert whole.pixels.shape[2] == 1 and np.array_equal(runs["tiled"][name].pixels, whole.pixels)
+
+
 @pytest.mark.parametrize("output,message", [
     ("out.jpg", "streamed only into .tif, .tiff, .npy, .zarr, .png files: not .jpg output"),
     ("out.webp", "not .webp output"),

@@ -136,7 +136,7 @@ def streamed(job, output, shape, scheduler: str | None, sharing: list) -> dict:
     from . import tiled_fft
 
     memory = job.settings.memory
-    check_tiled_output(job.source, output, job.settings.split_channels)
+    check_tiled_output(job.source, output)
     open_source(job.source).close()
     facts = {"memory_bytes": memory}
     if output.op.runner == "windows":

@@ -300,7 +300,7 @@ def _bands_pay(shape, outputs: list[Output], streams: bool, settings: Settings) 
     if not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
         return False
     todo = [o for o in outputs if not o.skip]
-    if not (0 < len(todo) <= MAX_TOGETHER and not settings.split_channels and all(
+    if not (0 < len(todo) <= MAX_TOGETHER and all(
             o.op.runner == "windows" and not o.extras and _streams_into(o.path, settings) for o in todo)):
         return False
     try:
@@ -432,16 +432,11 @@ def remove_partial_files(jobs: list[Job]) -> None:
                 os.close(fd)
 
 
-def _channel_names(count: int) -> list[str]:
-    """--split-channels file names: r, g, b; y for grey; c0, c1, ... otherwise."""
-    return {1: ["y"], 3: list("rgb")}.get(count) or [f"c{i}" for i in range(count)]
-
-
 def _exists(path: str, settings: Settings) -> bool:
     """For --split-channels an output is there when its first channel's file is."""
     if "{channel}" not in path:
         return os.path.lexists(path)
-    return any(os.path.lexists(path.replace("{channel}", _channel_names(n)[0])) for n in (1, 2, 3))
+    return any(os.path.lexists(path.replace("{channel}", tiled.channel_names(n)[0])) for n in (1, 2, 3))
 
 
 def _done(path: str, settings: Settings) -> bool:
@@ -471,7 +466,7 @@ def _same_file(a: str, b: str) -> bool:
 def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]]:
     """--split-channels: one grey file per colour channel (r, g, b; y for grey), alpha dropped."""
     colour = pixels[..., :-1] if alpha else pixels
-    names = _channel_names(colour.shape[2])
+    names = tiled.channel_names(colour.shape[2])
     return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
 
 
@@ -526,7 +521,7 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
             raise InputError(f"{job.source}: too large for memory (see --memory), and --montage needs the maps "
                              "of images that fit in memory")
         for output in todo:
-            tiled.check_tiled_output(job.source, output, settings.split_channels)
+            tiled.check_tiled_output(job.source, output)
         shape = image_shape(job.source) or (0, 0, 0)
         height, width, _ = shape
         try:
@@ -693,6 +688,8 @@ def _identity(path: str) -> tuple[int, int] | None:
     """What tells a file renamed over ``path`` from the one that was there (os.replace makes a new inode)."""
     if path == "-":
         return None  # standard output
+    if "{channel}" in path:  # --split-channels: its files' (one renamed is a change)
+        return tuple(sorted(filter(None, map(_identity, glob.glob(glob.escape(path).replace("{channel}", "*"))))))
     try:
         status = os.stat(path)
     except OSError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -71,15 +71,15 @@ def needs_tiles(shape: tuple[int, int, int] | None, memory: int) -> bool:
     return shape is not None and shape[0] * shape[1] * shape[2] * 4 * WHOLE_IMAGE_COPIES > memory
 
 
-def check_tiled_output(source: str, output, split_channels: bool) -> None:
+def check_tiled_output(source: str, output) -> None:
     """An output that a tiled job cannot write: that input fails before any pixel is read.
 
     (Per input, not for the whole run: a damaged header may claim a huge size.)
     """
     for path in (output.path, *(p for _, p in output.extras)):
         suffix = Path(path).suffix.lower()
-        if path == "-" or suffix not in STREAMED_OUTPUTS or split_channels:
-            what = "--split-channels" if split_channels else "standard output" if path == "-" else f"{suffix} output"
+        if path == "-" or suffix not in STREAMED_OUTPUTS:
+            what = "standard output" if path == "-" else f"{suffix} output"
             raise InputError(f"{shown(source)}: too large for memory (see --memory), and images are streamed only into "
                              f"{', '.join(STREAMED_OUTPUTS)} files: not {what}")
 
@@ -296,57 +296,99 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
     """Write the windows that ``make_windows()`` yields (rows, cols, a Result per path), each
     output as ``write_image`` would; facts for --json, one per path. ``whole``: the windows are
     bands of whole rows of an image that fits, and the files are the whole-image writers' bytes.
+    A path with ``{channel}`` (--split-channels) is one grey file per colour channel (Sink).
 
-    ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of the whole
-    result: ``bounds`` when known, else a first pass over the windows finds them.
+    ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of each file's
+    values: ``bounds`` when known, else a first pass over the windows finds them.
     ``progress(fraction)`` is told the share of the output's pixels done, over both passes.
     """
-    suffixes = [stdout_suffix if path == "-" else Path(path).suffix.lower() for path in paths]
-    depths = [depth or fitting_depth(source_depth, suffix) for suffix in suffixes]
     area = shape[0] * shape[1]
     windows = make_windows()
     try:  # closed whatever happens (finally): its reading thread ends there
         rows, cols, firsts = next(windows)  # what each result is (channels, alpha, auto scale) before writing
-        scales = [first.auto_scale if scale == "auto" else scale for first in firsts]
-        stretched = [s in ("stretch", "peak") and d != 32 and x != ".npy" for s, d, x in zip(scales, depths, suffixes)]
-        found, writing = [bounds] * len(paths), progress
-        if any(stretched) and bounds is None:  # two passes over the windows, each half of the work
+        sinks = [sink for path, first, k in zip(paths, firsts, itertools.count())
+                 for sink in Sink.of(path, k, first, source_depth, depth, scale, stdout_suffix)]
+        found, writing = [bounds] * len(sinks), progress
+        if any(sink.stretched for sink in sinks) and bounds is None:  # two passes over the windows, each half of the work
             # the first windows' reader stops first: it would read ahead from the source the
             # other pass reads (a PNG's rows decode in order: "out of order read" 1 run in 3)
             windows.close()
             with closing(make_windows()) as again:
-                found = _colour_bounds(_counted(again, area, progress_part(progress, 0, 0.5)), firsts)
+                found = _colour_bounds(_counted(again, area, progress_part(progress, 0, 0.5)), sinks)
             writing = progress_part(progress, 0.5, 0.5)
             windows = make_windows()
             rows, cols, firsts = next(windows)
         counted = _counted(windows, area, writing, done=_area(rows, cols))
 
-        def stored(k: int, result: Result) -> np.ndarray:
-            if suffixes[k] == ".npy":  # .npy holds the float32 values themselves, as write_image
-                return result.pixels
-            if not stretched[k]:
-                return to_storage(result.pixels, depths[k], scales[k], result.alpha)
-            pixels = result.pixels.copy()
-            colour = pixels[..., :-1] if result.alpha else pixels
-            # io's map for the whole image, from the minimum and maximum that the first pass found
-            colour[...] = SCALERS[scales[k]](np.array(found[k], dtype=np.float32))(colour)
-            return to_storage(pixels, depths[k], "clip", result.alpha)
-
         def blocks():
             for r, c, results in itertools.chain([(rows, cols, firsts)], counted):
-                yield [(r, c, stored(k, result)) for k, result in enumerate(results)]
+                yield [(r, c, sink.stored(results[sink.result], limits)) for sink, limits in zip(sinks, found)]
 
-        def writer(k: int):
-            channels = firsts[k].pixels.shape[2]
-            dtype = np.float32 if suffixes[k] == ".npy" or depths[k] == 32 else np.uint8 if depths[k] == 8 else np.uint16
-            return lambda parts: write_tiles(paths[k], (shape[0], shape[1], channels), dtype, parts, tile=(tile, tile),
-                                             alpha=firsts[k].alpha, whole=whole, suffix=suffixes[k])
+        def writer(sink: Sink):
+            return lambda parts: write_tiles(sink.path, (shape[0], shape[1], sink.channels), sink.dtype, parts,
+                                             tile=(tile, tile), alpha=sink.alpha, whole=whole, suffix=sink.suffix)
 
         with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded
-            fan_out(ready, [writer(k) for k in range(len(paths))])
+            fan_out(ready, [writer(sink) for sink in sinks])
     finally:
         windows.close()
     return [{**first.facts, "shape": [shape[0], shape[1], first.pixels.shape[2]], "tiled": True} for first in firsts]
+
+
+@dataclass(frozen=True)
+class Sink:
+    """One file of an output: its values (all of a result's, or one colour channel's) as its format stores them."""
+
+    path: str
+    result: int  # which of the window's results it takes
+    channel: int | None  # None: every channel; else that colour channel, grey (--split-channels)
+    suffix: str
+    depth: int
+    scale: str
+    channels: int
+    alpha: bool
+
+    @classmethod
+    def of(cls, path: str, k: int, first: Result, source_depth: int, depth: int | None, scale: str,
+           stdout_suffix: str) -> list[Sink]:
+        """The files of output ``k``; ``{channel}`` in its path: r, g, b (y for grey), alpha dropped."""
+        suffix = stdout_suffix if path == "-" else Path(path).suffix.lower()
+        depth = depth or fitting_depth(source_depth, suffix)
+        scale = first.auto_scale if scale == "auto" else scale
+        if "{channel}" not in path:
+            return [cls(path, k, None, suffix, depth, scale, first.pixels.shape[2], first.alpha)]
+        names = channel_names(first.pixels.shape[2] - first.alpha)
+        return [cls(path.replace("{channel}", name), k, i, suffix, depth, scale, 1, False) for i, name in enumerate(names)]
+
+    @property
+    def stretched(self) -> bool:
+        return self.scale in ("stretch", "peak") and self.depth != 32 and self.suffix != ".npy"
+
+    @property
+    def dtype(self):
+        return np.float32 if self.suffix == ".npy" or self.depth == 32 else np.uint8 if self.depth == 8 else np.uint16
+
+    def pixels(self, result: Result) -> np.ndarray:
+        return result.pixels if self.channel is None else result.pixels[..., self.channel : self.channel + 1]
+
+    def colour(self, result: Result) -> np.ndarray:
+        return self.pixels(result)[..., :-1] if self.alpha else self.pixels(result)
+
+    def stored(self, result: Result, bounds: tuple[float, float] | None) -> np.ndarray:
+        if self.suffix == ".npy":  # .npy holds the float32 values themselves, as write_image
+            return self.pixels(result)
+        if not self.stretched:
+            return to_storage(self.pixels(result), self.depth, self.scale, self.alpha)
+        pixels = self.pixels(result).copy()
+        colour = pixels[..., :-1] if self.alpha else pixels
+        # io's map for the whole image, from the minimum and maximum that the first pass found
+        colour[...] = SCALERS[self.scale](np.array(bounds, dtype=np.float32))(colour)
+        return to_storage(pixels, self.depth, "clip", self.alpha)
+
+
+def channel_names(count: int) -> list[str]:
+    """--split-channels file names: r, g, b; y for grey; c0, c1, ... otherwise."""
+    return {1: ["y"], 3: list("rgb")}.get(count) or [f"c{i}" for i in range(count)]
 
 
 def _counted(windows: Iterator, area: int, progress: Progress | None, done: int = 0) -> Iterator:
@@ -365,11 +407,11 @@ def _area(rows: slice, cols: slice) -> int:
     return (rows.stop - rows.start) * (cols.stop - cols.start)
 
 
-def _colour_bounds(windows, firsts: list[Result]) -> list[tuple[float, float]]:
-    """--scale stretch: the first pass finds each result's minimum and maximum over the whole image."""
-    low, high = [np.inf] * len(firsts), [-np.inf] * len(firsts)
+def _colour_bounds(windows, sinks: list[Sink]) -> list[tuple[float, float]]:
+    """--scale stretch: the first pass finds each file's minimum and maximum over the whole image."""
+    low, high = [np.inf] * len(sinks), [-np.inf] * len(sinks)
     for _, _, results in windows:
-        for k, (first, result) in enumerate(zip(firsts, results)):
-            colour = result.pixels[..., :-1] if first.alpha else result.pixels
+        for k, sink in enumerate(sinks):
+            colour = sink.colour(results[sink.result])
             low[k], high[k] = min(low[k], float(colour.min())), max(high[k], float(colour.max()))
     return list(zip(low, high))
