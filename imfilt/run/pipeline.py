@@ -463,13 +463,6 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _channel_files(path: str, pixels, alpha: bool) -> list[tuple[str, Any, bool]]:
-    """--split-channels: one grey file per colour channel (r, g, b; y for grey), alpha dropped."""
-    colour = pixels[..., :-1] if alpha else pixels
-    names = tiled.channel_names(colour.shape[2])
-    return [(path.replace("{channel}", name), colour[..., i : i + 1], False) for i, name in enumerate(names)]
-
-
 class _WhileWriting:
     """Where an ending signal waits (batch's handler asks): an output is written and counted whole.
 
@@ -554,22 +547,18 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
         engine = _engine_for(settings, output.op, loaded.pixels.shape[0] * loaded.pixels.shape[1])
         result = output.op.run(loaded, engine)
         scale = result.auto_scale if settings.scale == "auto" else settings.scale
-        suffix = settings.stdout_suffix if output.path == "-" else None
         if sheet:
             sheet.add(result, scale)
         if output.skip:
             continue
-        files = (_channel_files(output.path, result.pixels, result.alpha) if settings.split_channels
-                 else [(output.path, result.pixels, result.alpha)])
         check_stop()  # on Dask: not after the client was interrupted
         with WHILE_WRITING:  # a signal now waits until this output is written and counted
-            for path, pixels, alpha in files:
-                depth = settings.depth or fitting_depth(loaded.depth, suffix or Path(path).suffix.lower())
-                write_image(path, pixels, depth=depth, scale=scale, alpha=alpha, suffix=suffix, threads=settings.threads)
-            for name, path in output.extras:  # e.g. the mask: its values as they are, grey
-                extra = result.extras[name]
-                write_image(path, extra[..., None] if extra.ndim == 2 else extra,
-                            depth=fitting_depth(8, Path(path).suffix.lower()), threads=settings.threads)
+            # the sinks of the streamed path: {channel} (--split-channels) is a file per colour channel
+            tiled.write_whole(output.path, result, source_depth=loaded.depth, depth=settings.depth, scale=scale,
+                              stdout_suffix=settings.stdout_suffix)
+            for name, path in output.extras:  # e.g. the mask: its values as they are, grey, clipped
+                tiled.write_whole(path, tiled.Result(result.extras[name], False, "clip"), source_depth=8, depth=None,
+                                  scale="clip")
             seconds = time.perf_counter() - start
             records.append(_record(job, output, result=result, engine=engine.name, seconds=seconds))
         if progress is not None and step < steps:

@@ -25,7 +25,7 @@ import numpy as np
 from ..ahead import Ahead, fan_out
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from ..errors import InputError, UsageError, shown
-from ..image.io import SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
+from ..image.io import FORMATS, SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
 from ..ops.operations import Result
 from ..image.tiles import Plan, Source, one_heap_arena, open_source, window_for, write_tiles
 
@@ -288,6 +288,30 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
 
     return write_results([path], shape, windows, tile, source_depth=source_depth, depth=depth, scale=scale,
                          bounds=bounds, progress=progress)[0]
+
+
+def write_whole(path: str, result: Result, *, source_depth: int, depth: int | None, scale: str,
+                stdout_suffix: str = ".png") -> None:
+    """A result computed whole into its files, through the sinks of a streamed one: bands of
+    about BAND_BYTES of float32 each scaled and encoded as the one before is written (no stored
+    copy of the whole image), to the whole-image writers' bytes."""
+    pixels = result.pixels if result.pixels.ndim == 3 else result.pixels[..., None]
+    height, width, channels = pixels.shape
+    suffix = stdout_suffix if path == "-" else Path(path).suffix.lower()
+    held = FORMATS[suffix][1]
+    if suffix != ".npy" and depth is not None and depth not in held:  # .npy holds the floats whatever the depth
+        raise UsageError(f"{shown(path)}: {suffix} holds {'/'.join(map(str, held))}-bit images, not {depth}")
+    rows = max(1, BAND_BYTES // (width * channels * 4))
+
+    def bands():
+        for top in range(0, height, rows):
+            yield slice(top, min(top + rows, height)), slice(0, width), [replace(result, pixels=pixels[top : top + rows])]
+
+    write_results([path], (height, width), bands, rows, source_depth=source_depth, depth=depth, scale=scale,
+                  whole=True, stdout_suffix=stdout_suffix)
+
+
+BAND_BYTES = 16 * 2**20
 
 
 def write_results(paths: list[str], shape, make_windows, tile: int, *, source_depth: int, depth: int | None,
