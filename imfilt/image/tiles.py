@@ -28,7 +28,7 @@ from ..boundary import extend_index
 from ..errors import ImfiltError, InputError, shown
 from ..files import npy_header, open_regular
 from ..inflate import bound_tifffile
-from .io import (ORIENTATIONS, check_frames, check_npy_image, depth_of, encode, open_header, orient, replace_beside,
+from .io import (ORIENTATIONS, atomic_write, check_frames, check_npy_image, depth_of, encode, open_header, orient, replace_beside,
                  tiff_frames, tiff_orientation, write_stdout)
 from .omezarr import CHUNK, open_image, write_ome_zarr
 
@@ -353,7 +353,9 @@ def write_tiles(path: str, shape: tuple[int, int, int], dtype, blocks: Iterator[
         buffer = io.BytesIO()
         write(buffer)
         write_stdout(buffer.getbuffer())
-    else:
+    elif suffix in (".npy", ".png", *ENCODED_WHOLE):  # a temporary file beside it, renamed: fewer steps
+        atomic_write(path, write)  # than a folder (a batch of small images)
+    else:  # a zarr store is a folder; tifffile wants a file's name
         replace_beside(path, write)
 
 

@@ -308,7 +308,7 @@ def write_whole(path: str, result: Result, *, source_depth: int, depth: int | No
             yield slice(top, min(top + rows, height)), slice(0, width), [replace(result, pixels=pixels[top : top + rows])]
 
     write_results([path], (height, width), bands, rows, source_depth=source_depth, depth=depth, scale=scale,
-                  whole=True, stdout_suffix=stdout_suffix)
+                  whole=True, stdout_suffix=stdout_suffix, overlap=height > rows)
 
 
 BAND_BYTES = 16 * 2**20
@@ -316,7 +316,7 @@ BAND_BYTES = 16 * 2**20
 
 def write_results(paths: list[str], shape, make_windows, tile: int, *, source_depth: int, depth: int | None,
                   scale: str, bounds: tuple[float, float] | None = None, progress: Progress | None = None,
-                  whole: bool = False, stdout_suffix: str = ".png") -> list[dict]:
+                  whole: bool = False, stdout_suffix: str = ".png", overlap: bool = True) -> list[dict]:
     """Write the windows that ``make_windows()`` yields (rows, cols, a Result per path), each
     output as ``write_image`` would; facts for --json, one per path. ``whole``: the windows are
     bands of whole rows of an image that fits, and the files are the whole-image writers' bytes.
@@ -325,6 +325,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
     ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of each file's
     values: ``bounds`` when known, else a first pass over the windows finds them.
     ``progress(fraction)`` is told the share of the output's pixels done, over both passes.
+    ``overlap``: windows are filtered on a thread while the ones before are encoded (one window: no gain).
     """
     area = shape[0] * shape[1]
     windows = make_windows()
@@ -352,7 +353,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
             return lambda parts: write_tiles(sink.path, (shape[0], shape[1], sink.channels), sink.dtype, parts,
                                              tile=(tile, tile), alpha=sink.alpha, whole=whole, suffix=sink.suffix)
 
-        with Ahead(blocks()) as ready:  # windows are filtered on a thread while the ones before are encoded
+        with Ahead(blocks()) if overlap else closing(blocks()) as ready:
             fan_out(ready, [writer(sink) for sink in sinks])
     finally:
         windows.close()
