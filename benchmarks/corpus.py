@@ -206,6 +206,12 @@ def cases() -> list[tuple[str, list[str], dict]]:
         case(f"banded-stdin-{name}", ["apply", "-", "-o", "-", "-k", ASYM], stdin=f"in/{name}")
     for name in ["big.jpg", "big.tif", "big.npy", "big16.png"]:
         case(f"banded-in-{name}", ["apply", f"in/{name}", "-o", "@out.png", "-k", "sharpen", "--json"])
+    # images of a megapixel that run whole (spectrum, lowpass, a montage): read through the streamed source
+    for name in ["big.png", "big-rgba.png", "big16.png", "big.jpg", "big.tif", "big.npy"]:
+        case(f"whole-spectrum-{name}", ["spectrum", f"in/{name}", "-o", "@out.png", "--json"])
+    case("whole-lowpass-mask", ["lowpass", b, "-o", "@out.tif", "-R", "40", "--mask-out", "@mask.png", "--json"])
+    case("whole-lowpass-stdin", ["lowpass", "-", "-o", "-", "-R", "40"], stdin="in/big.png")
+    case("whole-montage", ["apply", b, "--out-dir", "@", "-k", "sobel", "-k", "box", "--montage", "@sheet.png"])
     # spectrum
     for name, extra in [("default", []), ("hann", ["--window", "hann"]), ("phase", ["--phase"]), ("gray", ["--gray"]),
                         ("phase-hann-gray", ["--phase", "--window", "hann", "--gray"])]:

@@ -163,6 +163,25 @@ def test_split_channels_in_bands_equal_the_whole_image_path(tmp_path, monkeypatc
         [{**json.loads(line), "seconds": 0, "output": 0} for line in theirs_json.splitlines()]
 
 
+@pytest.mark.parametrize("kind", ["png", "rgba.png", "grey.png", "16.png", "jpg", "tif", "npy"])
+@pytest.mark.parametrize("command", [["spectrum"], ["lowpass", "-R", "20", "--mask-out"]])
+def test_an_image_read_whole_through_its_source_is_io_load_s(tmp_path, monkeypatch, kind, command):
+    """From a megapixel, an image processed whole (spectrum, lowpass) is read by the streamed path's
+    source in bands into one array (pipeline._read_whole): io.load's values, so the same files."""
+    read = []
+    read_whole = pipeline.tiled.read_whole
+    monkeypatch.setattr(pipeline.tiled, "read_whole", lambda *a: read.append(a) or read_whole(*a))
+    source, outputs = _input(tmp_path, kind), []
+    for name, threshold in (("source", 1), ("load", 1 << 62)):
+        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        (tmp_path / name).mkdir()
+        args = [*command, tmp_path / name / "mask.png"] if "--mask-out" in command else command
+        result = _run(*args, source, "-o", tmp_path / name / "out.tif")
+        assert result.exit_code == 0, result.stderr
+        outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())})
+    assert len(read) == 1 and outputs[0] == outputs[1]
+
+
 def test_a_depth_the_format_does_not_hold_is_refused_on_standard_output_as_whole(tmp_path, monkeypatch):
     """`-o - --format png --depth 32` wrote an all-black PNG in bands (a review found it): the whole path refuses it."""
     monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
