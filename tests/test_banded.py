@@ -182,6 +182,19 @@ def test_an_image_read_whole_through_its_source_is_io_load_s(tmp_path, monkeypat
     assert len(read) == 1 and outputs[0] == outputs[1]
 
 
+@pytest.mark.parametrize("threshold", [1, 1 << 62])
+@pytest.mark.parametrize("command", [["apply", "-k", "sobel"], ["spectrum"]])
+def test_a_channel_field_in_a_name_splits_nothing_without_split_channels(tmp_path, monkeypatch, threshold, command):
+    """Only --split-channels makes a file per channel: a '{channel}' in a name is a name (a review found
+    'o{channel}.png' split into or/og/ob.png)."""
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _run(*command, _input(tmp_path, "png"), "-o", out / "o{channel}.png")
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in out.iterdir()] == ["o{channel}.png"] and Image.open(out / "o{channel}.png").mode == "RGB"
+
+
 def test_a_depth_the_format_does_not_hold_is_refused_on_standard_output_as_whole(tmp_path, monkeypatch):
     """`-o - --format png --depth 32` wrote an all-black PNG in bands (a review found it): the whole path refuses it."""
     monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)

@@ -555,7 +555,7 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
         with WHILE_WRITING:  # a signal now waits until this output is written and counted
             # the sinks of the streamed path: {channel} (--split-channels) is a file per colour channel
             tiled.write_whole(output.path, result, source_depth=loaded.depth, depth=settings.depth, scale=scale,
-                              stdout_suffix=settings.stdout_suffix)
+                              stdout_suffix=settings.stdout_suffix, split=settings.split_channels)
             for name, path in output.extras:  # e.g. the mask: its values as they are, grey, clipped
                 tiled.write_whole(path, tiled.Result(result.extras[name], False, "clip"), source_depth=8, depth=None,
                                   scale="clip")
@@ -657,7 +657,7 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
     memory = banded_memory(settings, len(outputs)) if whole else settings.memory
     pixels = (job.shape[0] * job.shape[1]) if job.shape else 0
     engines = [_engine_for(settings, output.op, pixels) for output in outputs]
-    before = [_identity(output.path) for output in outputs]
+    before = [_identity(output.path, settings.split_channels) for output in outputs]
     made = [_record(job, output) for output in outputs]
     # standard output cannot be taken back: a signal waits until it is written and counted, as on
     # the whole-image path (a file is renamed into place whole, or not at all)
@@ -667,9 +667,11 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
             if len(outputs) > 1 or whole:
                 facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
                                           engines=engines, progress=progress, whole=whole,
-                                          stdout_suffix=settings.stdout_suffix, data=job.data)
+                                          stdout_suffix=settings.stdout_suffix, data=job.data,
+                                          split=settings.split_channels)
             else:
-                run_output = {"windows": tiled.run_output, "fft": tiled_fft.run_output}[outputs[0].op.runner]
+                apply = functools.partial(tiled.run_output, split=settings.split_channels)  # apply's option only
+                run_output = {"windows": apply, "fft": tiled_fft.run_output}[outputs[0].op.runner]
                 facts = [run_output(job.source, outputs[0], depth=settings.depth, scale=settings.scale, memory=memory,
                                     engine=engines[0], temp_dir=settings.temp_dir, progress=progress)]
             seconds = round(time.perf_counter() - start, 4)  # outputs made together: the time they took together
@@ -681,16 +683,16 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
             # a signal is not held for a streamed output (it can take minutes): one that came after
             # an output was renamed into place, before it was counted, still counts it
             for record, output, was in zip(made, outputs, before):
-                if all(r is not record for r in records) and _identity(output.path) != was:
+                if all(r is not record for r in records) and _identity(output.path, settings.split_channels) != was:
                     records.append(record)
             raise
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def _identity(path: str, split: bool = False) -> tuple[int, int] | None:
     """What tells a file renamed over ``path`` from the one that was there (os.replace makes a new inode)."""
     if path == "-":
         return None  # standard output
-    if "{channel}" in path:  # --split-channels: its files' (one renamed is a change)
+    if split:  # --split-channels: its files' (one renamed is a change)
         return tuple(sorted(filter(None, map(_identity, glob.glob(glob.escape(path).replace("{channel}", "*"))))))
     try:
         status = os.stat(path)

@@ -171,7 +171,7 @@ def apply_windows(op, source: Source, engine, window: tuple[int, int],
 
 
 def run_output(source_path: str, output, *, depth: int | None, scale: str, memory: int, engine,
-               temp_dir: str | None = None, progress: Progress | None = None) -> dict:
+               temp_dir: str | None = None, progress: Progress | None = None, split: bool = False) -> dict:
     """Filter a source too large for memory into the output's files, window by window; facts for --json.
 
     An apply; spectrum and lowpass go through tiled_fft.run_output (which builds on this module).
@@ -179,7 +179,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
     """
     if not on_dask_worker():
         return run_outputs(source_path, [output], depth=depth, scale=scale, memory=memory, engines=[engine],
-                           progress=progress)[0]
+                           progress=progress, split=split)[0]
     one_heap_arena()
     source = open_source(source_path)
     try:
@@ -189,7 +189,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
         scratch = _on_dask(source_path, op, output.path, shape, window, engine)
         try:
             facts = write_result(output.path, shape, lambda: _read_back(scratch, shape, window), window[0],
-                                 source_depth=source.depth, depth=depth, scale=scale, progress=progress)
+                                 source_depth=source.depth, depth=depth, scale=scale, progress=progress, split=split)
             return {**facts, "window": list(window)}
         finally:
             remove_tree(scratch[0])
@@ -199,7 +199,7 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
 
 def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: str, memory: int, engines: list,
                 progress: Progress | None = None, whole: bool = False, stdout_suffix: str = ".png",
-                data: bytes | None = None) -> list[dict]:
+                data: bytes | None = None, split: bool = False) -> list[dict]:
     """Apply outputs of one source with one output shape (shared_window), streamed window by
     window from one decode, each into its files; facts for --json, one per output. ``whole``: an
     image that fits, whose files are then the whole-image writers' bytes (write_tiles). Standard
@@ -216,7 +216,7 @@ def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: st
             source.in_bands(memory)
         facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window),
                               window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
-                              whole=whole and rows, stdout_suffix=stdout_suffix)
+                              whole=whole and rows, stdout_suffix=stdout_suffix, split=split)
         return [{**f, "window": list(window)} for f in facts]
     finally:
         source.close()
@@ -290,7 +290,7 @@ def _stripe(stripe: slice, *, source_path: str, op, window, scratch: str) -> Non
 
 
 def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int, depth: int | None, scale: str,
-                 bounds: tuple[float, float] | None = None, progress: Progress | None = None) -> dict:
+                 bounds: tuple[float, float] | None = None, progress: Progress | None = None, split: bool = False) -> dict:
     """write_results for one output: ``make_windows()`` yields (rows, cols, Result)."""
 
     def windows():
@@ -299,11 +299,11 @@ def write_result(path: str, shape, make_windows, tile: int, *, source_depth: int
                 yield rows, cols, [result]
 
     return write_results([path], shape, windows, tile, source_depth=source_depth, depth=depth, scale=scale,
-                         bounds=bounds, progress=progress)[0]
+                         bounds=bounds, progress=progress, split=split)[0]
 
 
 def write_whole(path: str, result: Result, *, source_depth: int, depth: int | None, scale: str,
-                stdout_suffix: str = ".png") -> None:
+                stdout_suffix: str = ".png", split: bool = False) -> None:
     """A result computed whole into its files, through the sinks of a streamed one: bands of
     about BAND_BYTES of float32 each scaled and encoded as the one before is written (no stored
     copy of the whole image), to the whole-image writers' bytes."""
@@ -320,7 +320,7 @@ def write_whole(path: str, result: Result, *, source_depth: int, depth: int | No
             yield slice(top, min(top + rows, height)), slice(0, width), [replace(result, pixels=pixels[top : top + rows])]
 
     write_results([path], (height, width), bands, rows, source_depth=source_depth, depth=depth, scale=scale,
-                  whole=True, stdout_suffix=stdout_suffix, overlap=height > rows)
+                  whole=True, stdout_suffix=stdout_suffix, overlap=height > rows, split=split)
 
 
 BAND_BYTES = 16 * 2**20
@@ -328,11 +328,11 @@ BAND_BYTES = 16 * 2**20
 
 def write_results(paths: list[str], shape, make_windows, tile: int, *, source_depth: int, depth: int | None,
                   scale: str, bounds: tuple[float, float] | None = None, progress: Progress | None = None,
-                  whole: bool = False, stdout_suffix: str = ".png", overlap: bool = True) -> list[dict]:
+                  whole: bool = False, stdout_suffix: str = ".png", overlap: bool = True, split: bool = False) -> list[dict]:
     """Write the windows that ``make_windows()`` yields (rows, cols, a Result per path), each
     output as ``write_image`` would; facts for --json, one per path. ``whole``: the windows are
     bands of whole rows of an image that fits, and the files are the whole-image writers' bytes.
-    A path with ``{channel}`` (--split-channels) is one grey file per colour channel (Sink).
+    ``split`` (--split-channels): the ``{channel}`` in each path makes a grey file per colour channel (Sink).
 
     ``--scale stretch`` (and the spectrum's peak) need the minimum and maximum of each file's
     values: ``bounds`` when known, else a first pass over the windows finds them.
@@ -344,7 +344,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
     try:  # closed whatever happens (finally): its reading thread ends there
         rows, cols, firsts = next(windows)  # what each result is (channels, alpha, auto scale) before writing
         sinks = [sink for path, first, k in zip(paths, firsts, itertools.count())
-                 for sink in Sink.of(path, k, first, source_depth, depth, scale, stdout_suffix)]
+                 for sink in Sink.of(path, k, first, source_depth, depth, scale, stdout_suffix, split)]
         found, writing = [bounds] * len(sinks), progress
         if any(sink.stretched for sink in sinks) and bounds is None:  # two passes over the windows, each half of the work
             # the first windows' reader stops first: it would read ahead from the source the
@@ -387,12 +387,12 @@ class Sink:
 
     @classmethod
     def of(cls, path: str, k: int, first: Result, source_depth: int, depth: int | None, scale: str,
-           stdout_suffix: str) -> list[Sink]:
-        """The files of output ``k``; ``{channel}`` in its path: r, g, b (y for grey), alpha dropped."""
+           stdout_suffix: str, split: bool) -> list[Sink]:
+        """The files of output ``k``; ``split``: its path's ``{channel}`` is r, g, b (y for grey), alpha dropped."""
         suffix = stdout_suffix if path == "-" else Path(path).suffix.lower()
         depth = depth or fitting_depth(source_depth, suffix)
         scale = first.auto_scale if scale == "auto" else scale
-        if "{channel}" not in path:
+        if not split:  # a {channel} in a name without --split-channels is a name like any other
             return [cls(path, k, None, suffix, depth, scale, first.pixels.shape[2], first.alpha)]
         names = channel_names(first.pixels.shape[2] - first.alpha)
         return [cls(path.replace("{channel}", name), k, i, suffix, depth, scale, 1, False) for i, name in enumerate(names)]
