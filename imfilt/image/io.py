@@ -91,9 +91,14 @@ def check_output_format(path: str, depth: int | None) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise UsageError(f"{shown(path)}: unknown output format {suffix or '(none)'}: use one of {', '.join(FORMATS)}")
+    check_depth(path, suffix, depth)
+    return suffix
+
+
+def check_depth(path: str, suffix: str, depth: int | None) -> None:
+    """A bit depth the format that ``suffix`` names holds (None: the input's, fitted to it)."""
     if depth is not None and depth not in FORMATS[suffix][1]:
         raise UsageError(f"{shown(path)}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
-    return suffix
 
 
 def check_output_size(path: str, height: int, width: int, source: str) -> None:
@@ -638,8 +643,8 @@ def write_image(target: str | os.PathLike, pixels: np.ndarray, *, depth: int = 8
     """
     threads = threads or os.cpu_count() or 1
     suffix = suffix or check_output_format(str(target), None)
-    if suffix != ".npy" and depth not in FORMATS[suffix][1]:  # .npy holds the floats whatever the depth
-        raise UsageError(f"{shown(target)}: {suffix} holds {'/'.join(map(str, FORMATS[suffix][1]))}-bit images, not {depth}")
+    if suffix != ".npy":  # .npy holds the floats whatever the depth
+        check_depth(str(target), suffix, depth)
     pixels = np.asarray(check_image(pixels, "pixels"), dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[..., None]

@@ -25,7 +25,7 @@ import numpy as np
 from ..ahead import Ahead, fan_out
 from .distributed import check_stop, map_on_cluster, on_dask_worker, stripes
 from ..errors import InputError, UsageError, shown
-from ..image.io import FORMATS, SCALERS, Loaded, fitting_depth, remove_tree, temp_prefix, to_storage
+from ..image.io import SCALERS, Loaded, check_depth, fitting_depth, remove_tree, temp_prefix, to_storage
 from ..ops.operations import Result
 from ..image.tiles import Plan, Source, one_heap_arena, open_source, window_for, write_tiles
 
@@ -310,9 +310,8 @@ def write_whole(path: str, result: Result, *, source_depth: int, depth: int | No
     pixels = result.pixels if result.pixels.ndim == 3 else result.pixels[..., None]
     height, width, channels = pixels.shape
     suffix = stdout_suffix if path == "-" else Path(path).suffix.lower()
-    held = FORMATS[suffix][1]
-    if suffix != ".npy" and depth is not None and depth not in held:  # .npy holds the floats whatever the depth
-        raise UsageError(f"{shown(path)}: {suffix} holds {'/'.join(map(str, held))}-bit images, not {depth}")
+    if suffix != ".npy":  # .npy holds the floats whatever the depth
+        check_depth(path, suffix, depth)
     rows = max(1, BAND_BYTES // (width * channels * 4))
 
     def bands():
@@ -343,7 +342,7 @@ def write_results(paths: list[str], shape, make_windows, tile: int, *, source_de
     windows = make_windows()
     try:  # closed whatever happens (finally): its reading thread ends there
         rows, cols, firsts = next(windows)  # what each result is (channels, alpha, auto scale) before writing
-        sinks = [sink for path, first, k in zip(paths, firsts, itertools.count())
+        sinks = [sink for k, (path, first) in enumerate(zip(paths, firsts))
                  for sink in Sink.of(path, k, first, source_depth, depth, scale, stdout_suffix, split)]
         found, writing = [bounds] * len(sinks), progress
         if any(sink.stretched for sink in sinks) and bounds is None:  # two passes over the windows, each half of the work
