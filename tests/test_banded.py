@@ -1,6 +1,7 @@
 """An apply output of an image that fits goes through the streamed runner in bands (pipeline._bands_pay;
-several outputs at once: test_shared_decode.py):
-the same bytes as the whole-image path, which still decides every input that does not stream."""
+several outputs at once: test_shared_decode.py), its input decoded in bands of rows (from a megapixel,
+pipeline.BANDED_PIXELS) or decoded whole by io's decoders: the same bytes as the whole-image path
+(an operation run on the whole image), which is kept for --montage and to compare with."""
 
 import json
 import threading
@@ -23,26 +24,38 @@ def _files(path):
     return path.read_bytes()
 
 
+def _paths(monkeypatch, name: str) -> None:
+    """Which path an image that fits takes: "bands" (decoded in bands of rows from 1 pixel), "decoded"
+    (streamed from a whole decode), "whole" (the operation on the whole image: never streamed)."""
+    rows, streamed = {"bands": (1, 1), "decoded": (1 << 62, 1), "whole": (1 << 62, 1 << 62)}[name]
+    monkeypatch.setattr(pipeline, "BANDED_PIXELS", rows)
+    monkeypatch.setattr(pipeline, "STREAMED_PIXELS", streamed)
+
+
 @pytest.fixture
 def both(tmp_path, monkeypatch):
-    """Run ``apply SOURCE -o OUT OPTIONS`` in bands (from 1 pixel) and whole (bands never pay):
-    both CLI results, and both outputs' bytes (None where nothing was written)."""
+    """Run ``apply SOURCE -o OUT OPTIONS`` in bands, from a whole decode and whole (_paths): the
+    banded and whole CLI results, and both outputs' bytes (None where nothing was written); the
+    run from a whole decode must equal the whole one."""
 
-    streamed = []  # each call of the streamed runner: the banded run must go through it, the whole one not
+    streamed = []  # each call of the streamed runner: the banded runs must go through it, the whole one not
     run_outputs = pipeline.tiled.run_outputs
     monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(a[0]) or run_outputs(*a, **k))
 
     def run(source, suffix, *options):
         results, outputs = [], []
-        for name, threshold in (("bands", 1), ("whole", 1 << 62)):
-            monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        for name in ("bands", "decoded", "whole"):
+            _paths(monkeypatch, name)
             streamed.clear()
             (tmp_path / name).mkdir(exist_ok=True)
             out = tmp_path / name / f"out{suffix}"  # the same name: a zarr store's metadata holds it
             results.append(_run("apply", source, "-o", out, *options))
             outputs.append(_files(out) if out.exists() else None)
-            assert len(streamed) == (name == "bands")
-        return results, outputs
+            assert bool(streamed) == (name != "whole")  # twice where the rows' decoder gave up
+        (bands, decoded, whole), (mine, from_decode, theirs) = results, outputs
+        assert (decoded.exit_code, decoded.stderr.replace("decoded", "whole"), from_decode) == \
+            (whole.exit_code, whole.stderr, theirs)
+        return [bands, whole], [mine, theirs]
 
     return run
 
@@ -98,8 +111,8 @@ def test_banded_standard_output_is_the_whole_image_path_s_bytes(tmp_path, monkey
     run_outputs = pipeline.tiled.run_outputs
     monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(a[0]) or run_outputs(*a, **k))
     source, results = _input(tmp_path, "png"), []
-    for threshold in (1, 1 << 62):
-        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+    for name in ("bands", "whole"):
+        _paths(monkeypatch, name)
         results.append(_run("apply", source, "-k", "gaussian:sigma=2", "--boundary", "wrap", "-o", "-", "--format", fmt))
     assert [r.exit_code for r in results] == [0, 0] and len(streamed) == 1, results[0].stderr + results[1].stderr
     assert results[0].stdout_bytes == results[1].stdout_bytes and len(results[0].stdout_bytes) > 1000
@@ -117,8 +130,8 @@ def test_banded_standard_input_is_the_whole_image_path_s_bytes(tmp_path, monkeyp
     open_source = pipeline.tiled.open_source
     monkeypatch.setattr(pipeline.tiled, "open_source", lambda *a: streamed.append(a) or open_source(*a))
     data, results = _input(tmp_path, kind).read_bytes(), []
-    for threshold in (1, 1 << 62):
-        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+    for name in ("bands", "whole"):
+        _paths(monkeypatch, name)
         results.append(CliRunner().invoke(app, ["apply", "-", "-k", ASYM, "-o", "-"], input=data))
     assert [r.exit_code for r in results] == [0, 0], results[0].stderr + results[1].stderr
     assert results[0].stdout_bytes == results[1].stdout_bytes and results[0].stderr == ""
@@ -150,8 +163,8 @@ def test_split_channels_in_bands_equal_the_whole_image_path(tmp_path, monkeypatc
     run_outputs = pipeline.tiled.run_outputs
     monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(a[0]) or run_outputs(*a, **k))
     source, outputs = _input(tmp_path, kind), []
-    for name, threshold in (("bands", 1), ("whole", 1 << 62)):
-        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+    for name in ("bands", "whole"):
+        _paths(monkeypatch, name)
         result = _run("apply", source, "--split-channels", "--name", "{op}.{channel}" + suffix, "--out-dir",
                       tmp_path / name, "--json", *options)
         assert result.exit_code == 0, result.stderr
@@ -182,12 +195,12 @@ def test_an_image_read_whole_through_its_source_is_io_load_s(tmp_path, monkeypat
     assert len(read) == 1 and outputs[0] == outputs[1]
 
 
-@pytest.mark.parametrize("threshold", [1, 1 << 62])
+@pytest.mark.parametrize("path", ["bands", "decoded", "whole"])
 @pytest.mark.parametrize("command", [["apply", "-k", "sobel"], ["spectrum"]])
-def test_a_channel_field_in_a_name_splits_nothing_without_split_channels(tmp_path, monkeypatch, threshold, command):
+def test_a_channel_field_in_a_name_splits_nothing_without_split_channels(tmp_path, monkeypatch, path, command):
     """Only --split-channels makes a file per channel: a '{channel}' in a name is a name (a review found
     'o{channel}.png' split into or/og/ob.png)."""
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+    _paths(monkeypatch, path)
     out = tmp_path / "out"
     out.mkdir()
     result = _run(*command, _input(tmp_path, "png"), "-o", out / "o{channel}.png")
@@ -197,7 +210,7 @@ def test_a_channel_field_in_a_name_splits_nothing_without_split_channels(tmp_pat
 
 def test_a_depth_the_format_does_not_hold_is_refused_on_standard_output_as_whole(tmp_path, monkeypatch):
     """`-o - --format png --depth 32` wrote an all-black PNG in bands (a review found it): the whole path refuses it."""
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     result = _run("apply", _input(tmp_path, "png"), "-k", "box", "-o", "-", "--format", "png", "--depth", "32")
     assert result.exit_code == 1 and "holds 8/16-bit images, not 32" in result.stderr and result.stdout_bytes == b""
 
@@ -209,7 +222,7 @@ def test_standard_input_over_the_pixel_limit_is_never_decoded_in_bands(tmp_path,
 
     from imfilt.cli.main import app
 
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     opened = []
     monkeypatch.setattr(pipeline.tiled, "open_source", lambda *a: opened.append(a))
     data = _input(tmp_path, "png").read_bytes()
@@ -226,7 +239,7 @@ def test_a_signal_while_standard_output_is_written_in_bands_waits_for_the_whole_
 
     from imfilt.image import tiles
 
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     source = _input(tmp_path, "png")
     expected = _run("apply", source, "-k", "sobel", "-o", "-").stdout_bytes
     write_stdout = tiles.write_stdout
@@ -248,8 +261,8 @@ def test_a_truncated_png_on_standard_input_fails_as_on_the_whole_image_path(tmp_
 
     data = _input(tmp_path, "png").read_bytes()
     results = []
-    for threshold in (1, 1 << 62):
-        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+    for name in ("bands", "whole"):
+        _paths(monkeypatch, name)
         results.append(CliRunner().invoke(app, ["apply", "-", "-k", "box", "-o", "-"], input=data[: len(data) // 2]))
     assert [r.exit_code for r in results] == [1, 1] and results[0].stderr == results[1].stderr
     assert results[0].stdout_bytes == b"" and "<stdin>" in results[0].stderr
@@ -353,7 +366,7 @@ def test_a_signal_at_the_rename_of_a_streamed_output_counts_what_is_there(tmp_pa
     (a CI run's SIGHUP test). The interruption is raised where the rename is, just after or before it."""
     import os
 
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     source, out = _input(tmp_path, "png"), tmp_path / "out.png"
     replace = os.replace
 
@@ -383,3 +396,37 @@ def test_a_job_on_a_thread_leaves_the_main_thread_s_hold_on_signals_alone():
         worker.join()
         assert hold.active
     assert not hold.active
+
+
+def test_an_image_below_a_megapixel_streams_in_one_band_on_the_calling_thread(tmp_path, monkeypatch):
+    """Every apply of an image that fits goes through the runner; below BANDED_PIXELS it is decoded
+    whole and filtered in one band, with no reading or writing thread (a batch runs its jobs side by
+    side), and --dry-run has no band to tell of in its text."""
+    from imfilt.run import tiled
+
+    made = []
+    monkeypatch.setattr(tiled, "Ahead", lambda *a, **k: made.append(a) or Ahead(*a, **k))
+    streamed = []
+    run_outputs = pipeline.tiled.run_outputs
+    monkeypatch.setattr(pipeline.tiled, "run_outputs", lambda *a, **k: streamed.append(k) or run_outputs(*a, **k))
+    path = tmp_path / "in.png"
+    Image.fromarray(_photo(300, 451)).save(path)  # more rows than a band of a larger image (tiled.TILE)
+    result = _run("apply", path, "-k", "sobel", "-o", tmp_path / "out.png")
+    assert result.exit_code == 0, result.stderr
+    assert len(streamed) == 1 and streamed[0]["one_band"] and made == []
+    plan = _run("apply", path, "-k", "sobel", "-o", tmp_path / "o.png", "--dry-run")
+    assert plan.exit_code == 0 and "in bands of" not in plan.stdout
+    record = json.loads(_run("apply", path, "-k", "sobel", "-o", tmp_path / "o.png", "--dry-run", "--json").stdout
+                        .splitlines()[0])
+    assert record["streamed"]["banded"] and record["streamed"]["window"][0] >= 300
+
+
+@pytest.mark.parametrize("kernel", ["3x3: 1,0,-1, 2,0,-2, 3,0,-3", "gaussian:sigma=3"])
+def test_an_fft_of_an_image_below_a_megapixel_is_the_whole_image_s(tmp_path, both, kernel):
+    """In bands of 256 rows an FFT method rounds otherwise than over the whole image (one level in 91 samples of
+    chelsea.png, the corpus found): an image below a megapixel is one band, so the whole image's bytes
+    (the fixture compares the run from a whole decode with the whole path's)."""
+    path = tmp_path / "in.png"
+    Image.fromarray(_photo(300, 451)).save(path)
+    (bands, whole), _ = both(path, ".png", "-k", kernel, "--method", "fft", "--boundary", "constant", "--cval", "0.25")
+    assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr

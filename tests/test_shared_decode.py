@@ -15,7 +15,7 @@ from imfilt.ahead import fan_out
 from imfilt.image import decoded
 from imfilt.ops.operations import Apply
 from imfilt.run import pipeline
-from test_banded import ASYM, _files, _input
+from test_banded import ASYM, _files, _input, _paths
 from test_streamed_png import _run
 
 ASYM2 = "5x3: 2,0,1,3,-1, 1,1,0,-2,4, 0,3,-1,2,1"
@@ -44,8 +44,8 @@ def outputs_of(tmp_path, monkeypatch):
 
     def run(source, *options):
         results, files = [], []
-        for name, threshold in (("bands", 1), ("whole", 1 << 62)):
-            monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        for name in ("bands", "whole"):
+            _paths(monkeypatch, name)
             folder = tmp_path / name
             results.append(_run("apply", source, *options, "--out-dir", folder, "--json"))
             files.append({p.name: _files(p) for p in sorted(folder.iterdir())} if folder.exists() else {})
@@ -72,9 +72,9 @@ def test_several_outputs_in_bands_are_the_whole_image_path_s_bytes(tmp_path, mon
     (bands, whole), (mine, theirs), calls = outputs_of(_input(tmp_path, "png"), *options)
     assert bands.exit_code == whole.exit_code == 0, bands.stderr + whole.stderr
     assert calls == 1 and len(mine) >= 2 and mine == theirs
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
-    plan = _run("apply", _input(tmp_path, "png"), *options, "--out-dir", tmp_path / "plan", "--dry-run")
-    assert plan.stdout.count("in bands of") == len(mine)  # --dry-run says so
+    _paths(monkeypatch, "bands")
+    plan = _run("apply", _input(tmp_path, "png"), *options, "--out-dir", tmp_path / "plan", "--dry-run", "--json")
+    assert [json.loads(line)["streamed"]["banded"] for line in plan.stdout.splitlines()[:-1]] == [True] * len(mine)
 
 
 @pytest.mark.parametrize("kind", ["rgba.png", "16.png", "jpg", "tif", "npy"])
@@ -97,7 +97,7 @@ def test_the_records_are_the_whole_image_ones(tmp_path, outputs_of):
 
 def test_a_png_is_decoded_once_for_all_its_outputs(tmp_path, monkeypatch):
     """Each row of the input leaves libvips once, whatever the number of outputs (a spy on the real decoder)."""
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     rows = []
     decode = decoded.DecodedRows._decode
     monkeypatch.setattr(decoded.DecodedRows, "_decode", lambda self, a, b: rows.append(b - a) or decode(self, a, b))
@@ -111,7 +111,7 @@ def test_a_png_is_decoded_once_for_all_its_outputs(tmp_path, monkeypatch):
 def test_which_outputs_go_in_bands_together(tmp_path, monkeypatch):
     """Apply outputs of one size into files that stream (or standard output as PNG), at most
     MAX_TOGETHER of them; JPEG, WebP and BMP gather their bands and encode once."""
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
 
     def bands(*names, kernels=("box", ASYM), size="same"):
         outputs = [pipeline.Output(name, Apply(_kernel(k), size=size)) for name, k in zip(names, kernels)]
@@ -209,7 +209,7 @@ def test_a_tiled_output_that_cannot_share_runs_alone(tmp_path, big_tiff):
 def test_a_signal_at_one_output_s_rename_counts_the_files_that_are_there(tmp_path, monkeypatch, renamed, options):
     """The interruption is raised where the first output's file is renamed (on its writer's thread):
     the others end or finish, and the summary counts exactly the whole files there, nothing partial."""
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     source, folder = _input(tmp_path, "png"), tmp_path / "out"
     first = folder / "in.box.png"
     replace = os.replace
@@ -232,7 +232,7 @@ def test_a_signal_at_one_output_s_rename_counts_the_files_that_are_there(tmp_pat
 
 
 def test_a_damaged_input_fails_once_and_writes_none_of_its_outputs(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     source = _input(tmp_path, "png")
     data = source.read_bytes()
     source.write_bytes(data[: len(data) * 2 // 3])
@@ -355,7 +355,7 @@ def test_the_stretch_pass_never_reads_the_source_beside_the_writing_pass(tmp_pat
     order read" now and then. A spy on the real decoder, slowed down, sees any overlap."""
     import time
 
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", 1)
+    _paths(monkeypatch, "bands")
     inside, overlaps = [], []
     rows = decoded.DecodedRows._rows
 

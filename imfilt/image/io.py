@@ -86,6 +86,28 @@ class Loaded:
     memo: dict = field(default_factory=dict, compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """An image decoded whole, its samples as the file stores them: (H, W, C) uint8, or uint16
+    (Pillow's int32 for some) at depth 16; float data already float32 (its finite values checked).
+
+    A quarter of float32's bytes for 8-bit: the runner (tiles.Source) converts it window by
+    window, and ``loaded()`` whole, to the same float32 values.
+    """
+
+    stored: np.ndarray
+    depth: int
+
+    @property
+    def alpha(self) -> bool:
+        return self.stored.shape[2] in (2, 4)
+
+    def loaded(self) -> Loaded:
+        if self.depth == 32:  # already float32, and its own array
+            return Loaded(self.stored, 32, self.alpha)
+        return Loaded(unit_pixels(self.stored, _MAXVAL[self.depth]), self.depth, self.alpha)
+
+
 def check_output_format(path: str, depth: int | None) -> str:
     """The output extension, checked against the bit depth, before any work is done."""
     suffix = Path(path).suffix.lower()
@@ -135,7 +157,13 @@ def most_bytes(pixels: int, channels: int = 4) -> int:
 
 def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, name: str | None = None,
          shape: tuple[int, int, int] | None = None) -> Loaded:
-    """Read an image; every failure is an InputError naming the file and the reason.
+    """Read an image as float32 in [0, 1]; every failure is an InputError naming the file and the reason."""
+    return decode(source, max_pixels=max_pixels, name=name, shape=shape).loaded()
+
+
+def decode(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, name: str | None = None,
+           shape: tuple[int, int, int] | None = None) -> Decoded:
+    """Decode an image whole, its samples as stored; every failure is an InputError naming the file and the reason.
 
     A file larger than an image may take is refused before it is read: by ``shape`` (its header's,
     as the planner read it) or else by the pixel limit.
@@ -165,7 +193,7 @@ def load(source: str | os.PathLike | bytes, *, max_pixels: int | None = None, na
     return _check_finite(_decoding(name, lambda: _decode(data, limit)), name)
 
 
-def _decoding(name: str, decode: Callable[[], Loaded]) -> Loaded:
+def _decoding(name: str, decode: Callable[[], Decoded]) -> Decoded:
     """A decoder's every failure as one InputError naming the input."""
     try:
         return decode()
@@ -179,7 +207,7 @@ def _decoding(name: str, decode: Callable[[], Loaded]) -> Loaded:
         raise InputError(f"{name}: truncated or corrupt image ({exc})") from None
 
 
-def _decode(data: bytes, limit: int) -> Loaded:
+def _decode(data: bytes, limit: int) -> Decoded:
     if data[:6] == b"\x93NUMPY":
         return _load_npy(io.BytesIO(data), limit)
     if data[:8] == _PNG_SIGNATURE and data[24:25] == b"\x10" and data[25] in (2, 4, 6):
@@ -189,13 +217,13 @@ def _decode(data: bytes, limit: int) -> Loaded:
     return _load_pillow(data, limit)
 
 
-def _check_finite(loaded: Loaded, name: str) -> Loaded:
-    if loaded.depth == 32:  # float data: one NaN would spread through every FFT output
-        bad = loaded.pixels.size - int(np.count_nonzero(np.isfinite(loaded.pixels)))
+def _check_finite(decoded: Decoded, name: str) -> Decoded:
+    if decoded.depth == 32:  # float data: one NaN would spread through every FFT output
+        bad = decoded.stored.size - int(np.count_nonzero(np.isfinite(decoded.stored)))
         if bad:
             raise InputError(f"{name}: {bad} sample{'s are' if bad > 1 else ' is'} NaN or infinite; "
                              "imfilt filters finite values only")
-    return loaded
+    return decoded
 
 
 def depth_of(dtype) -> int:
@@ -203,7 +231,7 @@ def depth_of(dtype) -> int:
     return {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(np.dtype(dtype), 32)
 
 
-def _load_store(path: str, name: str, limit: int) -> Loaded:
+def _load_store(path: str, name: str, limit: int) -> Decoded:
     """A zarr store (a plain array or an OME-Zarr image), read whole."""
     image = open_image(path)
     try:
@@ -217,10 +245,10 @@ def _load_store(path: str, name: str, limit: int) -> Loaded:
     return _from_hwc(stored, depth_of(image.dtype))
 
 
-def _from_hwc(array: np.ndarray, depth: int) -> Loaded:
-    """An (H, W) or (H, W, C) array as decoded -> Loaded; 2 or 4 channels carry alpha last."""
+def _from_hwc(array: np.ndarray, depth: int) -> Decoded:
+    """An (H, W) or (H, W, C) array as decoded -> Decoded (float data as float32); 2 or 4 channels carry alpha last."""
     array = array[..., None] if array.ndim == 2 else array
-    return Loaded(unit_pixels(array, _MAXVAL.get(depth, 1.0)), depth, array.shape[2] in (2, 4))
+    return Decoded(unit_pixels(array) if depth == 32 else array, depth)
 
 
 def check_pixels(width: int, height: int, limit: int) -> None:
@@ -239,7 +267,7 @@ def check_npy_image(shape: tuple[int, ...], dtype) -> None:
         raise InputError(f"a .npy image must hold pixels, got shape {shape}")
 
 
-def _load_npy(f: BinaryIO, limit: int) -> Loaded:
+def _load_npy(f: BinaryIO, limit: int) -> Decoded:
     """Its header checked before any data is read (an image's shape, the pixel limit, the bytes
     there), then exactly the bytes it says."""
     npy_header(f, lambda shape, dtype: (check_npy_image(shape, dtype), check_pixels(shape[1], shape[0], limit)))
@@ -272,7 +300,7 @@ def tiff_frames(tiff) -> int:
     return sum(1 for page in tiff.pages if not getattr(page, "is_reduced", False))
 
 
-def _load_png16(data: bytes, limit: int) -> Loaded:
+def _load_png16(data: bytes, limit: int) -> Decoded:
     """Through pypng, its pixel data inflated only as far as the header says (inflate.py)."""
     import png
 
@@ -327,7 +355,7 @@ def _plain_png(data: bytes) -> bool:
     return False
 
 
-def _decode_png8(data: bytes, limit: int) -> Loaded | None:
+def _decode_png8(data: bytes, limit: int) -> Decoded | None:
     """An 8-bit grey, RGB or RGBA PNG through OpenCV (1.2-1.4x faster than Pillow); None for the
     rest, which Pillow reads: transparency keys, EXIF orientation, grey+alpha, palettes, other
     depths, and damaged files (OpenCV would print libpng's complaint; Pillow says what is wrong)."""
@@ -368,7 +396,7 @@ def open_header(file) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def _load_pillow(data: bytes, limit: int) -> Loaded:
+def _load_pillow(data: bytes, limit: int) -> Decoded:
     fast = _decode_png8(data, limit)
     if fast is not None:
         return fast
@@ -381,7 +409,7 @@ def _load_pillow(data: bytes, limit: int) -> Loaded:
     return _from_pillow(image)
 
 
-def _load_tiff(data: bytes, limit: int) -> Loaded:
+def _load_tiff(data: bytes, limit: int) -> Decoded:
     """Deep (16-bit or float) TIFFs through tifffile; 8-bit ones through Pillow, for EXIF and LZW.
 
     Both turn the image by its Orientation tag."""
@@ -405,7 +433,7 @@ _CONVERT = {"1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB",
             "La": "LA", "RGBX": "RGB"}
 
 
-def _from_pillow(image: Image.Image) -> Loaded:
+def _from_pillow(image: Image.Image) -> Decoded:
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -415,9 +443,9 @@ def _from_pillow(image: Image.Image) -> Loaded:
         image = image.convert(_CONVERT[mode])  # CMYK becomes RGB, never RGBA
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
-        return Loaded(unit_pixels(np.asarray(image)[..., None], 65535), 16, False)
+        return Decoded(np.asarray(image)[..., None], 16)
     if mode == "F":
-        return Loaded(unit_pixels(np.asarray(image)[..., None]), 32, False)
+        return _from_hwc(np.asarray(image), 32)
     if mode not in ("L", "LA", "RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in mode else "RGB")
     return _from_hwc(np.asarray(image), 8)  # uint8 (H, W) or (H, W, C), interleaved

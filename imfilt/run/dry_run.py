@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import InputError, UsageError, one_line, shown
 from ..image.omezarr import is_store
 from .. import montage
-from .pipeline import banded_memory, json_line, stream_groups
-from .tiled import check_tiled_output, shared_window
+from .pipeline import banded_memory, json_line, one_band, stream_groups
+from .tiled import check_tiled_output, most_rows, shared_window
 from ..image.tiles import image_shape, open_source
 
 # Peak memory of Python and the libraries, above which each operation says its own (peak_bytes),
@@ -96,8 +96,9 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
         if error:
             records.append({"input": job.source, "refused": error})
             continue
-        if job.banded and shape:  # it fits, but goes in bands (the run reads it whole where its file does not stream)
-            window = shared_window([o.op for o in todo], shape, banded_memory(job.settings, len(todo)))
+        if job.banded and shape:  # it fits, but goes in bands (of a whole decode where its file does not stream)
+            window = shared_window([o.op for o in todo], shape, banded_memory(job.settings, len(todo)),
+                                   most_rows(shape[0], one_band(shape)))
             streams = {o.path: {"window": list(window), "banded": True} for o in todo}
         for output in job.all_outputs:
             method, why = method_and_why(output.op) if output is not job.montage else (
@@ -112,7 +113,8 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             records.append(record)
         if shape and (largest is None or np.prod(shape) > np.prod(largest[1])):
             peak = (STREAMED_BASE_BYTES + job.settings.memory if job.tiled
-                    else STREAMED_BASE_BYTES + banded_memory(job.settings, len(todo)) if job.banded  # an input that does not stream runs whole
+                    else min(STREAMED_BASE_BYTES + banded_memory(job.settings, len(todo)),  # a small image: one band
+                             peak_bytes(shape, [o.op for o in job.outputs])) if job.banded
                     else peak_bytes(shape, [o.op for o in job.outputs]))
             if job.montage and not job.montage.skip and not job.tiled:
                 peak += montage_bytes(shape, [o.op for o in job.outputs])
@@ -159,7 +161,7 @@ def _size(n: int) -> str:
 def _streamed_line(facts: dict) -> str:
     if facts.get("banded"):
         return (f"in bands of {facts['window'][0]} rows, decoded, filtered and encoded at once (an input whose "
-                "format does not stream is read whole)")
+                "format does not stream is decoded whole first)")
     budget = f"within --memory {_size(facts['memory_bytes'])}"
     if "window" in facts:
         return f"streamed in windows of {facts['window'][0]}x{facts['window'][1]} pixels, {budget}"
@@ -189,8 +191,9 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
             state = "skip (exists)" if record["skipped"] else f"{record['method']}: {record['why']}"
             extras = "".join(f" + {k.removesuffix('_output')} {shown(v)}" for k, v in record.items() if k.endswith("_output"))
             print(one_line(f"{shown(record['input'])}{size} -> {shown(record['output'])}{extras}  [{record['op']}] {state}"))
-            if "streamed" in record:
-                print(f"  {_streamed_line(record['streamed'])}")
+            streamed = record.get("streamed")
+            if streamed and not (streamed.get("banded") and streamed["window"][0] >= height):  # one band: nothing to say
+                print(f"  {_streamed_line(streamed)}")
         where = f"on the Dask scheduler {summary['scheduler']}" if summary["scheduler"] else \
             f"{summary['workers']} worker{'s' * (summary['workers'] != 1)} here"
         line = (f"plan: {_count(summary['inputs'], 'input')}, {_count(summary['outputs'], 'output')} to write, "

@@ -28,10 +28,10 @@ from .distributed import check_stop, on_dask_worker
 from ..engine.engine import auto_engine, get_engine
 from ..errors import InputError, Interrupted, Stopped, UsageError, shown
 from ..files import take_abandoned
-from ..image.io import (FORMATS, Loaded, atomic_write, check_output_format, check_output_size, check_pixels, encode,
-                 fitting_depth, load, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
+from ..image.io import (FORMATS, Decoded, Loaded, atomic_write, check_output_format, check_output_size, check_pixels,
+                        decode, encode, fitting_depth, pillow_limit, remove_tree, temp_prefix, to_storage, write_image)
 from ..image.omezarr import is_store
-from ..image.tiles import ENCODED_WHOLE, image_shape
+from ..image.tiles import ENCODED_WHOLE, Source, image_shape
 
 # The signals a shell, `timeout`, or a job scheduler sends to end a program.
 ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
@@ -293,18 +293,19 @@ def _bands_pay(shape, outputs: list[Output], streams: bool, settings: Settings) 
 
     A whole-image job touches several fresh float32 copies of the image, and on these machines
     new memory is time (~630 MB/s to fault in): bands of rows, reused, decoded, filtered and
-    encoded at once, are faster from about a megapixel (docs/performance.md). Apply outputs into
-    files that stream, several sharing one decode (stream_groups), in bands of whole rows; the rest
-    stays whole.
+    encoded at once, are faster from about a megapixel, and no slower below it in one band
+    (docs/performance.md). Apply outputs into files that stream, several sharing one decode
+    (stream_groups), in bands of whole rows; the rest stays whole.
     """
-    if not streams or shape is None or shape[0] * shape[1] < BANDED_PIXELS:
+    if not streams or shape is None or shape[0] * shape[1] < STREAMED_PIXELS:
         return False
     todo = [o for o in outputs if not o.skip]
     if not (0 < len(todo) <= MAX_TOGETHER and all(
             o.op.runner == "windows" and not o.extras and _streams_into(o.path, settings) for o in todo)):
         return False
     try:
-        window = tiled.shared_window([o.op for o in todo], shape, banded_memory(settings, len(todo)))
+        window = tiled.shared_window([o.op for o in todo], shape, banded_memory(settings, len(todo)),
+                                     tiled.most_rows(shape[0], one_band(shape)))
         return window is not None and window[1] == todo[0].op.output_shape(*shape[:2])[1]
     except UsageError:  # a kernel that does not fit: the whole-image path says so
         return False
@@ -327,6 +328,13 @@ def banded_memory(settings: Settings, outputs: int) -> int:
 BANDED_OUTPUTS = (".png", ".npy", ".tif", ".tiff", ".zarr", *ENCODED_WHOLE)
 
 
+# Every apply of an image that fits goes through the streamed runner (tests raise this to compare
+# with the whole-image path) ...
+STREAMED_PIXELS = 1
+# ... decoded in bands of rows from a megapixel, where its format decodes top to bottom (tiles.open_source:
+# libvips's sequential PNG and JPEG decoders, a TIFF's chunks); a smaller one, or one whose file does
+# not stream, is decoded whole by io's decoders (every format, their errors) into its stored samples,
+# converted to float32 band by band (tiles.Source over io.Decoded)
 BANDED_PIXELS = 1 << 20
 
 
@@ -529,14 +537,16 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
     if job.source == "-" and job.data is not None and not montage:  # what planning could not know: its size
         shape = _stdin_shape(job.data, settings)
         job = replace(job, shape=shape, banded=_bands_pay(shape, todo, True, settings))
-    banded = job.banded and not on_dask_worker()
-    if banded:
-        try:
-            _streamed(job, todo, records, progress, whole=True)
-            return records
-        except InputError:
-            pass  # what does not stream (an interlaced PNG, a planar TIFF) or fails: the whole-image path decides
-    loaded = _read_whole(job, source=not banded)  # a source that failed once is not tried again
+    if job.banded and not on_dask_worker():
+        if _in_rows(job):
+            try:
+                _streamed(job, todo, records, progress, whole=True)
+                return records
+            except InputError:
+                pass  # what does not stream (an interlaced PNG, a planar TIFF) or fails: io's decoders decide
+        _streamed(job, todo, records, progress, whole=True, source=lambda: _decoded_source(job))
+        return records
+    loaded = _read_whole(job)
     colours = loaded.pixels.shape[2] - loaded.alpha
     for output in job.outputs:  # e.g. a 4-D bank for another number of channels: before any output is written
         getattr(output.op, "check", lambda channels: None)(colours)
@@ -570,17 +580,42 @@ def run_job(job: Job, records: list[dict] | None = None, progress: tiled.Progres
     return records
 
 
-def _read_whole(job: Job, source: bool = True) -> Loaded:
-    """The input, whole. From a megapixel, through the streamed path's ``source`` (decoded in bands
-    into one float32 array: a 4096x4096 PNG in 0.5 s, where io.load's whole decode and conversion
-    take 1.0 s); io.load reads what the source cannot, and has the last word on errors."""
-    if source and job.shape is not None and job.shape[0] * job.shape[1] >= BANDED_PIXELS:
+def _in_rows(job: Job) -> bool:
+    """Whether the input is decoded in bands of rows (BANDED_PIXELS), where its format allows."""
+    return job.shape is not None and not one_band(job.shape)
+
+
+def one_band(shape: tuple[int, int, int]) -> bool:
+    """An image below BANDED_PIXELS: decoded whole, and streamed in one band (tiled.most_rows)."""
+    return shape[0] * shape[1] < BANDED_PIXELS
+
+
+def _read_whole(job: Job) -> Loaded:
+    """The input, whole. From a megapixel, through the streamed path's source (decoded in bands
+    into one float32 array: a 4096x4096 PNG in 0.5 s, where a whole decode and conversion take
+    1.0 s); io's decoders read what the source cannot, and have the last word on errors."""
+    if _in_rows(job):
         try:
             return tiled.read_whole(job.source, job.data)
         except InputError:
-            pass  # an interlaced PNG, a planar TIFF, a damaged file: io.load decides
-    return load(job.data if job.source == "-" else job.source, max_pixels=job.settings.max_pixels,
-                name="<stdin>" if job.source == "-" else job.source, shape=job.shape)
+            pass  # an interlaced PNG, a planar TIFF, a damaged file: io's decoders decide
+    return _decoded(job).loaded()
+
+
+def _decoded(job: Job) -> Decoded:
+    """The input decoded whole by io's decoders: its stored samples (every format; their errors are the last word)."""
+    return decode(job.data if job.source == "-" else job.source, max_pixels=job.settings.max_pixels,
+                  name=_name_of(job), shape=job.shape)
+
+
+def _decoded_source(job: Job) -> Source:
+    """The input decoded whole, as a source whose windows the runner converts one by one."""
+    decoded = _decoded(job)
+    return Source(_name_of(job), decoded.stored, decoded.depth)
+
+
+def _name_of(job: Job) -> str:
+    return "<stdin>" if job.source == "-" else job.source
 
 
 def _engine_for(settings, op, pixels: int):
@@ -649,9 +684,10 @@ def _together(outputs: list[Output], shape: tuple[int, int, int], memory: int) -
 
 
 def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: tiled.Progress | None = None,
-              whole: bool = False) -> None:
+              whole: bool = False, source: Callable[[], Source] | None = None) -> None:
     """Outputs streamed window by window, their records added to ``records``: one alone, or
-    several from one decode (stream_groups); ``whole``: an image that fits, recorded as a whole one is."""
+    several from one decode (stream_groups); ``whole``: an image that fits, recorded as a whole one is,
+    read from ``source()`` where given (else its file, through tiles.open_source)."""
     settings, start = job.settings, time.perf_counter()
     # an image that fits goes in bands of a fixed budget per output: larger ones only take more memory
     memory = banded_memory(settings, len(outputs)) if whole else settings.memory
@@ -668,7 +704,7 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
                 facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
                                           engines=engines, progress=progress, whole=whole,
                                           stdout_suffix=settings.stdout_suffix, data=job.data,
-                                          split=settings.split_channels)
+                                          split=settings.split_channels, source=source, one_band=not _in_rows(job))
             else:
                 apply = functools.partial(tiled.run_output, split=settings.split_channels)  # apply's option only
                 run_output = {"windows": apply, "fft": tiled_fft.run_output}[outputs[0].op.runner]

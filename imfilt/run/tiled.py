@@ -87,13 +87,21 @@ def check_tiled_output(source: str, output) -> None:
 # --- windows of an apply -------------------------------------------------------------------
 
 
-def apply_window(op, shape: tuple[int, int, int], memory: int) -> tuple[int, int]:
-    """The output window a streamed operation (``runner = "windows"``) of an (H, W, C) image takes in ``memory``."""
+def apply_window(op, shape: tuple[int, int, int], memory: int, rows: int = TILE) -> tuple[int, int]:
+    """The output window a streamed operation (``runner = "windows"``) of an (H, W, C) image takes
+    in ``memory``: bands of at most ``rows`` rows (most_rows)."""
     width = op.output_shape(*shape[:2])[1]
-    return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, op.reach, width, TILE)
+    return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, op.reach, width, rows)
 
 
-def shared_window(ops: list, shape: tuple[int, int, int], memory: int) -> tuple[int, int] | None:
+def most_rows(height: int, one_band: bool) -> int:
+    """The highest band: TILE rows, or with ``one_band`` the whole image (an image below a
+    megapixel: nothing to overlap, and an FFT method gives the whole image's bits), a multiple of
+    16 as TIFF tiles want."""
+    return max(TILE, -(-height // 16) * 16) if one_band else TILE
+
+
+def shared_window(ops: list, shape: tuple[int, int, int], memory: int, rows: int = TILE) -> tuple[int, int] | None:
     """The one window of apply outputs of an image, which then share one decode, each taking its
     share of ``memory``: a band of whole rows, the lowest of theirs. None where several cannot
     share (another runner, another output size, or a band too high for one of them: windows
@@ -101,15 +109,15 @@ def shared_window(ops: list, shape: tuple[int, int, int], memory: int) -> tuple[
     them). A kernel that does not fit the image raises UsageError, as output_shape does."""
     if any(op.runner != "windows" for op in ops) or len({op.output_shape(*shape[:2]) for op in ops}) > 1:
         return None
-    windows = [apply_window(op, shape, memory // len(ops)) for op in ops]
+    windows = [apply_window(op, shape, memory // len(ops), rows) for op in ops]
     width = ops[0].output_shape(*shape[:2])[1]
     if len(ops) > 1 and any(w[1] < width for w in windows):
         return None
     return min(w[0] for w in windows), windows[0][1]
 
 
-def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, int],
-                   stripe: slice = slice(None)) -> Iterator[tuple[slice, slice, list[Result]]]:
+def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, int], stripe: slice = slice(None),
+                   overlap: bool = True) -> Iterator[tuple[slice, slice, list[Result]]]:
     """(rows, columns, a result per operation) for each output window in row-major order (in
     ``stripe``'s rows); the operations have one output shape.
 
@@ -117,7 +125,8 @@ def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, 
     (``for_windows``), and its constant's value (``cval``). The input of a window is read
     (decoded) and converted once, for the operation that reaches furthest; the others see the
     part of it they read (one Loaded for those that read the same part, as a bank's maps do:
-    they share its planes), or read their own where it is not a part of it.
+    they share its planes), or read their own where it is not a part of it. ``overlap``: read
+    the next window on a thread meanwhile.
     """
     height, width, _ = source.shape
     window_ops = [op.for_windows() for op in ops]
@@ -135,7 +144,8 @@ def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, 
                 parts.append((keep_rows, keep_cols, at, own))
             yield rows, cols, source.pieces(row_index, col_index), parts
 
-    with Ahead(reads()) as read:  # the next window is read (decoded) on a thread while this one is filtered
+    # the next window is read (decoded) on a thread while this one is filtered
+    with Ahead(reads()) if overlap else closing(reads()) as read:
         for rows, cols, pieces, parts in read:
             pixels = source.as_float(pieces, cval=ops[widest].cval)
             loaded: dict[tuple, Loaded] = {}
@@ -199,24 +209,28 @@ def run_output(source_path: str, output, *, depth: int | None, scale: str, memor
 
 def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: str, memory: int, engines: list,
                 progress: Progress | None = None, whole: bool = False, stdout_suffix: str = ".png",
-                data: bytes | None = None, split: bool = False) -> list[dict]:
+                data: bytes | None = None, split: bool = False, source: Callable[[], Source] | None = None,
+                one_band: bool = False) -> list[dict]:
     """Apply outputs of one source with one output shape (shared_window), streamed window by
     window from one decode, each into its files; facts for --json, one per output. ``whole``: an
     image that fits, whose files are then the whole-image writers' bytes (write_tiles). Standard
     output ("-") is written in the format ``stdout_suffix`` names; ``data`` is standard input's
-    image (``source_path`` "-")."""
+    image (``source_path`` "-"). ``source()``, where given, opens the image instead of open_source
+    (one decoded whole). ``one_band``: an image below a megapixel, in one band where ``memory``
+    holds it (most_rows), read, filtered and written on this thread (a batch of them runs its jobs
+    on the cores side by side)."""
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
-    source = open_source(source_path, data)
+    source = source() if source else open_source(source_path, data)
     try:
         ops = [output.op for output in outputs]
-        window = shared_window(ops, source.shape, memory)
+        window = shared_window(ops, source.shape, memory, most_rows(source.shape[0], one_band))
         shape = ops[0].output_shape(*source.shape[:2])
         rows = window[1] == shape[1]  # bands of whole output rows (--size valid or full: not the input's width)
         if rows:
             source.in_bands(memory)
-        facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window),
+        facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window, overlap=not one_band),
                               window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
-                              whole=whole and rows, stdout_suffix=stdout_suffix, split=split)
+                              whole=whole and rows, stdout_suffix=stdout_suffix, split=split, overlap=not one_band)
         return [{**f, "window": list(window)} for f in facts]
     finally:
         source.close()
