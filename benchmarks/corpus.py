@@ -171,7 +171,7 @@ def cases() -> list[tuple[str, list[str], dict]]:
                                "-k", "laplacian", "--scale", "stretch"] + tiny)  # each channel its own stretch
     case("tiled-apply-three-tif", ["apply", c, "--out-dir", "@", "--name", "{stem}.{op}.tif", "-k", "box", "-k", "sobel",
                                    "-k", ASYM, "--boundary", "wrap"] + tiny)  # one decode, one window for the three
-    # one output of a megapixel image: streamed in bands though it fits (pipeline._bands_pay)
+    # one output of a megapixel image: streamed in bands though it fits (planning.bands_pay)
     b = "in/big.png"
     for name, kernel in [("box", "box"), ("sobel", "sobel"), ("gaussian", "gaussian:sigma=2"), ("box31", "box:size=31"),
                          ("asym", ASYM), ("even", EVEN)]:
@@ -191,7 +191,7 @@ def cases() -> list[tuple[str, list[str], dict]]:
         case(f"banded-out-{ext}", ["apply", b, "-o", f"@big.{ext}", "-k", "gaussian:sigma=2"])
     case("banded-alpha-webp", ["apply", "in/big-rgba.png", "-o", "@big.webp", "--alpha", "keep", "-k", "sobel"])
     case("banded-depth-16", ["apply", b, "-o", "@big.png", "--depth", "16", "-k", "gaussian:sigma=2"])
-    # several outputs of a megapixel image: streamed together from one decode (pipeline.together)
+    # several outputs of a megapixel image: streamed together from one decode (planning.stream_groups)
     case("banded-three", ["apply", b, "--out-dir", "@", "-k", "box", "-k", "sobel", "-k", ASYM, "--json"])
     case("banded-three-npy", ["apply", b, "--out-dir", "@", "--name", "{stem}.{op}.npy", "-k", "gaussian:sigma=2",
                               "-k", EVEN, "--boundary", "constant", "--cval", "0.25"])

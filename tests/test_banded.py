@@ -1,6 +1,6 @@
-"""An apply output of an image that fits goes through the streamed runner in bands (pipeline._bands_pay;
+"""An apply output of an image that fits goes through the streamed runner in bands (planning.bands_pay;
 several outputs at once: test_shared_decode.py), its input decoded in bands of rows (from a megapixel,
-pipeline.BANDED_PIXELS) or decoded whole by io's decoders: the same bytes as the whole-image path
+planning.BANDED_PIXELS) or decoded whole by io's decoders: the same bytes as the whole-image path
 (an operation run on the whole image), which is kept for --montage and to compare with."""
 
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imfilt.run import pipeline
+from imfilt.run import pipeline, planning
 from imfilt.ahead import Ahead
 from test_streamed_png import _png16, _photo, _refused, _run, _tiff
 
@@ -28,8 +28,8 @@ def _paths(monkeypatch, name: str) -> None:
     """Which path an image that fits takes: "bands" (decoded in bands of rows from 1 pixel), "decoded"
     (streamed from a whole decode), "whole" (the operation on the whole image: never streamed)."""
     rows, streamed = {"bands": (1, 1), "decoded": (1 << 62, 1), "whole": (1 << 62, 1 << 62)}[name]
-    monkeypatch.setattr(pipeline, "BANDED_PIXELS", rows)
-    monkeypatch.setattr(pipeline, "STREAMED_PIXELS", streamed)
+    monkeypatch.setattr(planning, "BANDED_PIXELS", rows)
+    monkeypatch.setattr(planning, "STREAMED_PIXELS", streamed)
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_an_image_read_whole_through_its_source_is_io_load_s(tmp_path, monkeypat
     monkeypatch.setattr(pipeline.tiled, "read_whole", lambda *a: read.append(a) or read_whole(*a))
     source, outputs = _input(tmp_path, kind), []
     for name, threshold in (("source", 1), ("load", 1 << 62)):
-        monkeypatch.setattr(pipeline, "BANDED_PIXELS", threshold)
+        monkeypatch.setattr(planning, "BANDED_PIXELS", threshold)
         (tmp_path / name).mkdir()
         args = [*command, tmp_path / name / "mask.png"] if "--mask-out" in command else command
         result = _run(*args, source, "-o", tmp_path / name / "out.tif")

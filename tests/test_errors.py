@@ -190,7 +190,7 @@ def test_mask_out_with_stem_for_several_inputs_and_on_its_own_checks(work):
 
 def test_relative_mask_out_is_made_absolute_for_dask_workers(work):
     from imfilt.ops.frequency import Lowpass
-    from imfilt.run.pipeline import Settings, plan
+    from imfilt.run.planning import Settings, plan
 
     jobs = plan(["a.png"], [Lowpass(3)], Settings(), out="lp.png", extras={"mask": "m2.png"}, absolute=True)
     (output,) = jobs[0].outputs

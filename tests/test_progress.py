@@ -18,7 +18,7 @@ from imfilt.engine.engine import cpu_engine
 from imfilt.ops.frequency import Lowpass, Spectrum
 from imfilt.ops.kernels import load_kernel
 from imfilt.ops.operations import Apply
-from imfilt.run.pipeline import Job, Output, Settings
+from imfilt.run.planning import Job, Output, Settings
 from limits import pattern_tiff
 
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""Several apply outputs of one input streamed together (pipeline.stream_groups, tiled.run_outputs): the
+"""Several apply outputs of one input streamed together (planning.stream_groups, tiled.run_outputs): the
 input is decoded once for all of them, each output's bytes are the whole-image path's, and a
 failure or a signal leaves only whole files, counted."""
 
@@ -14,7 +14,7 @@ from PIL import Image
 from imfilt.ahead import fan_out
 from imfilt.image import decoded
 from imfilt.ops.operations import Apply
-from imfilt.run import pipeline
+from imfilt.run import pipeline, planning
 from test_banded import ASYM, _files, _input, _paths
 from test_streamed_png import _run
 
@@ -114,13 +114,13 @@ def test_which_outputs_go_in_bands_together(tmp_path, monkeypatch):
     _paths(monkeypatch, "bands")
 
     def bands(*names, kernels=("box", ASYM), size="same"):
-        outputs = [pipeline.Output(name, Apply(_kernel(k), size=size)) for name, k in zip(names, kernels)]
-        return pipeline._bands_pay((210, 202, 3), outputs, True, pipeline.Settings())
+        outputs = [planning.Output(name, Apply(_kernel(k), size=size)) for name, k in zip(names, kernels)]
+        return planning.bands_pay((210, 202, 3), outputs, True, planning.Settings())
 
     assert bands("a.png", "b.png") and bands("a.png", "b.npy") and bands("a.png", "b.png", size="valid", kernels=("box",) * 2)
     assert bands("a.png", "b.tif") and bands("a.png", "b.zarr") and bands("-") and bands("a.jpg", "b.webp", "c.bmp", kernels=("box",) * 3)
     assert not bands("a.png", "b.png", size="valid")  # 3x3 and 5x3 kernels: two output sizes
-    many = [f"{i}.png" for i in range(pipeline.MAX_TOGETHER + 1)]
+    many = [f"{i}.png" for i in range(planning.MAX_TOGETHER + 1)]
     assert bands(*many[:-1], kernels=["box"] * len(many)) and not bands(*many, kernels=["box"] * len(many))
 
 
@@ -182,14 +182,14 @@ def test_outputs_of_very_different_reaches_do_not_share_a_window_that_costs_one_
 
 
 def test_more_outputs_than_share_a_decode_go_in_groups_and_dry_run_says_which(tmp_path, big_tiff):
-    kernels = [arg for i in range(pipeline.MAX_TOGETHER + 1) for arg in ("-k", f"box:size={2 * i + 1}")]
+    kernels = [arg for i in range(planning.MAX_TOGETHER + 1) for arg in ("-k", f"box:size={2 * i + 1}")]
     run = _run("apply", big_tiff, *kernels, "--out-dir", tmp_path / "o", "--memory", "1M", "--json", "--name", "{op}.npy")
     plan = _run("apply", big_tiff, *kernels, "--out-dir", tmp_path / "p", "--memory", "1M", "--json", "--name", "{op}.npy",
                 "--dry-run")
     assert run.exit_code == plan.exit_code == 0, run.stderr + plan.stderr
     windows = [json.loads(line)["window"] for line in run.stdout.splitlines()]
     planned = [json.loads(line)["streamed"]["window"] for line in plan.stdout.splitlines()[:-1]]
-    assert planned == windows and len(windows) == pipeline.MAX_TOGETHER + 1
+    assert planned == windows and len(windows) == planning.MAX_TOGETHER + 1
 
 
 def test_a_tiled_output_that_cannot_share_runs_alone(tmp_path, big_tiff):

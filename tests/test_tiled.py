@@ -302,7 +302,7 @@ def _whole_op(op, image):
 def test_out_of_core_fft_equals_in_memory_bit_for_bit(tmp_path, height, width, channels):
     """Odd and even H and W, every profile, high- and band-pass, hann, phase, alpha, --gray."""
     from imfilt.ops.frequency import Lowpass, Spectrum
-    from imfilt.run.pipeline import Output
+    from imfilt.run.planning import Output
     from imfilt.run.tiled_fft import run
     from imfilt.image.tiles import open_source
 
@@ -331,7 +331,7 @@ def test_out_of_core_fft_refuses_without_scratch_space(tmp_path, monkeypatch):
 
     from imfilt.errors import InputError
     from imfilt.ops.frequency import Spectrum
-    from imfilt.run.pipeline import Output
+    from imfilt.run.planning import Output
     from imfilt.run.tiled_fft import run
     from imfilt.image.tiles import open_source
 

@@ -12,7 +12,7 @@ from imfilt.ops.frequency import Lowpass, Spectrum
 from imfilt.image.io import load
 from imfilt.ops.kernels import Kernel
 from imfilt.ops.operations import Apply
-from imfilt.run.pipeline import Output
+from imfilt.run.planning import Output
 from imfilt.run.tiled import apply_windows
 from imfilt.run.tiled_fft import run as run_fft
 from imfilt.image.tiles import image_shape, open_source

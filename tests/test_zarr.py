@@ -345,7 +345,7 @@ def test_after_a_signal_the_partial_folder_of_a_store_is_removed(work):
     """What a signal cut off between a store's temporary folder and its clean-up goes too."""
     from imfilt.ops.operations import Apply
     from imfilt.ops.kernels import load_kernel
-    from imfilt.run.pipeline import Settings, plan, remove_partial_files
+    from imfilt.run.planning import Settings, plan, remove_partial_files
 
     jobs = plan(["a.png"], [Apply(load_kernel("box"))], Settings(), out="o.zarr")
     partial = work / ".o.zarr.x1y2.part" / "o.zarr" / "0"

@@ -5,7 +5,6 @@ The commands (commands.py) parse their own options into operations and call ``ru
 
 import functools
 import inspect
-import json
 import logging
 import os
 import signal
@@ -27,8 +26,10 @@ from ..engine.engine import ENGINES, get_engine
 from ..errors import Interrupted, LostCluster, UsageError, one_line, shown
 from ..files import read_at_most
 from ..image.io import DEPTHS, check_stdout_format, most_bytes, pillow_limit
-from ..run.pipeline import (ENDING_SIGNALS, WHILE_WRITING, Expanded, MontageOf, Report, Settings, execute, expand_inputs,
-                       json_line, output_name_pattern, plan, prepare_folders, read_list, remove_partial_files)
+from ..run.execute import Report, execute
+from ..run.pipeline import ENDING_SIGNALS, WHILE_WRITING, json_line
+from ..run.planning import (Expanded, MontageOf, Settings, expand_inputs, output_name_pattern, plan, prepare_folders,
+                            read_list, remove_partial_files)
 from ..run.tiled import DEFAULT_MEMORY, parse_size
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)

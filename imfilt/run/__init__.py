@@ -1,1 +1,2 @@
-"""The run: planning a job (dry_run), running it whole, in bands or tiles (pipeline, tiled, tiled_fft) or on Dask (distributed)."""
+"""The run: planning jobs (planning, dry_run), running them (execute), one job in bands or whole (pipeline), in
+tiles (tiled, tiled_fft) or on Dask (distributed)."""

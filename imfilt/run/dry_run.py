@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import InputError, UsageError, one_line, shown
 from ..image.omezarr import is_store
 from .. import montage
-from .pipeline import banded_memory, json_line, one_band, stream_groups
+from .pipeline import json_line
+from .planning import banded_memory, one_band, stream_groups
 from .tiled import check_tiled_output, most_rows, shared_window
 from ..image.tiles import image_shape, open_source
 
