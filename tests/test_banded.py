@@ -301,7 +301,7 @@ def test_the_json_record_is_the_whole_image_one(tmp_path, both):
     for record in records:
         record.pop("seconds")
         record.pop("output")
-    assert records[0] == records[1]
+    assert records[0] == records[1] and list(records[0]) == list(records[1])  # the keys in the same order too
 
 
 # --- Ahead: the thread under each step -------------------------------------------------------

@@ -259,8 +259,11 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
                                     engine=engines[0], temp_dir=settings.temp_dir, progress=progress)]
             seconds = round(time.perf_counter() - start, 4)  # outputs made together: the time they took together
             for record, fact, engine in zip(made, facts, engines):
-                record.update({k: v for k, v in fact.items() if not whole or k not in ("tiled", "window")},
-                              engine=engine.name, seconds=seconds)
+                if whole:  # the record of an image that fits: the keys, in the order, of the whole path's (_record)
+                    kept = {k: v for k, v in fact.items() if k not in ("tiled", "window", "shape")}
+                    record.update(kept, engine=engine.name, seconds=seconds, shape=fact["shape"])
+                else:
+                    record.update(fact, engine=engine.name, seconds=seconds)
                 records.append(record)
         except KeyboardInterrupt:
             # a signal is not held for a streamed output (it can take minutes): one that came after
