@@ -19,7 +19,7 @@ from ..image.omezarr import is_store
 from .. import montage
 from .pipeline import json_line
 from .planning import banded_memory, one_band, stream_groups
-from .tiled import check_tiled_output, most_rows, shared_window
+from .tiled import banded_window, check_tiled_output, shared_window
 from ..image.tiles import image_shape, open_source
 
 # Peak memory of Python and the libraries, above which each operation says its own (peak_bytes),
@@ -98,9 +98,10 @@ def describe(jobs: list, expanded, workers: int, scheduler: str | None, engine: 
             records.append({"input": job.source, "refused": error})
             continue
         if job.banded and shape:  # it fits, but goes in bands (of a whole decode where its file does not stream)
-            window = shared_window([o.op for o in todo], shape, banded_memory(job.settings, len(todo)),
-                                   most_rows(shape[0], one_band(shape)))
-            streams = {o.path: {"window": list(window), "banded": True} for o in todo}
+            window = banded_window([o.op for o in todo], shape, banded_memory(job.settings, len(todo)), one_band(shape))
+            height = todo[0].op.output_shape(*shape[:2])[0]
+            streams = {o.path: {"window": [min(window[0], height), window[1]], "banded": True,
+                                "bands": -(-height // window[0])} for o in todo}
         for output in job.all_outputs:
             method, why = method_and_why(output.op) if output is not job.montage else (
                 "montage", f"the {len(job.outputs)} maps above in a near-square grid")
@@ -193,7 +194,7 @@ def print_plan(records: list[dict], summary: dict, as_json: bool) -> int:
             extras = "".join(f" + {k.removesuffix('_output')} {shown(v)}" for k, v in record.items() if k.endswith("_output"))
             print(one_line(f"{shown(record['input'])}{size} -> {shown(record['output'])}{extras}  [{record['op']}] {state}"))
             streamed = record.get("streamed")
-            if streamed and not (streamed.get("banded") and streamed["window"][0] >= height):  # one band: nothing to say
+            if streamed and streamed.get("bands", 2) > 1:  # one band: nothing to say
                 print(f"  {_streamed_line(streamed)}")
         where = f"on the Dask scheduler {summary['scheduler']}" if summary["scheduler"] else \
             f"{summary['workers']} worker{'s' * (summary['workers'] != 1)} here"

@@ -251,7 +251,8 @@ def _streamed(job: Job, outputs: list[Output], records: list[dict], progress: ti
                 facts = tiled.run_outputs(job.source, outputs, depth=settings.depth, scale=settings.scale, memory=memory,
                                           engines=engines, progress=progress, whole=whole,
                                           stdout_suffix=settings.stdout_suffix, data=job.data,
-                                          split=settings.split_channels, source=source, one_band=not _in_rows(job))
+                                          split=settings.split_channels, source=source,
+                                          one_band=whole and not _in_rows(job))
             else:
                 apply = functools.partial(tiled.run_output, split=settings.split_channels)  # apply's option only
                 run_output = {"windows": apply, "fft": tiled_fft.run_output}[outputs[0].op.runner]

@@ -291,8 +291,7 @@ def bands_pay(shape, outputs: list[Output], streams: bool, settings: Settings) -
             o.op.runner == "windows" and not o.extras and _streams_into(o.path, settings) for o in todo)):
         return False
     try:
-        window = tiled.shared_window([o.op for o in todo], shape, banded_memory(settings, len(todo)),
-                                     tiled.most_rows(shape[0], one_band(shape)))
+        window = tiled.banded_window([o.op for o in todo], shape, banded_memory(settings, len(todo)), one_band(shape))
         return window is not None and window[1] == todo[0].op.output_shape(*shape[:2])[1]
     except UsageError:  # a kernel that does not fit: the whole-image path says so
         return False
@@ -451,7 +450,7 @@ def _check_overwrites(jobs: list[Job]) -> None:
 
 
 def one_band(shape: tuple[int, int, int]) -> bool:
-    """An image below BANDED_PIXELS: decoded whole, and streamed in one band (tiled.most_rows)."""
+    """An image below BANDED_PIXELS: decoded whole, and streamed in one band (tiled.banded_window)."""
     return shape[0] * shape[1] < BANDED_PIXELS
 
 

@@ -48,7 +48,7 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
-# The budget of an image that fits but is streamed in bands all the same (pipeline.py): bands of
+# The budget of an image that fits but is streamed in bands all the same (planning.banded_memory): bands of
 # 128 rows of a 4096-wide RGB image. Each band also filters its kernel's halo, 8 rows above and 8
 # below for a gaussian σ=2: against 64-row bands, a 4096² gaussian took 0.79 s for 0.84-0.87 s
 # and a 31x31 kernel 1.1 s for 2.8 s, at 140-165 MB peak for 120-130 (docs/performance.md)
@@ -89,16 +89,9 @@ def check_tiled_output(source: str, output) -> None:
 
 def apply_window(op, shape: tuple[int, int, int], memory: int, rows: int = TILE) -> tuple[int, int]:
     """The output window a streamed operation (``runner = "windows"``) of an (H, W, C) image takes
-    in ``memory``: bands of at most ``rows`` rows (most_rows)."""
+    in ``memory``: bands of at most ``rows`` rows (a multiple of 16)."""
     width = op.output_shape(*shape[:2])[1]
     return window_for(memory, 4 * (shape[2] + 1) * WINDOW_COPIES, op.reach, width, rows)
-
-
-def most_rows(height: int, one_band: bool) -> int:
-    """The highest band: TILE rows, or with ``one_band`` the whole image (an image below a
-    megapixel: nothing to overlap, and an FFT method gives the whole image's bits), a multiple of
-    16 as TIFF tiles want."""
-    return max(TILE, -(-height // 16) * 16) if one_band else TILE
 
 
 def shared_window(ops: list, shape: tuple[int, int, int], memory: int, rows: int = TILE) -> tuple[int, int] | None:
@@ -114,6 +107,20 @@ def shared_window(ops: list, shape: tuple[int, int, int], memory: int, rows: int
     if len(ops) > 1 and any(w[1] < width for w in windows):
         return None
     return min(w[0] for w in windows), windows[0][1]
+
+
+def banded_window(ops: list, shape: tuple[int, int, int], memory: int, one_band: bool) -> tuple[int, int] | None:
+    """shared_window of the apply outputs of an image that fits: bands of at most TILE rows within
+    ``memory``; with ``one_band`` (an image below a megapixel) the whole result in one band, the
+    budget raised to hold it (no more than the whole-image path took): nothing to overlap, and an
+    FFT method then gives the whole image's bits (in two bands a 1024x768 photo's differed)."""
+    if not one_band or any(op.runner != "windows" for op in ops):
+        return shared_window(ops, shape, memory)
+    height, width = ops[0].output_shape(*shape[:2])
+    rows = -(-height // 16) * 16  # a multiple of 16, as TIFF tiles want
+    reach = max(op.reach for op in ops)
+    one = len(ops) * 4 * (shape[2] + 1) * WINDOW_COPIES * (rows + 2 * reach) * (width + 2 * reach)  # apply_window's
+    return shared_window(ops, shape, max(memory, one), rows)
 
 
 def shared_windows(ops: list, source: Source, engines: list, window: tuple[int, int], stripe: slice = slice(None),
@@ -216,20 +223,19 @@ def run_outputs(source_path: str, outputs: list, *, depth: int | None, scale: st
     image that fits, whose files are then the whole-image writers' bytes (write_tiles). Standard
     output ("-") is written in the format ``stdout_suffix`` names; ``data`` is standard input's
     image (``source_path`` "-"). ``source()``, where given, opens the image instead of open_source
-    (one decoded whole). ``one_band``: an image below a megapixel, in one band where ``memory``
-    holds it (most_rows), read, filtered and written on this thread (a batch of them runs its jobs
-    on the cores side by side)."""
+    (one decoded whole). ``one_band``: an image below a megapixel, in one band (banded_window),
+    read, filtered and written on this thread (a batch of them runs its jobs on the cores side by side)."""
     one_heap_arena()  # the budget is what the process holds, not what the allocator keeps
     source = source() if source else open_source(source_path, data)
     try:
         ops = [output.op for output in outputs]
-        window = shared_window(ops, source.shape, memory, most_rows(source.shape[0], one_band))
+        window = banded_window(ops, source.shape, memory, one_band)
         shape = ops[0].output_shape(*source.shape[:2])
         rows = window[1] == shape[1]  # bands of whole output rows (--size valid or full: not the input's width)
         if rows:
             source.in_bands(memory)
-        facts = write_results([o.path for o in outputs], shape, lambda: shared_windows(ops, source, engines, window, overlap=not one_band),
-                              window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
+        facts = write_results([o.path for o in outputs], shape,
+                              lambda: shared_windows(ops, source, engines, window, overlap=not one_band), window[0], source_depth=source.depth, depth=depth, scale=scale, progress=progress,
                               whole=whole and rows, stdout_suffix=stdout_suffix, split=split, overlap=not one_band)
         return [{**f, "window": list(window)} for f in facts]
     finally:
